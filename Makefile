@@ -1,0 +1,32 @@
+# make install : .venv from requirements.txt (re-made when requirements.txt changes)
+# make test    : install if needed, then the test suite
+# make demo    : install if needed, then the end-to-end demo on synthetic videos
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
+
+demo: install
+	$(PY) tools/demo.py --output_dir demo_output
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,25 @@
+"""Video data pipeline (SPEC §6): list files, decoding, clip sampling, augmentation, bad videos.
+
+Public entry points:
+
+* :func:`build_dataset` ``(is_train, test_mode, args) -> (dataset, nb_classes)``
+* :func:`collate_train`, :func:`collate_eval`: DataLoader collate functions
+* :func:`seed_worker`: DataLoader ``worker_init_fn``
+* :class:`BadVideoTracker`, :class:`TooManyBadVideos`: bad-video accounting per split
+* :class:`Mixup`: timm Mixup/CutMix for video batches
+"""
+
+from .bad_videos import BadVideoTracker, TooManyBadVideos
+from .build import DATASET_NUM_CLASSES, build_dataset, config_from_args, num_classes_for
+from .decoders import VideoDecodeError, open_video
+from .listfile import ListFileError, VideoRecord, parse_list_file
+from .mixup import Mixup
+from .video_dataset import (VideoClsDataset, VideoDataConfig, collate_eval, collate_train,
+                            seed_worker)
+
+__all__ = [
+    "BadVideoTracker", "TooManyBadVideos", "DATASET_NUM_CLASSES", "build_dataset",
+    "config_from_args", "num_classes_for", "VideoDecodeError", "open_video", "ListFileError",
+    "VideoRecord", "parse_list_file", "Mixup", "VideoClsDataset", "VideoDataConfig",
+    "collate_eval", "collate_train", "seed_worker",
+]

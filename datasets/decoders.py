@@ -1,0 +1,242 @@
+"""Video readers behind one small interface: ``len(reader)`` and ``reader.get_batch(indices)``.
+
+Three sources are supported (SPEC §6): decord (default), PyAV (``--video_backend pyav``) and
+frame folders (a directory of ``img_%05d.jpg`` files). Every reader returns RGB ``uint8`` arrays
+of shape ``(T, H, W, 3)``. Any failure to open or decode is raised as :class:`VideoDecodeError`,
+which carries the path and a short reason, so the dataset can log, count and replace the video.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Sequence
+
+import numpy as np
+
+BACKENDS = ("decord", "pyav")
+
+# A frame folder holds files named like img_00001.jpg (the mmaction/VideoMAE convention).
+_FRAME_FILE_RE = re.compile(r"^img_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be used: missing, empty, unreadable, truncated or too short.
+
+    Args:
+        path: the file or folder that failed.
+        reason: a short human-readable cause.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class VideoReader:
+    """Base class: index checking and de-duplication shared by all backends.
+
+    Subclasses implement ``__len__`` and ``_read_sorted(unique_sorted_indices)``.
+    """
+
+    path: str
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _read_sorted(self, indices: List[int]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the given frames.
+
+        Args:
+            indices: frame indices in ``[0, len(self))``, in any order, repeats allowed.
+
+        Returns:
+            uint8 array ``(len(indices), H, W, 3)`` in the order of ``indices``.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError(f"{self.path}: get_batch needs at least one frame index")
+        n = len(self)
+        if idx.min() < 0 or idx.max() >= n:
+            raise VideoDecodeError(
+                self.path, f"frame index out of range [0, {n}): min {idx.min()}, max {idx.max()}")
+        # Decode each distinct frame once, in increasing order (cheapest for every backend),
+        # then expand back to the requested order and repeats.
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        frames = self._read_sorted([int(i) for i in uniq])
+        if frames.shape[0] != len(uniq):
+            raise VideoDecodeError(
+                self.path, f"decoder returned {frames.shape[0]} frames for {len(uniq)} requested")
+        return frames[inverse]
+
+
+class DecordReader(VideoReader):
+    """decord ``VideoReader`` with one thread (one decoder thread per DataLoader worker).
+
+    Args:
+        path: video file.
+    """
+
+    def __init__(self, path: str) -> None:
+        import decord  # imported lazily so the PyAV backend works without decord
+
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+            self._len = len(self._vr)
+        except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
+            raise VideoDecodeError(path, f"decord cannot open it ({_short(exc)})") from exc
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _read_sorted(self, indices: List[int]) -> np.ndarray:
+        try:
+            # seek(0) first as VideoMAE does: it resets decord's internal position, avoiding
+            # slow or failing backward seeks on some files after a previous read.
+            self._vr.seek(0)
+            return self._vr.get_batch(indices).asnumpy()
+        except Exception as exc:
+            raise VideoDecodeError(self.path, f"decord failed to decode frames ({_short(exc)})") from exc
+
+
+class PyAVReader(VideoReader):
+    """PyAV reader that decodes sequentially from the start, up to the last requested frame.
+
+    The amount of work is bounded: at most ``max(indices) + 1`` frames are decoded and the
+    demuxer stops at end of file, so a damaged file cannot make it loop.
+
+    Args:
+        path: video file.
+    """
+
+    def __init__(self, path: str) -> None:
+        import av
+
+        self.path = path
+        self._av = av
+        try:
+            with av.open(path) as container:
+                if not container.streams.video:
+                    raise VideoDecodeError(path, "no video stream")
+                stream = container.streams.video[0]
+                n = int(stream.frames or 0)
+                if n <= 0:
+                    # Some containers (webm/mkv) do not store a frame count: count the packets
+                    # (demuxing only, no decoding; bounded by the file size).
+                    n = sum(1 for p in container.demux(stream) if p.size > 0)
+        except VideoDecodeError:
+            raise
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise VideoDecodeError(path, f"PyAV cannot open it ({_short(exc)})") from exc
+        self._len = n
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _read_sorted(self, indices: List[int]) -> np.ndarray:
+        av = self._av
+        wanted = set(indices)
+        last = indices[-1]
+        out: List[np.ndarray] = []
+        decoded = 0
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_count = 1  # one thread per worker, as for decord
+                for frame in container.decode(stream):
+                    if decoded in wanted:
+                        out.append(frame.to_ndarray(format="rgb24"))
+                    decoded += 1
+                    if decoded > last:
+                        break
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            if decoded <= last:
+                raise VideoDecodeError(
+                    self.path, f"truncated or corrupt: decoding stopped after {decoded} of "
+                               f"{len(self)} frames ({_short(exc)})") from exc
+        if decoded <= last:
+            raise VideoDecodeError(
+                self.path, f"truncated: only {decoded} of {len(self)} frames could be decoded")
+        return np.stack(out)
+
+
+class FrameFolderReader(VideoReader):
+    """A directory of ``img_%05d.jpg`` files; frame ``i`` is the i-th file in numeric order.
+
+    Args:
+        path: the directory.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            raise VideoDecodeError(path, f"cannot list frame folder ({_short(exc)})") from exc
+        numbered = []
+        for name in names:
+            m = _FRAME_FILE_RE.match(name)
+            if m:
+                numbered.append((int(m.group(1)), name))
+        numbered.sort()
+        self._files = [os.path.join(path, name) for _, name in numbered]
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def _read_sorted(self, indices: List[int]) -> np.ndarray:
+        from PIL import Image
+
+        frames = []
+        for i in indices:
+            try:
+                with Image.open(self._files[i]) as img:
+                    frames.append(np.asarray(img.convert("RGB")))
+            except OSError as exc:
+                raise VideoDecodeError(self.path, f"cannot read {self._files[i]} ({_short(exc)})") from exc
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1:
+            raise VideoDecodeError(self.path, f"frames have different sizes: {sorted(shapes)}")
+        return np.stack(frames)
+
+
+def open_video(path: str, backend: str = "decord") -> VideoReader:
+    """Open a video file or frame folder and check that it has at least one frame.
+
+    Args:
+        path: video file, or a directory of ``img_%05d.jpg`` frames.
+        backend: ``'decord'`` or ``'pyav'`` (ignored for frame folders).
+
+    Returns:
+        A reader with ``len()`` and ``get_batch(indices)``.
+
+    Raises:
+        VideoDecodeError: missing, empty or unreadable input.
+        ValueError: unknown backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown --video_backend {backend!r}; choose one of {BACKENDS}")
+    if os.path.isdir(path):
+        reader: VideoReader = FrameFolderReader(path)
+    else:
+        if not os.path.exists(path):
+            raise VideoDecodeError(path, "file not found")
+        size = os.path.getsize(path)
+        if size == 0:
+            # Checked before decoding: some decoders block or crash on empty input.
+            raise VideoDecodeError(path, "empty file (0 bytes)")
+        reader = DecordReader(path) if backend == "decord" else PyAVReader(path)
+    if len(reader) <= 0:
+        raise VideoDecodeError(path, "no frames")
+    return reader
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """One-line, length-limited description of an exception for log messages."""
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,322 @@
+"""The video classification dataset (SPEC §6): training, validation and multi-view test items.
+
+Item formats (the engine relies on them):
+
+* train: ``(clips (S,3,T,H,W) float32, labels (S,) int64, index, bad_paths)``, S = num_sample;
+* val:   ``(clip (3,T,H,W), label, index, bad_paths)``;
+* test:  ``(views (V,3,T,H,W), label, index, bad_paths)``, V = test_num_segment * test_num_crop,
+  segment-major (view v = temporal segment v // num_crop, spatial crop v % num_crop).
+
+A bad video in training is logged and replaced by another random sample (at most
+``MAX_ATTEMPTS`` tries). In validation/test it is not replaced, since that would change the
+evaluated set: the item is zeros with label -1 and the engine leaves it out of the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import decoders
+from .bad_videos import BadVideoTracker
+from .decoders import VideoDecodeError
+from .listfile import VideoRecord
+from .sampling import (crop_offsets, dense_test_indices, dense_train_indices, dense_val_indices,
+                       resized_short_side, segment_test_indices, segment_train_indices,
+                       segment_val_indices)
+from .transforms import TrainTransform, normalize, resize, to_tchw
+
+logger = logging.getLogger(__name__)
+
+# Tries to find a decodable training video (the requested one and its replacements).
+MAX_ATTEMPTS = 10
+MODES = ("train", "val", "test")
+
+
+@dataclass
+class VideoDataConfig:
+    """Data options, named as the command-line flags.
+
+    Args:
+        num_frames: frames per clip (``--num_frames``).
+        sampling_rate: frame distance in dense sampling (``--sampling_rate``).
+        segment_sampling: one frame per segment (SSV2) instead of a dense window.
+        input_size: crop size (``--input_size``).
+        short_side_size: evaluation resize of the short side (``--short_side_size``).
+        test_num_segment: temporal test views (``--test_num_segment``).
+        test_num_crop: spatial test views (``--test_num_crop``).
+        num_sample: augmented clips per decoded training video (``--num_sample``).
+        auto_augment: RandAugment string, None when off (``--is_aa``/``--aa``).
+        train_interpolation: ``--train_interpolation``.
+        flip: random horizontal flip in training (off for SSV2).
+        reprob: random erasing probability (``--reprob``).
+        remode: random erasing mode (``--remode``).
+        recount: random erasing count (``--recount``).
+        video_backend: 'decord' or 'pyav' (``--video_backend``).
+        max_bad_fraction: ``--max_bad_fraction``.
+        decode_once: test mode decodes each video once for all its views (False: once per
+            view, kept only to measure the difference).
+    """
+
+    num_frames: int = 16
+    sampling_rate: int = 4
+    segment_sampling: bool = False
+    input_size: int = 224
+    short_side_size: int = 224
+    test_num_segment: int = 5
+    test_num_crop: int = 3
+    num_sample: int = 1
+    auto_augment: Optional[str] = None
+    train_interpolation: str = "bicubic"
+    flip: bool = True
+    reprob: float = 0.0
+    remode: str = "pixel"
+    recount: int = 1
+    video_backend: str = "decord"
+    max_bad_fraction: float = 0.01
+    decode_once: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag of an impossible setting."""
+        positive = {"num_frames": self.num_frames, "sampling_rate": self.sampling_rate,
+                    "input_size": self.input_size, "test_num_segment": self.test_num_segment,
+                    "test_num_crop": self.test_num_crop, "num_sample": self.num_sample}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {value}")
+        if self.short_side_size < self.input_size:
+            raise ValueError(f"--short_side_size ({self.short_side_size}) must be >= "
+                             f"--input_size ({self.input_size}): evaluation crops are cut from "
+                             f"frames resized to the short side")
+        if self.video_backend not in decoders.BACKENDS:
+            raise ValueError(f"--video_backend must be one of {decoders.BACKENDS}, "
+                             f"got {self.video_backend!r}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"--max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+class VideoClsDataset(Dataset):
+    """Videos listed in a list file, as training clips, validation clips or test views.
+
+    Args:
+        records: parsed list file.
+        mode: 'train', 'val' or 'test'.
+        config: data options.
+        list_path: the list file (for messages).
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], mode: str, config: VideoDataConfig,
+                 list_path: str = "") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        config.validate()
+        self.records = list(records)
+        self.mode = mode
+        self.split = mode
+        self.config = config
+        self.list_path = list_path
+        # VideoMAE attribute names, for code that reads them.
+        self.dataset_samples = [r.path for r in self.records]
+        self.label_array = [r.label for r in self.records]
+        self.train_transform = TrainTransform(
+            config.input_size, config.auto_augment, config.train_interpolation, config.flip,
+            config.reprob, config.remode, config.recount) if mode == "train" else None
+        # Indices found bad in this process (one copy per worker): not picked as replacements.
+        self._known_bad: Set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def max_bad_fraction(self) -> float:
+        """``--max_bad_fraction`` of this dataset."""
+        return self.config.max_bad_fraction
+
+    @property
+    def num_views(self) -> int:
+        """Views per test item (``test_num_segment * test_num_crop``)."""
+        return self.config.test_num_segment * self.config.test_num_crop
+
+    def make_bad_video_tracker(self) -> BadVideoTracker:
+        """A tracker for this split with its size and ``--max_bad_fraction``."""
+        return BadVideoTracker(self.split, len(self), self.config.max_bad_fraction)
+
+    def __getitem__(self, index: int) -> Tuple[Any, Any, int, List[str]]:
+        if self.mode == "train":
+            return self._train_item(index)
+        if self.mode == "val":
+            return self._val_item(index)
+        return self._test_item(index)
+
+    # ----------------------------------------------------------------------------- decoding
+    def _open(self, rec: VideoRecord) -> decoders.VideoReader:
+        # Looked up through the module so tests can count decoder calls.
+        return decoders.open_video(rec.path, self.config.video_backend)
+
+    def _report_bad(self, index: int, err: VideoDecodeError) -> None:
+        self._known_bad.add(index)
+        logger.warning("bad video in %s split (%s line %d): %s: %s", self.split,
+                       self.list_path or "list", self.records[index].line, err.path, err.reason)
+
+    # ----------------------------------------------------------------------------- training
+    def _train_indices(self, n: int) -> np.ndarray:
+        c = self.config
+        if c.segment_sampling:
+            return segment_train_indices(n, c.num_frames)
+        return dense_train_indices(n, c.num_frames, c.sampling_rate)
+
+    def _train_item(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, int, List[str]]:
+        bad: List[str] = []
+        for _attempt in range(MAX_ATTEMPTS):
+            rec = self.records[index]
+            try:
+                reader = self._open(rec)
+                frames = reader.get_batch(self._train_indices(len(reader)))
+            except VideoDecodeError as err:
+                self._report_bad(index, err)
+                bad.append(rec.path)
+                index = self._replacement_index()
+                continue
+            # Repeated augmentation: one decode, num_sample independently augmented clips.
+            clips = torch.stack([self.train_transform(frames) for _ in range(self.config.num_sample)])
+            labels = torch.full((self.config.num_sample,), rec.label, dtype=torch.long)
+            return clips, labels, index, bad
+        raise RuntimeError(
+            f"no decodable training video found in {MAX_ATTEMPTS} attempts "
+            f"({self.list_path}); bad videos: {', '.join(bad)}")
+
+    def _replacement_index(self) -> int:
+        # Uniform over the videos not yet known to be bad in this process; bounded work.
+        n = len(self.records)
+        i = int(np.random.randint(n))
+        if i in self._known_bad and len(self._known_bad) < n:
+            good = [j for j in range(n) if j not in self._known_bad]
+            i = good[int(np.random.randint(len(good)))]
+        return i
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _eval_resize(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T,H,W,3) -> uint8 (T,3,h,w) with the short side at short_side_size."""
+        x = to_tchw(frames)
+        size = resized_short_side(x.shape[-2], x.shape[-1], self.config.short_side_size)
+        return resize(x, size, "bilinear")
+
+    def _crop_starts(self, height: int, width: int, num_crops: int) -> List[Tuple[int, int]]:
+        """(top, left) of each spatial view: spaced along the long side, centred on the short."""
+        s = self.config.input_size
+        if height >= width:  # portrait or square: crops move down the frame (as VideoMAE)
+            left = (width - s) // 2
+            return [(top, left) for top in crop_offsets(height, s, num_crops)]
+        top = (height - s) // 2
+        return [(top, left) for left in crop_offsets(width, s, num_crops)]
+
+    def _val_item(self, index: int) -> Tuple[torch.Tensor, int, int, List[str]]:
+        rec = self.records[index]
+        c = self.config
+        try:
+            reader = self._open(rec)
+            n = len(reader)
+            idx = (segment_val_indices(n, c.num_frames) if c.segment_sampling
+                   else dense_val_indices(n, c.num_frames, c.sampling_rate))
+            frames = reader.get_batch(idx)
+        except VideoDecodeError as err:
+            self._report_bad(index, err)
+            return torch.zeros(3, c.num_frames, c.input_size, c.input_size), -1, index, [rec.path]
+        x = self._eval_resize(frames)
+        (top, left), = self._crop_starts(x.shape[-2], x.shape[-1], 1)
+        x = x[..., top:top + c.input_size, left:left + c.input_size]
+        return normalize(x), rec.label, index, []
+
+    def test_view_indices(self, num_video_frames: int) -> List[np.ndarray]:
+        """Frame indices of each temporal test view of a video with that many frames."""
+        c = self.config
+        if c.segment_sampling:
+            return segment_test_indices(num_video_frames, c.num_frames, c.test_num_segment)
+        return dense_test_indices(num_video_frames, c.num_frames, c.sampling_rate, c.test_num_segment)
+
+    def _test_item(self, index: int) -> Tuple[torch.Tensor, int, int, List[str]]:
+        rec = self.records[index]
+        c = self.config
+        try:
+            views = self._decode_test_views(rec)
+        except VideoDecodeError as err:
+            self._report_bad(index, err)
+            shape = (self.num_views, 3, c.num_frames, c.input_size, c.input_size)
+            return torch.zeros(shape), -1, index, [rec.path]
+        out = []
+        for x in views:  # one per temporal segment, already resized
+            for top, left in self._crop_starts(x.shape[-2], x.shape[-1], c.test_num_crop):
+                out.append(normalize(x[..., top:top + c.input_size, left:left + c.input_size]))
+        return torch.stack(out), rec.label, index, []
+
+    def _decode_test_views(self, rec: VideoRecord) -> List[torch.Tensor]:
+        """Resized uint8 frames (T,3,h,w) of each temporal view."""
+        reader = self._open(rec)
+        per_view = self.test_view_indices(len(reader))
+        if not self.config.decode_once:
+            # Baseline for the benchmark: a fresh decode for every view (what VideoMAE does,
+            # since it has one dataset item per view).
+            views = []
+            for idx in per_view:
+                for _crop in range(self.config.test_num_crop):
+                    views.append(self._eval_resize(self._open(rec).get_batch(idx)))
+            return views[::self.config.test_num_crop]
+        # Decode the union of all views' frames once, resize once, then index per view.
+        union, inverse = np.unique(np.concatenate(per_view), return_inverse=True)
+        frames = self._eval_resize(reader.get_batch(union))
+        inverse = inverse.reshape(len(per_view), -1)
+        return [frames[torch.from_numpy(inv)] for inv in inverse]
+
+
+def collate_train(batch: Sequence[Tuple[torch.Tensor, torch.Tensor, int, List[str]]]
+                  ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """Collate training items.
+
+    Args:
+        batch: train items ``(clips (S,3,T,H,W), labels (S,), index, bad_paths)``.
+
+    Returns:
+        ``(clips (B*S,3,T,H,W), labels (B*S,), bad_paths)``.
+    """
+    clips = torch.cat([item[0] for item in batch])
+    labels = torch.cat([item[1] for item in batch])
+    bad = [p for item in batch for p in item[3]]
+    return clips, labels, bad
+
+
+def collate_eval(batch: Sequence[Tuple[torch.Tensor, int, int, List[str]]]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
+    """Collate validation or test items.
+
+    Args:
+        batch: items ``(clip or views, label, index, bad_paths)``.
+
+    Returns:
+        ``(videos (B, ...), labels (B,), indices (B,), bad_paths)``; label -1 marks a bad video.
+    """
+    videos = torch.stack([item[0] for item in batch])
+    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
+    indices = torch.tensor([int(item[2]) for item in batch], dtype=torch.long)
+    bad = [p for item in batch for p in item[3]]
+    return videos, labels, indices, bad
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed NumPy and ``random`` from the worker's torch seed.
+
+    DataLoader gives each worker the torch seed ``base_seed + worker_id``, where ``base_seed``
+    comes from the loader's generator; deriving the other generators from it makes workers
+    differ from each other and a run with a seeded generator reproducible.
+
+    Args:
+        worker_id: the worker's index (unused; the torch seed already includes it).
+    """
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)

@@ -1,0 +1,103 @@
+"""Attention Prompt Tuning (APT, arXiv 2403.06978): prompts appended to keys and values.
+
+In each block ``i`` of ``[prompt_start, prompt_end]``, ``P`` key prompts and ``P`` value prompts of
+size ``head_dim`` (shared by all heads, as the original code does) are concatenated to K and V:
+``k' = [k ; s_k * dropout(Pk_i)]``, ``v' = [v ; s_v * dropout(Pv_i)]``. Queries, and with them the
+token count and the MLP cost, are unchanged. With ``prompt_reparam``,
+``s = torch.maximum(prompt_scale[i], 1)`` per prompt token; otherwise ``s = 1``.
+
+The parameters sit on the model under the original code's names (``prompt_embeddings_k``,
+``prompt_embeddings_v`` of shape (L, P, head_dim), ``prompt_scale`` (L, 2, P)) so its
+checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import TransferMethod, check_num_tokens, register_transfer, resolve_block_range
+
+
+def prompt_init_bound(patch_size: int, width: int) -> float:
+    """VPT's uniform init bound ``sqrt(6 / (3 * patch * patch + width))``."""
+    return math.sqrt(6.0 / float(3 * patch_size * patch_size + width))
+
+
+@register_transfer("prompt")
+class AttentionPromptTuning(TransferMethod):
+    """APT. Args: prompt_num_tokens (P), prompt_start/prompt_end (inclusive block range),
+    prompt_dropout, prompt_reparam (learned per-prompt scales), prompt_per_head (one prompt set per
+    head instead of one shared by all heads; not in the original code)."""
+
+    def __init__(self, prompt_num_tokens: int = 5, prompt_start: Optional[int] = None,
+                 prompt_end: Optional[int] = None, prompt_dropout: float = 0.0,
+                 prompt_reparam: bool = False, prompt_per_head: bool = False, **_: object) -> None:
+        super().__init__(prompt_num_tokens=prompt_num_tokens, prompt_start=prompt_start,
+                         prompt_end=prompt_end, prompt_dropout=prompt_dropout,
+                         prompt_reparam=prompt_reparam, prompt_per_head=prompt_per_head)
+        self.num_tokens = check_num_tokens(prompt_num_tokens)
+        self.reparam = bool(prompt_reparam)
+        self.per_head = bool(prompt_per_head)
+        self.start = self.end = 0
+        self.folded = False
+        self._unfolded: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def inject(self, model: nn.Module) -> List[nn.Parameter]:
+        self.start, self.end = resolve_block_range(model.depth, self.config["prompt_start"],
+                                                   self.config["prompt_end"])
+        layers = self.end - self.start + 1
+        attn = model.blocks[0].attn
+        shape = (layers, self.num_tokens, attn.head_dim)
+        if self.per_head:
+            shape = (layers, attn.num_heads, self.num_tokens, attn.head_dim)
+        bound = prompt_init_bound(model.patch_embed.patch_size[0], attn.head_dim)
+        model.prompt_embeddings_k = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        model.prompt_embeddings_v = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        own = [model.prompt_embeddings_k, model.prompt_embeddings_v]
+        if self.reparam:
+            model.prompt_scale = nn.Parameter(torch.ones(layers, 2, self.num_tokens))
+            own.append(model.prompt_scale)
+        return own
+
+    def extra_kv(self, model: nn.Module, index: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        if index < self.start or index > self.end:
+            return None
+        j = index - self.start
+        # Functional dropout: a module call on a parameter view would trip forward hooks.
+        p, train = self.config["prompt_dropout"], model.training
+        pk = F.dropout(model.prompt_embeddings_k[j], p, train)  # (P, hd) or (H, P, hd)
+        pv = F.dropout(model.prompt_embeddings_v[j], p, train)
+        if self.reparam and not self.folded:
+            scale = model.prompt_scale[j]  # (2, P)
+            ones = torch.ones_like(scale)
+            scale = torch.maximum(scale, ones).unsqueeze(-1)  # (2, P, 1): max(s, 1) per prompt
+            pk, pv = pk * scale[0], pv * scale[1]
+        return pk, pv
+
+    @torch.no_grad()
+    def fold(self, model: nn.Module) -> None:
+        """Multiply the scales into the prompts once, so inference does no per-forward scaling."""
+        if not self.reparam or self.folded:
+            return
+        self._unfolded = (model.prompt_embeddings_k.detach().clone(),
+                          model.prompt_embeddings_v.detach().clone())
+        scale = torch.maximum(model.prompt_scale, torch.ones_like(model.prompt_scale))
+        scale = scale.unsqueeze(-1)  # (L, 2, P, 1)
+        if self.per_head:
+            scale = scale.unsqueeze(2)  # (L, 2, 1, P, 1)
+        model.prompt_embeddings_k.mul_(scale[:, 0])
+        model.prompt_embeddings_v.mul_(scale[:, 1])
+        self.folded = True
+
+    @torch.no_grad()
+    def unfold(self, model: nn.Module) -> None:
+        if not self.folded:
+            return
+        model.prompt_embeddings_k.copy_(self._unfolded[0])
+        model.prompt_embeddings_v.copy_(self._unfolded[1])
+        self._unfolded = None
+        self.folded = False

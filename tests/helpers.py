@@ -1,0 +1,27 @@
+"""Small builders shared by the model tests."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from models import create_model
+
+TINY = dict(num_classes=7, all_frames=4, img_size=32, embed_dim=64, depth=4, num_heads=4)
+
+
+def tiny_model(transfer_type: str = "end2end", **kwargs):
+    cfg = dict(TINY)
+    cfg.update(kwargs)
+    return create_model("vit_micro_patch16", transfer_type=transfer_type, **cfg)
+
+
+def tiny_clip(batch: int = 2, frames: int = 4, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch, 3, frames, size, size)
+
+
+def videomae_args() -> argparse.Namespace:
+    """The kind of Namespace VideoMAE stores under 'args' in its checkpoints."""
+    return argparse.Namespace(model="vit_micro_patch16", batch_size=8, lr=1e-3, mask_ratio=0.9,
+                              opt_betas=[0.9, 0.95], output_dir="/tmp/out", tubelet_size=2,
+                              window_size=(2, 2, 2), resume="", normlize_target=True)

@@ -1,0 +1,300 @@
+"""Synthetic action data set of real video files (SPEC §9), deterministic from a seed.
+
+Each class is a kind of motion of one random shape: moving in one of eight directions, rotating
+clockwise or anticlockwise, growing or shrinking. Start position, angle and size are random and
+overlap between classes, so a single frame does not reveal the class; only the change over time
+does. Colours, shape type, speed, background gradient and per-frame noise are random as well.
+
+Output (paths in the lists are relative to the output folder, which ``build_dataset`` resolves
+when ``--data_root`` is empty)::
+
+    OUT/train.csv, OUT/val.csv, OUT/test.csv   lines "videos/<class>/<split>_<k>.mp4 <label>"
+    OUT/classes.txt                            "<label> <class name>" per line
+    OUT/videos/<class>/<split>_<k>.mp4         h264, yuv420p
+
+Usage::
+
+    python tools/make_synthetic.py --out data/synthetic --num_classes 8 --videos_per_class 30 \
+        --num_frames 32 --size 64 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Motion classes, in label order; --num_classes N takes the first N.
+MOTION_CLASSES: Tuple[str, ...] = (
+    "move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_anticlockwise",
+    "grow", "shrink", "move_up_right", "move_down_left", "move_down_right", "move_up_left",
+)
+_DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
+               "up_right": (1, -1), "down_left": (-1, 1), "down_right": (1, 1), "up_left": (-1, -1)}
+DEFAULT_SPLITS: Dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+# Codec per container extension (SPEC §6 formats).
+_CODECS = {".mp4": ("libx264", {"crf": "18", "preset": "veryfast", "threads": "1"}),
+           ".avi": ("mpeg4", {"qscale": "3"}),
+           ".webm": ("libvpx-vp9", {"crf": "30", "b": "0", "threads": "1", "deadline": "realtime",
+                                    "cpu-used": "8"}),
+           ".mkv": ("libx264", {"crf": "18", "preset": "veryfast", "threads": "1"})}
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: Optional[str] = None,
+                options: Optional[Mapping[str, str]] = None) -> None:
+    """Write RGB frames to a video file with PyAV.
+
+    Args:
+        path: output file; the extension picks the codec (.mp4/.mkv h264, .avi mpeg4, .webm vp9).
+        frames: uint8 ``(T, H, W, 3)``, H and W even (yuv420p).
+        fps: frame rate.
+        codec: override the codec name.
+        options: override the encoder options.
+    """
+    import av
+
+    ext = os.path.splitext(path)[1].lower()
+    if codec is None:
+        if ext not in _CODECS:
+            raise ValueError(f"{path}: unknown video extension {ext!r}; use one of {sorted(_CODECS)}")
+        codec, default_opts = _CODECS[ext]
+        options = dict(default_opts if options is None else options)
+    frames = np.asarray(frames, dtype=np.uint8)
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{path}: frame size {w}x{h} must be even for yuv420p")
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if options:
+            stream.options = dict(options)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _shape_mask(kind: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, radius: float,
+                angle: float, aspect: float) -> np.ndarray:
+    """Boolean mask of a filled shape centred at (cx, cy) rotated by ``angle`` (radians)."""
+    dx, dy = xx - cx, yy - cy
+    # Coordinates in the shape's own rotated frame.
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    if kind == "disc":
+        return (u / radius) ** 2 + (v / (radius * aspect)) ** 2 <= 1.0
+    if kind == "rectangle":
+        return (np.abs(u) <= radius) & (np.abs(v) <= radius * aspect)
+    # Regular polygon with `sides` corners: inside all half-planes of its edges.
+    sides = 3 if kind == "triangle" else 5
+    inside = np.ones_like(u, dtype=bool)
+    apothem = radius * math.cos(math.pi / sides)
+    for k in range(sides):
+        a = 2 * math.pi * (k + 0.5) / sides
+        inside &= u * math.cos(a) + v * math.sin(a) <= apothem
+    return inside
+
+
+def render_clip(motion: str, num_frames: int, height: int, width: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Render one clip of a motion class.
+
+    Args:
+        motion: one of :data:`MOTION_CLASSES`.
+        num_frames: frames in the clip.
+        height: frame height.
+        width: frame width.
+        rng: the clip's random generator.
+
+    Returns:
+        uint8 ``(num_frames, height, width, 3)``.
+    """
+    small = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Background: a random colour with a linear gradient in a random direction.
+    base = rng.uniform(0, 255, size=3)
+    grad_dir = rng.uniform(0, 2 * math.pi)
+    ramp = (xx * math.cos(grad_dir) + yy * math.sin(grad_dir)) / small
+    background = base[None, None, :] + rng.uniform(-60, 60, size=3)[None, None, :] * ramp[..., None]
+    colour = rng.uniform(0, 255, size=3)
+    # Keep the shape visible: push its colour away from the background's mean colour.
+    if np.abs(colour - base).sum() < 150:
+        colour = 255 - base
+    noise_std = rng.uniform(0, 10)
+    rotating = motion.startswith("rotate")
+    kind = rng.choice(["triangle", "rectangle", "pentagon"] if rotating
+                      else ["triangle", "rectangle", "pentagon", "disc"])
+    aspect = rng.uniform(0.35, 0.6) if kind == "rectangle" else (rng.uniform(0.6, 1.0) if kind == "disc" else 1.0)
+    radius = rng.uniform(0.12, 0.2) * small
+    angle = rng.uniform(0, 2 * math.pi)
+    steps = max(num_frames - 1, 1)
+    cx = rng.uniform(0.35, 0.65) * width
+    cy = rng.uniform(0.35, 0.65) * height
+    vx = vy = 0.0
+    spin = 0.0
+    grow = 1.0
+    if motion.startswith("move_"):
+        ddx, ddy = _DIRECTIONS[motion[len("move_"):]]
+        margin = radius * 1.1
+        # Travel a random part of the free space; start anywhere the trajectory still fits.
+        travel_x = rng.uniform(0.4, 1.0) * max(width - 2 * margin, 0) * (0.7 if ddy else 1.0)
+        travel_y = rng.uniform(0.4, 1.0) * max(height - 2 * margin, 0) * (0.7 if ddx else 1.0)
+        vx, vy = ddx * travel_x / steps, ddy * travel_y / steps
+        cx = rng.uniform(margin, width - margin - travel_x) if ddx > 0 else (
+            rng.uniform(margin + travel_x, width - margin) if ddx < 0 else cx)
+        cy = rng.uniform(margin, height - margin - travel_y) if ddy > 0 else (
+            rng.uniform(margin + travel_y, height - margin) if ddy < 0 else cy)
+    elif rotating:
+        # Less than 45 degrees per frame, so the direction is unambiguous even for squares.
+        spin = (1 if motion == "rotate_clockwise" else -1) * math.radians(rng.uniform(3, 7))
+        radius *= 1.3
+    elif motion in ("grow", "shrink"):
+        ratio = rng.uniform(1.8, 2.6)
+        radius = rng.uniform(0.08, 0.12) * small if motion == "grow" else rng.uniform(0.2, 0.28) * small
+        grow = ratio ** (1 / steps) if motion == "grow" else ratio ** (-1 / steps)
+    else:
+        raise ValueError(f"unknown motion class {motion!r}; known: {', '.join(MOTION_CLASSES)}")
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        # Image y grows downwards, so a positive angle step turns clockwise on screen.
+        mask = _shape_mask(kind, xx, yy, cx + vx * t, cy + vy * t, radius * grow ** t,
+                           angle + spin * t, aspect)
+        img = np.where(mask[..., None], colour[None, None, :], background)
+        if noise_std > 0.5:
+            img = img + rng.normal(0, noise_std, size=img.shape)
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+@dataclass
+class SyntheticDataset:
+    """What :func:`make_synthetic_dataset` wrote.
+
+    Args:
+        out_dir: output folder (the ``--data_path`` to train on it).
+        class_names: names in label order.
+        counts: videos per split.
+        list_files: list file per split.
+    """
+
+    out_dir: str
+    class_names: List[str]
+    counts: Dict[str, int] = field(default_factory=dict)
+    list_files: Dict[str, str] = field(default_factory=dict)
+
+
+def _split_counts(videos_per_class: int, splits: Mapping[str, float]) -> Dict[str, int]:
+    """Videos per class in each split: rounded fractions, at least one each, summing up."""
+    names = list(splits)
+    if videos_per_class < len(names):
+        raise ValueError(f"videos_per_class ({videos_per_class}) must be >= the number of "
+                         f"splits ({len(names)})")
+    total = float(sum(splits.values()))
+    counts = {n: max(1, int(round(videos_per_class * splits[n] / total))) for n in names[1:]}
+    counts[names[0]] = videos_per_class - sum(counts.values())
+    if counts[names[0]] < 1:
+        raise ValueError(f"videos_per_class ({videos_per_class}) is too small for splits {dict(splits)}")
+    return {n: counts[n] for n in names}
+
+
+def _make_one(job: Tuple[str, str, int, int, int, int, Tuple[int, ...]]) -> None:
+    path, motion, num_frames, height, width, fps, seed_key = job
+    rng = np.random.default_rng(list(seed_key))
+    write_video(path, render_clip(motion, num_frames, height, width, rng), fps=fps)
+
+
+def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class: int = 20,
+                           num_frames: int = 32, size: Union[int, Tuple[int, int]] = 64,
+                           seed: int = 0, splits: Optional[Mapping[str, float]] = None,
+                           fps: int = 25, workers: int = 1) -> SyntheticDataset:
+    """Write the synthetic data set.
+
+    Args:
+        out_dir: output folder (created).
+        num_classes: number of motion classes, at most ``len(MOTION_CLASSES)`` (12).
+        videos_per_class: videos per class over all splits.
+        num_frames: frames per video.
+        size: frame size, an int for square frames or ``(height, width)``; even numbers.
+        seed: every video is a function of (seed, class, split, number) only.
+        splits: split name -> fraction of each class's videos (default 60/20/20
+            train/val/test); every split gets at least one video per class.
+        fps: frame rate written into the files.
+        workers: processes used to render and encode.
+
+    Returns:
+        A :class:`SyntheticDataset` describing the files.
+    """
+    if not 1 <= num_classes <= len(MOTION_CLASSES):
+        raise ValueError(f"num_classes must be in [1, {len(MOTION_CLASSES)}], got {num_classes}")
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    splits = dict(DEFAULT_SPLITS if splits is None else splits)
+    per_split = _split_counts(videos_per_class, splits)
+    names = list(MOTION_CLASSES[:num_classes])
+    os.makedirs(out_dir, exist_ok=True)
+    jobs, lines = [], {s: [] for s in splits}
+    for label, name in enumerate(names):
+        os.makedirs(os.path.join(out_dir, "videos", name), exist_ok=True)
+        for split_no, split in enumerate(splits):
+            for k in range(per_split[split]):
+                rel = f"videos/{name}/{split}_{k:04d}.mp4"
+                # Seeded per video, so the result does not depend on order or worker count.
+                jobs.append((os.path.join(out_dir, rel), name, num_frames, height, width, fps,
+                             (seed, label, split_no, k)))
+                lines[split].append(f"{rel} {label}")
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_make_one, jobs, chunksize=8))
+    else:
+        for job in jobs:
+            _make_one(job)
+    result = SyntheticDataset(out_dir=out_dir, class_names=names)
+    for split, split_lines in lines.items():
+        list_path = os.path.join(out_dir, f"{split}.csv")
+        with open(list_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(split_lines) + "\n")
+        result.list_files[split] = list_path
+        result.counts[split] = len(split_lines)
+    with open(os.path.join(out_dir, "classes.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{i} {n}\n" for i, n in enumerate(names)))
+    logger.info("wrote %s videos of %d classes to %s", result.counts, num_classes, out_dir)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (use it as --data_path)")
+    p.add_argument("--num_classes", type=int, default=8, help=f"at most {len(MOTION_CLASSES)}")
+    p.add_argument("--videos_per_class", type=int, default=20)
+    p.add_argument("--num_frames", type=int, default=32)
+    p.add_argument("--size", type=int, nargs="+", default=[64], help="SIZE or HEIGHT WIDTH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--splits", default="train:0.6,val:0.2,test:0.2",
+                   help="comma-separated name:fraction pairs")
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--workers", type=int, default=1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        splits = {k: float(v) for k, v in (kv.split(":") for kv in a.splits.split(","))}
+    except ValueError:
+        p.error(f"--splits {a.splits!r}: expected name:fraction pairs like train:0.6,val:0.2")
+    size = a.size[0] if len(a.size) == 1 else (a.size[0], a.size[1])
+    make_synthetic_dataset(a.out, a.num_classes, a.videos_per_class, a.num_frames, size,
+                           a.seed, splits, a.fps, a.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
