@@ -260,7 +260,10 @@ def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], sourc
     if mismatched:
         raise CheckpointError(f"{source}: {len(mismatched)} tensors do not fit the model "
                               f"(wrong --model or input size?): " + "; ".join(mismatched[:10]))
-    missing_backbone = [k for k in own if k.startswith(_ENCODER_PREFIXES) and k not in sd]
+    method = getattr(model, "transfer", None)
+    added = method.owned_names if method is not None else set()
+    missing_backbone = [k for k in own
+                        if k.startswith(_ENCODER_PREFIXES) and k not in sd and k not in added]
     if missing_backbone and fmt != "project":
         raise CheckpointError(f"{source} lacks {len(missing_backbone)} backbone tensors the model "
                               f"needs: {', '.join(missing_backbone[:10])}")

@@ -229,7 +229,8 @@ class VisionTransformer(nn.Module):
         self._pos_cache: dict = {}  # (N, device, dtype) -> fixed sin-cos table
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        # Stochastic depth decay rule (linspace in Python: also works when built on the meta device).
+        dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i],
                   init_values, norm_layer) for i in range(depth)])

@@ -71,6 +71,7 @@ class TransferMethod:
 
     def __init__(self, **kwargs) -> None:
         self.config = dict(kwargs)
+        self.owned_names: set = set()
 
     # --- building ----------------------------------------------------------------------------
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
@@ -80,6 +81,9 @@ class TransferMethod:
     def attach(self, model: nn.Module) -> "TransferMethod":
         """Inject into ``model``, make it consult this method, and freeze what does not train."""
         own = self.inject(model)
+        own_ids = {id(p) for p in own}
+        # Names of the tensors this method added: not backbone weights, never in a backbone file.
+        self.owned_names = {n for n, p in model.named_parameters() if id(p) in own_ids}
         model.transfer = self
         if self.trains_backbone:
             model.requires_grad_(True)
