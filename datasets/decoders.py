@@ -8,13 +8,18 @@ which carries the path and a short reason, so the dataset can log, count and rep
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import List, Sequence
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 BACKENDS = ("decord", "pyav")
+# Paths already reported as decoded by the PyAV fallback (one warning per path and process).
+_FALLBACK_WARNED: set = set()
 
 # A frame folder holds files named like img_00001.jpg (the mmaction/VideoMAE convention).
 _FRAME_FILE_RE = re.compile(r"^img_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
@@ -85,10 +90,13 @@ class DecordReader(VideoReader):
         import decord  # imported lazily so the PyAV backend works without decord
 
         self.path = path
+        # decord reports failures as DECORDError, RuntimeError ("Error reading ...") or
+        # IndexError (indices past its frame count).
+        self._errors = (decord.DECORDError, RuntimeError, IndexError, ValueError)
         try:
             self._vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
             self._len = len(self._vr)
-        except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
+        except self._errors as exc:
             raise VideoDecodeError(path, f"decord cannot open it ({_short(exc)})") from exc
 
     def __len__(self) -> int:
@@ -100,8 +108,19 @@ class DecordReader(VideoReader):
             # slow or failing backward seeks on some files after a previous read.
             self._vr.seek(0)
             return self._vr.get_batch(indices).asnumpy()
-        except Exception as exc:
-            raise VideoDecodeError(self.path, f"decord failed to decode frames ({_short(exc)})") from exc
+        except self._errors as exc:
+            reason = _short(exc)
+        # decord also fails on some valid files (e.g. decord2 3.4 cannot copy frames whose width
+        # is 16, 24, 32, 48, 96 or 144 pixels): retry once with PyAV before calling it bad.
+        try:
+            frames = PyAVReader(self.path)._read_sorted(indices)
+        except VideoDecodeError as exc:
+            raise VideoDecodeError(self.path, f"decord failed to decode frames ({reason}); "
+                                              f"PyAV fallback: {exc.reason}") from exc
+        if self.path not in _FALLBACK_WARNED:
+            _FALLBACK_WARNED.add(self.path)
+            logger.warning("%s: decord failed (%s); decoded with PyAV instead", self.path, reason)
+        return frames
 
 
 class PyAVReader(VideoReader):
@@ -140,6 +159,11 @@ class PyAVReader(VideoReader):
 
     def _read_sorted(self, indices: List[int]) -> np.ndarray:
         av = self._av
+        from av.video.reformatter import VideoReformatter
+
+        # One reformatter for the whole clip reuses its swscale context (frame.to_ndarray would
+        # build a new one per frame, about 2.5x slower); the conversion is the same.
+        rgb = VideoReformatter()
         wanted = set(indices)
         last = indices[-1]
         out: List[np.ndarray] = []
@@ -148,9 +172,13 @@ class PyAVReader(VideoReader):
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
                 stream.thread_count = 1  # one thread per worker, as for decord
+                size = {}
                 for frame in container.decode(stream):
                     if decoded in wanted:
-                        out.append(frame.to_ndarray(format="rgb24"))
+                        # All frames at the first wanted frame's size, in case the stream
+                        # changes resolution midway (decord scales to a fixed size as well).
+                        size = size or {"width": frame.width, "height": frame.height}
+                        out.append(rgb.reformat(frame, format="rgb24", **size).to_ndarray())
                     decoded += 1
                     if decoded > last:
                         break

@@ -16,7 +16,7 @@ every DataLoader worker), so a fixed seed reproduces the clips.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -195,7 +195,7 @@ def crop_offsets(long_side: int, crop: int, num_crops: int) -> List[int]:
     return [int(k * step) for k in range(num_crops)]
 
 
-def resized_short_side(height: int, width: int, short_side: int) -> tuple:
+def resized_short_side(height: int, width: int, short_side: int) -> Tuple[int, int]:
     """(new_height, new_width) with the short side equal to ``short_side``, aspect kept.
 
     Args:

@@ -131,18 +131,25 @@ def resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> to
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+              std: Sequence[float] = IMAGENET_STD, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """uint8 ``(T, 3, H, W)`` -> float32 ``(3, T, H, W)`` normalised with ``mean``/``std``.
 
     Args:
         x: uint8 clip.
         mean: per-channel mean in [0, 1] units.
         std: per-channel std in [0, 1] units.
+        out: float32 ``(3, T, H, W)`` tensor to write into (e.g. one view of a test item),
+            saving an allocation and a later copy.
     """
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    y = (x.float() - m) / s
-    return y.permute(1, 0, 2, 3).contiguous()
+    t, c, h, w = x.shape
+    # Convert straight into the (3, T, H, W) layout, then normalise in place: fewer passes
+    # over memory than float() -> arithmetic -> permute().contiguous().
+    if out is None:
+        out = torch.empty((c, t, h, w), dtype=torch.float32)
+    out.copy_(x.permute(1, 0, 2, 3))
+    out.sub_(torch.tensor(mean, dtype=torch.float32).view(c, 1, 1, 1) * 255.0)
+    out.div_(torch.tensor(std, dtype=torch.float32).view(c, 1, 1, 1) * 255.0)
+    return out
 
 
 class ClipRandomErasing:

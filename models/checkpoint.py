@@ -264,7 +264,7 @@ def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], sourc
     added = method.owned_names if method is not None else set()
     missing_backbone = [k for k in own
                         if k.startswith(_ENCODER_PREFIXES) and k not in sd and k not in added]
-    if missing_backbone and fmt != "project":
+    if missing_backbone:
         raise CheckpointError(f"{source} lacks {len(missing_backbone)} backbone tensors the model "
                               f"needs: {', '.join(missing_backbone[:10])}")
     model.load_state_dict(sd, strict=False)
@@ -309,10 +309,43 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, Mapping[str
     else:
         obj, source = path_or_state_dict, "<state dict>"
     sd, _ = select_state_dict(obj, model_key)
-    sd, dropped, fmt = normalise_keys(sd, model_prefix)
     if isinstance(obj, Mapping) and "transfer_type" in obj and "backbone" in obj:
-        fmt = "project"
+        return _load_project_checkpoint(model, obj, sd, source, unsafe)
+    sd, dropped, fmt = normalise_keys(sd, model_prefix)
     return load_state_dict_into(model, sd, source, fmt, dropped)
+
+
+def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: StateDict,
+                             source: str, unsafe: bool) -> LoadReport:
+    """This project's format (SPEC §8). A frozen-backbone checkpoint holds only the trained
+    tensors, so the backbone it names is loaded first (its sha256 checked), then those tensors."""
+    from .method_io import file_sha256
+
+    own = model.state_dict()
+    method = getattr(model, "transfer", None)
+    added = method.owned_names if method is not None else set()
+    needs_backbone = any(k.startswith(_ENCODER_PREFIXES) and k not in sd and k not in added
+                         for k in own)
+    dropped: List[str] = []
+    if needs_backbone:
+        ref = obj.get("backbone") or {}
+        path = ref.get("path")
+        if not path:
+            raise CheckpointError(f"{source} holds only the trained tensors of a "
+                                  f"'{obj.get('transfer_type')}' model and names no backbone file")
+        if not os.path.exists(path):
+            raise CheckpointError(f"{source} was trained on the backbone {path}, which does not "
+                                  f"exist here; load that backbone first (--finetune) and this "
+                                  f"file with --resume")
+        if ref.get("sha256") and file_sha256(path) != ref["sha256"]:
+            raise CheckpointError(f"{source} was trained on {path} with sha256 "
+                                  f"{ref['sha256'][:12]}..., but that file has changed")
+        base = load_pretrained(model, path, unsafe=unsafe)
+        dropped = base.dropped
+    report = load_state_dict_into(model, {**{k: v for k, v in model.state_dict().items()
+                                             if needs_backbone and k not in sd}, **sd},
+                                  source, "project", dropped)
+    return report
 
 
 def _match_hf_layernorm_eps(model: nn.Module, config: dict, path: str) -> None:

@@ -127,7 +127,8 @@ class Attention(nn.Module):
     def qkv_bias(self) -> Optional[torch.Tensor]:
         if self.q_bias is None:
             return None
-        return torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        # Engines that cast parameters but not buffers (DeepSpeed bf16) must not mix dtypes here.
+        return torch.cat((self.q_bias, self.k_bias.to(self.q_bias.dtype), self.v_bias))
 
     def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None) -> torch.Tensor:
         """Args:

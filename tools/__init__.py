@@ -1,0 +1,1 @@
+"""Command-line tools: list-file builders, the synthetic data set generator, the demo."""

@@ -27,6 +27,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -43,11 +44,14 @@ _DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
 DEFAULT_SPLITS: Dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 
 # Codec per container extension (SPEC §6 formats).
-_CODECS = {".mp4": ("libx264", {"crf": "18", "preset": "veryfast", "threads": "1"}),
+# x264's macroblock-tree rate control reads memory outside the picture and makes the output
+# vary from run to run; without it (mbtree=0) and with one thread the files are reproducible.
+_X264 = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
+_CODECS = {".mp4": ("libx264", _X264),
            ".avi": ("mpeg4", {"qscale": "3"}),
            ".webm": ("libvpx-vp9", {"crf": "30", "b": "0", "threads": "1", "deadline": "realtime",
                                     "cpu-used": "8"}),
-           ".mkv": ("libx264", {"crf": "18", "preset": "veryfast", "threads": "1"})}
+           ".mkv": ("libx264", _X264)}
 
 
 def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: Optional[str] = None,
@@ -78,8 +82,12 @@ def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: Optional[st
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if options:
             stream.options = dict(options)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            # Explicit timestamps, so the encoder and muxer never guess frame durations.
+            vf.pts = i
+            vf.time_base = Fraction(1, fps)
+            for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -107,7 +115,7 @@ def _shape_mask(kind: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float,
 
 
 def render_clip(motion: str, num_frames: int, height: int, width: int,
-                rng: np.random.Generator) -> np.ndarray:
+                rng: np.random.Generator, noise_max: float = 10.0) -> np.ndarray:
     """Render one clip of a motion class.
 
     Args:
@@ -116,6 +124,7 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
         height: frame height.
         width: frame width.
         rng: the clip's random generator.
+        noise_max: largest standard deviation of the per-frame pixel noise.
 
     Returns:
         uint8 ``(num_frames, height, width, 3)``.
@@ -131,7 +140,7 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
     # Keep the shape visible: push its colour away from the background's mean colour.
     if np.abs(colour - base).sum() < 150:
         colour = 255 - base
-    noise_std = rng.uniform(0, 10)
+    noise_std = rng.uniform(0, noise_max)
     rotating = motion.startswith("rotate")
     kind = rng.choice(["triangle", "rectangle", "pentagon"] if rotating
                       else ["triangle", "rectangle", "pentagon", "disc"])

@@ -1,0 +1,157 @@
+"""Optimizer and parameter groups (VideoMAE's ``optim_factory`` interface).
+
+Rules:
+
+* Only trainable tensors (``requires_grad``) are given to the optimizer; a frozen backbone is
+  invisible to it (no state, no weight decay, no work).
+* No weight decay for 1-D tensors and scalars (biases, norm scales, APT's ``prompt_scale`` rows
+  are 3-D but see below), names ending in ``.bias``, parameters of normalisation layers, names in
+  ``model.no_weight_decay()`` and prompt tensors (parameters whose own name contains
+  ``prompt``: ``prompt_embeddings_k/v``, ``prompt_scale``, VPT's ``prompt_embeddings``,
+  Approximated Prompt Tuning's ``prompts``); ``decay_prompts=True`` decays prompts as the
+  original APT code did.
+* Layer decay (``--layer_decay`` < 1) as VideoMAE's ``LayerDecayValueAssigner``: layer id 0 for
+  the patch and position embeddings, ``i + 1`` for ``blocks.i`` (adapters and LoRA factors live
+  inside their block and take its id), ``num_layers + 1`` for everything else (norms, head).
+  Prompt tensors that span several blocks (``prompt_embeddings_k`` is (L, P, head_dim)) are
+  top-level parameters and take the last id, i.e. scale 1, exactly as in the original APT code
+  where they fell through to the same rule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def get_num_layer_for_vit(var_name: str, num_max_layer: int) -> int:
+    """VideoMAE's layer id of a parameter name (``num_max_layer`` = num_layers + 2)."""
+    if var_name in ("cls_token", "mask_token", "pos_embed"):
+        return 0
+    if var_name.startswith("patch_embed"):
+        return 0
+    if var_name.startswith("rel_pos_bias"):
+        return num_max_layer - 1
+    if var_name.startswith("blocks."):
+        return int(var_name.split(".")[1]) + 1
+    return num_max_layer - 1
+
+
+class LayerDecayValueAssigner:
+    """Learning-rate scale per layer id: ``values[i] = layer_decay ** (num_layers + 1 - i)``."""
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = list(values)
+
+    def get_scale(self, layer_id: int) -> float:
+        return self.values[layer_id]
+
+    def get_layer_id(self, var_name: str) -> int:
+        return get_num_layer_for_vit(var_name, len(self.values))
+
+
+def layer_decay_assigner(model: nn.Module, layer_decay: float) -> Optional[LayerDecayValueAssigner]:
+    """The assigner for ``--layer_decay`` (None when it is 1, i.e. off)."""
+    if layer_decay >= 1.0:
+        return None
+    num_layers = model.get_num_layers()
+    return LayerDecayValueAssigner([layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)])
+
+
+def _norm_param_names(model: nn.Module) -> set:
+    names = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _NORM_TYPES):
+            for p_name, _ in module.named_parameters(recurse=False):
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
+
+
+def is_prompt_param(name: str) -> bool:
+    return "prompt" in name.rsplit(".", 1)[-1]
+
+
+def get_parameter_groups(model: nn.Module, weight_decay: float = 1e-5,
+                         skip_list: Iterable[str] = (),
+                         get_num_layer: Optional[Callable[[str], int]] = None,
+                         get_layer_scale: Optional[Callable[[int], float]] = None,
+                         decay_prompts: bool = False) -> List[Dict]:
+    """Parameter groups of the trainable tensors: (layer id) x (decay / no decay).
+
+    Each group carries ``weight_decay``, ``lr_scale`` (layer decay, 1 without it) and the names
+    of its parameters (``param_names``, for logs; optimizers ignore extra keys).
+    """
+    skip = set(skip_list)
+    norms = _norm_param_names(model)
+    groups: Dict[str, Dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = (param.ndim <= 1 or name.endswith(".bias") or name in skip or name in norms
+                    or (is_prompt_param(name) and not decay_prompts))
+        layer_id = get_num_layer(name) if get_num_layer is not None else None
+        group_name = ("no_decay" if no_decay else "decay") + \
+            (f"_layer_{layer_id}" if layer_id is not None else "")
+        if group_name not in groups:
+            scale = get_layer_scale(layer_id) if get_layer_scale is not None and layer_id is not None else 1.0
+            groups[group_name] = {"params": [], "param_names": [], "lr_scale": scale,
+                                  "weight_decay": 0.0 if no_decay else weight_decay,
+                                  "group_name": group_name}
+        groups[group_name]["params"].append(param)
+        groups[group_name]["param_names"].append(name)
+    if not groups:
+        raise ValueError("the model has no trainable parameters: check --transfer_type")
+    logger.debug("parameter groups: %s", json.dumps(
+        {k: {"lr_scale": g["lr_scale"], "weight_decay": g["weight_decay"],
+             "params": g["param_names"]} for k, g in groups.items()}, indent=1))
+    return list(groups.values())
+
+
+def create_optimizer(args: argparse.Namespace, model: nn.Module,
+                     get_num_layer: Optional[Callable[[str], int]] = None,
+                     get_layer_scale: Optional[Callable[[int], float]] = None,
+                     filter_bias_and_bn: bool = True,
+                     skip_list: Optional[Iterable[str]] = None) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameter groups.
+
+    Args:
+        args: ``opt`` ('adamw' | 'sgd' | 'adam'), ``lr``, ``weight_decay``, ``opt_eps``,
+            ``opt_betas``, ``momentum``, ``decay_prompts``.
+        model: the unwrapped model.
+        get_num_layer / get_layer_scale: layer decay (``LayerDecayValueAssigner``).
+        filter_bias_and_bn: exempt biases, norms and prompts from weight decay (VideoMAE name).
+        skip_list: extra names without weight decay (default ``model.no_weight_decay()``).
+    """
+    opt = args.opt.lower()
+    weight_decay = args.weight_decay
+    if skip_list is None:
+        skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    if filter_bias_and_bn:
+        params = get_parameter_groups(model, weight_decay, skip_list, get_num_layer,
+                                      get_layer_scale, getattr(args, "decay_prompts", False))
+    else:
+        params = [{"params": [p for p in model.parameters() if p.requires_grad],
+                   "weight_decay": weight_decay, "lr_scale": 1.0, "param_names": []}]
+    kwargs = {"lr": args.lr, "weight_decay": 0.0}
+    if opt in ("adamw", "adam"):
+        if getattr(args, "opt_eps", None) is not None:
+            kwargs["eps"] = args.opt_eps
+        if getattr(args, "opt_betas", None) is not None:
+            if len(args.opt_betas) != 2:
+                raise ValueError(f"--opt_betas takes two values, got {args.opt_betas}")
+            kwargs["betas"] = tuple(args.opt_betas)
+        cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
+        optimizer = cls(params, **kwargs)
+    elif opt in ("sgd", "momentum"):
+        optimizer = torch.optim.SGD(params, momentum=args.momentum, nesterov=True, **kwargs)
+    else:
+        raise ValueError(f"--opt {args.opt!r} is not supported; use adamw or sgd")
+    return optimizer

@@ -1,0 +1,103 @@
+"""Shared helpers of the engine/CLI tests: a tiny synthetic data set, the tiny-model flag set,
+in-process and subprocess runs of ``run_class_apt.py``, and readers of what a run writes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 3 classes x 7 videos: 9 train, 3 val, 9 test videos (an odd test count, so a 2-process
+# DistributedSampler pads one video and the de-duplication is exercised).
+SYNTH = dict(num_classes=3, videos_per_class=7, num_frames=8, size=(32, 40), seed=0,
+             splits={"train": 3, "val": 1, "test": 3})
+NUM_TEST = 9
+
+
+def make_data(folder: str) -> str:
+    """Write the synthetic data set once into ``folder``; returns it (the --data_path)."""
+    from tools.make_synthetic import make_synthetic_dataset
+    if not os.path.exists(os.path.join(folder, "test.csv")):
+        make_synthetic_dataset(folder, **SYNTH)
+    return folder
+
+
+def tiny_argv(data_path: str, output_dir: str, transfer_type: str = "prompt",
+              model: str = "vit_micro_patch16", epochs: int = 1, **flags: object) -> List[str]:
+    """Flags of a tiny, fast run (4 frames of 32x32, batch 2 x 2 clips, 2x2 test views).
+
+    Extra ``flags`` are added as ``--name value`` (``True``: a bare switch; ``None``: removed).
+    """
+    base: Dict[str, object] = {
+        "model": model, "transfer_type": transfer_type, "data_set": "custom", "nb_classes": 3,
+        "data_path": data_path, "output_dir": output_dir, "log_dir": output_dir,
+        "batch_size": 2, "batch_size_val": 4, "num_sample": 2, "input_size": 32,
+        "short_side_size": 32, "num_frames": 4, "sampling_rate": 2, "test_num_segment": 2,
+        "test_num_crop": 2, "opt": "adamw", "lr": 0.05, "weight_decay": 1e-5, "epochs": epochs,
+        "warmup_epochs": 1, "num_workers": 0, "device": "cpu", "prompt_num_tokens": 2,
+        "prompt_dropout": 0.1, "prompt_reparam": True, "save_ckpt_freq": 1, "log_every": 50,
+        "seed": 0, "smoothing": 0.1,
+    }
+    base.update(flags)
+    argv: List[str] = []
+    for key, value in base.items():
+        if value is None or value is False:
+            continue
+        argv.append(f"--{key}")
+        if value is not True:
+            argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return argv
+
+
+def parse(argv: Sequence[str]):
+    import run_class_apt
+    return run_class_apt.get_args_parser().parse_args(list(argv))
+
+
+def run_main(argv: Sequence[str]) -> dict:
+    """Parse and run in this process; returns ``main``'s result."""
+    import run_class_apt
+    return run_class_apt.main(parse(argv))
+
+
+def read_log(output_dir: str) -> List[dict]:
+    with open(os.path.join(output_dir, "log.txt"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_record(output_dir: str) -> dict:
+    """The last ``Final top-1`` line of ``log.txt``."""
+    finals = [r for r in read_log(output_dir) if "Final top-1" in r]
+    assert finals, f"no final test line in {output_dir}/log.txt"
+    return finals[-1]
+
+
+def subprocess_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                        "PYTEST_XDIST_WORKER")}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + env.get("PYTHONPATH", "")})
+    env.update(extra or {})
+    return env
+
+
+def run_cli(argv: Sequence[str], nproc: int = 0, port: int = 0, timeout: int = 240,
+            env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run ``run_class_apt.py`` in a subprocess, under ``torchrun --nproc_per_node=nproc`` when
+    ``nproc`` > 0; fails the test with the output tail on a non-zero exit."""
+    script = os.path.join(ROOT, "run_class_apt.py")
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", script, *argv]
+    else:
+        cmd = [sys.executable, script, *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(env), capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited with {proc.returncode}:\n"
+                             f"{(proc.stdout + proc.stderr)[-6000:]}")
+    return proc
+

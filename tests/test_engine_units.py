@@ -1,0 +1,292 @@
+"""Pieces of the training engine checked against hand-computed references: schedules, parameter
+groups, gradient accumulation, the non-finite-loss stop, the prediction merge and atomic
+checkpoint writes."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import engine
+import optim_factory
+import utils
+from models import create_model
+from tests.engine_helpers import ROOT, subprocess_env
+
+
+def _micro(transfer_type="prompt", **kw):
+    return create_model("vit_micro_patch16", transfer_type=transfer_type, num_classes=3,
+                        all_frames=4, img_size=32, prompt_num_tokens=2, **kw)
+
+
+# ----------------------------------------------------------------------------------- schedules
+def test_cosine_schedule_warmup_peak_and_end():
+    s = utils.cosine_scheduler(1.0, 0.1, epochs=3, niter_per_ep=4, warmup_epochs=1,
+                               start_warmup_value=0.2)
+    assert len(s) == 12
+    np.testing.assert_allclose(s[:4], np.linspace(0.2, 1.0, 4))
+    # after warm-up: 0.1 + 0.45 * (1 + cos(pi * i / 8)), i = 0..7
+    ref = [0.1 + 0.45 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+    np.testing.assert_allclose(s[4:], ref)
+    assert s[4] == pytest.approx(1.0)
+    s2 = utils.cosine_scheduler(1.0, 0.0, epochs=2, niter_per_ep=5, warmup_epochs=1,
+                                warmup_steps=2)
+    np.testing.assert_allclose(s2[:2], [0.0, 1.0])  # --warmup_steps overrides --warmup_epochs
+    assert utils.scale_lr(0.05, 64) == pytest.approx(0.0125)
+
+
+# ------------------------------------------------------------------------------ param groups
+def test_parameter_groups_only_trainable_and_no_decay_rules():
+    model = _micro("prompt", prompt_reparam=True)
+    groups = optim_factory.get_parameter_groups(model, 0.05, model.no_weight_decay())
+    names = {n: g for g in groups for n in g["param_names"]}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(names) == trainable  # the frozen backbone is not in the optimizer
+    decayed = {n for n, g in names.items() if g["weight_decay"] > 0}
+    assert decayed == {"head.weight"}  # prompts, prompt_scale, fc_norm, biases: no decay
+    g2 = optim_factory.get_parameter_groups(model, 0.05, (), decay_prompts=True)
+    decayed2 = {n for g in g2 if g["weight_decay"] > 0 for n in g["param_names"]}
+    assert decayed2 == {"head.weight", "prompt_embeddings_k", "prompt_embeddings_v",
+                        "prompt_scale"}
+
+
+def test_layer_decay_ids_and_scales():
+    model = _micro("adapter")  # depth 2: ids 0 (embeddings), 1..2 (blocks), 3 (rest)
+    assigner = optim_factory.layer_decay_assigner(model, 0.5)
+    assert assigner.values == [0.125, 0.25, 0.5, 1.0]
+    groups = optim_factory.get_parameter_groups(model, 0.05, (), assigner.get_layer_id,
+                                                assigner.get_scale)
+    scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    assert scale["blocks.0.mlp_adapter.down.weight"] == 0.25
+    assert scale["blocks.1.mlp_adapter.up.weight"] == 0.5
+    assert scale["head.weight"] == 1.0 and scale["fc_norm.weight"] == 1.0
+    prompt = _micro("prompt")
+    a2 = optim_factory.layer_decay_assigner(prompt, 0.5)
+    g2 = optim_factory.get_parameter_groups(prompt, 0.05, (), a2.get_layer_id, a2.get_scale)
+    s2 = {n: g["lr_scale"] for g in g2 for n in g["param_names"]}
+    assert s2["prompt_embeddings_k"] == 1.0  # spans all blocks: the last id, as the original
+    end2end = _micro("end2end")
+    a3 = optim_factory.layer_decay_assigner(end2end, 0.5)
+    g3 = optim_factory.get_parameter_groups(end2end, 0.05, (), a3.get_layer_id, a3.get_scale)
+    s3 = {n: g["lr_scale"] for g in g3 for n in g["param_names"]}
+    assert s3["patch_embed.proj.weight"] == 0.125 and s3["blocks.1.attn.qkv.weight"] == 0.5
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_create_optimizer_honours_flags(opt):
+    import argparse
+    args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.05, opt_eps=1e-6,
+                              opt_betas=[0.8, 0.99], momentum=0.7, decay_prompts=False)
+    model = _micro("linear")
+    optimizer = optim_factory.create_optimizer(args, model)
+    n_opt = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    g = optimizer.param_groups[0]
+    if opt == "adamw":
+        assert isinstance(optimizer, torch.optim.AdamW)
+        assert g["betas"] == (0.8, 0.99) and g["eps"] == 1e-6
+    else:
+        assert isinstance(optimizer, torch.optim.SGD) and g["momentum"] == 0.7
+
+
+# --------------------------------------------------------------------------- training loop
+class _Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _batches(n, size=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 6, generator=g), torch.randint(0, 3, (size,), generator=g), [])
+            for _ in range(n)]
+
+
+def _train(model, batches, update_freq, lrs):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    for group in optimizer.param_groups:
+        group["lr_scale"] = 1.0
+    steps = len(batches) // update_freq
+    return engine.train_one_epoch(
+        model, nn.CrossEntropyLoss(), batches, optimizer, torch.device("cpu"), 0,
+        utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
+        lr_schedule_values=lrs, wd_schedule_values=None, num_training_steps_per_epoch=steps,
+        update_freq=update_freq, print_freq=100)
+
+
+def test_gradient_accumulation_equals_the_large_batch_step():
+    torch.manual_seed(0)
+    a = _Linear()
+    b = _Linear()
+    b.load_state_dict(a.state_dict())
+    small = _batches(4)
+    large = [(torch.cat([small[i][0], small[i + 1][0]]), torch.cat([small[i][1], small[i + 1][1]]), [])
+             for i in (0, 2)]
+    _train(a, small, update_freq=2, lrs=[0.3, 0.2])
+    _train(b, large, update_freq=1, lrs=[0.3, 0.2])
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(_Linear())
+        entered = []
+        original = nn.parallel.DistributedDataParallel.no_sync
+
+        def counting_no_sync(self):
+            entered.append(1)
+            return original(self)
+
+        monkeypatch.setattr(nn.parallel.DistributedDataParallel, "no_sync", counting_no_sync)
+        _train(ddp, _batches(6), update_freq=3, lrs=[0.1, 0.1])
+        assert len(entered) == 4  # micro-batches 0, 1 and 3, 4: two per optimizer step
+    finally:
+        dist.destroy_process_group()
+
+
+def test_non_finite_loss_names_the_global_step():
+    calls = []
+
+    def criterion(out, target):
+        calls.append(1)
+        loss = nn.functional.cross_entropy(out, target)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    model = _Linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(engine.NonFiniteLossError, match=r"global step 7\b"):
+        engine.train_one_epoch(model, criterion, _batches(4), optimizer, torch.device("cpu"), 1,
+                               utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
+                               start_steps=5, lr_schedule_values=[0.1] * 10,
+                               num_training_steps_per_epoch=4, print_freq=100)
+
+
+# ----------------------------------------------------------------------------------- merging
+def test_merge_counts_each_video_once(tmp_path):
+    # 5 videos on 2 ranks: the DistributedSampler pads rank 1 with video 0 again.
+    s = lambda *v: list(v)  # noqa: E731
+    rank0 = [{"index": 0, "label": 0, "scores": s(0.7, 0.2, 0.1)},
+             {"index": 2, "label": 2, "scores": s(0.5, 0.1, 0.4)},
+             {"index": 4, "label": -1, "scores": None, "path": "bad.mp4"}]
+    rank1 = [{"index": 1, "label": 1, "scores": s(0.1, 0.8, 0.1)},
+             {"index": 3, "label": 0, "scores": s(0.3, 0.6, 0.1)},
+             {"index": 0, "label": 0, "scores": s(0.7, 0.2, 0.1)}]
+    result = engine.merge_predictions([rank0, rank1])
+    assert result["videos"] == 4 and result["bad_videos"] == 1
+    assert result["top1"] == pytest.approx(50.0)  # videos 0 and 1 right, 2 and 3 wrong
+    assert result["top5"] == pytest.approx(100.0)  # 3 classes: top-5 = all
+    for r, part in enumerate((rank0, rank1)):
+        with open(engine.prediction_file(str(tmp_path), r), "w") as f:
+            f.write("".join(json.dumps(p) + "\n" for p in part))
+    assert engine.merge(str(tmp_path), 2) == (pytest.approx(50.0), pytest.approx(100.0))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _save_args(tmp_path):
+    import argparse
+    return argparse.Namespace(output_dir=str(tmp_path), finetune="", model="vit_micro_patch16",
+                              opt_betas=(0.9, 0.999), lr=float("inf"))
+
+
+def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
+    model = _micro("prompt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    path = utils.save_model(_save_args(tmp_path), 3, model, model, optimizer, None, step=12)
+    obj = torch.load(path, weights_only=True)
+    assert obj["epoch"] == 3 and obj["step"] == 12 and obj["transfer_type"] == "prompt"
+    assert obj["args"]["opt_betas"] == [0.9, 0.999] and obj["args"]["lr"] == "inf"
+    assert set(obj["model"]) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert obj["backbone"] == {"path": None, "sha256": None}
+
+
+def test_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path):
+    """A real SIGKILL while the new checkpoint-last is half written."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys, argparse, torch
+        sys.path.insert(0, {ROOT!r})
+        import utils
+        from models import create_model
+        model = create_model("vit_micro_patch16", transfer_type="linear", num_classes=3,
+                             all_frames=4, img_size=32)
+        args = argparse.Namespace(output_dir={str(tmp_path)!r}, finetune="")
+        utils.save_model(args, 0, model, model, None, None, tag="last", step=1)
+        real_save = torch.save
+        def dying_save(obj, f, *a, **k):
+            real_save(obj, f, *a, **k)
+            f.truncate(f.tell() // 2)  # half of the bytes are on disk ...
+            f.flush(); os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)  # ... when the process is killed
+        torch.save = dying_save
+        with torch.no_grad():
+            model.head.weight.add_(1.0)
+        utils.save_model(args, 1, model, model, None, None, tag="last", step=2)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    leftovers = [n for n in os.listdir(tmp_path) if ".tmp" in n]
+    assert leftovers, "the simulated kill should leave a partial temporary file"
+    path = utils.find_resume_checkpoint(str(tmp_path))
+    assert path == os.path.join(str(tmp_path), "checkpoint-last.pth")
+    good = utils.read_checkpoint(path)
+    assert good["epoch"] == 0 and good["step"] == 1  # the previous, complete checkpoint
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    model = _micro("linear")
+    args = _save_args(tmp_path)
+    utils.save_model(args, 0, model, model, None, None, tag="last")
+    before = open(os.path.join(tmp_path, "checkpoint-last.pth"), "rb").read()
+
+    def failing_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        utils.save_model(args, 1, model, model, None, None, tag="last")
+    assert open(os.path.join(tmp_path, "checkpoint-last.pth"), "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.pth"]
+
+
+def test_find_resume_prefers_last_then_highest_epoch(tmp_path):
+    for name in ("checkpoint-2.pth", "checkpoint-10.pth", "checkpoint-best.pth",
+                 "checkpoint-11.pth.tmp.5"):
+        (tmp_path / name).write_bytes(b"x")
+    assert utils.find_resume_checkpoint(str(tmp_path)).endswith("checkpoint-10.pth")
+    (tmp_path / "checkpoint-last.pth").write_bytes(b"x")
+    assert utils.find_resume_checkpoint(str(tmp_path)).endswith("checkpoint-last.pth")
+    assert utils.find_resume_checkpoint(str(tmp_path / "missing")) is None
+
+
+# ------------------------------------------------------------------------------- launchers
+def test_launcher_environments(monkeypatch):
+    import argparse
+    from utils import dist as udist
+    args = argparse.Namespace(dist_on_itp=False, local_rank=-1)
+    env = {"PATH": "/nonexistent"}  # no scontrol: the node list is expanded by hand
+    monkeypatch.setattr(os, "environ", env)
+    assert udist._launcher_env(args) == ""  # plain process
+    env.update(SLURM_PROCID="0", SLURM_NTASKS="1")
+    assert udist._launcher_env(args) == ""  # one SLURM task: no process group
+    env.update(SLURM_PROCID="5", SLURM_NTASKS="16", SLURM_LOCALID="1",
+               SLURM_JOB_NODELIST="gpu[03-04,07]")
+    assert udist._launcher_env(args) == "slurm"
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("5", "16", "1")
+    assert env["MASTER_ADDR"] == "gpu03" and env["MASTER_PORT"] == "29500"
+    env.update(RANK="2", WORLD_SIZE="4", LOCAL_RANK="2")  # torchrun inside srun: torchrun wins
+    assert udist._launcher_env(args) == "torchrun" and env["RANK"] == "2"
+    assert udist._first_host("node7,node8") == "node7"

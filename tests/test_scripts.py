@@ -1,0 +1,126 @@
+"""The launch scripts: valid shell, and every flag they pass parses with ``get_args_parser``."""
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import run_class_apt
+from tests.engine_helpers import ROOT
+
+SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "scripts", "**", "*.sh"), recursive=True) +
+                 glob.glob(os.path.join(ROOT, "scripts", "**", "*.sbatch"), recursive=True))
+DATASETS = {"ucf101": ("UCF101", 101, 5, 400), "hmdb51": ("HMDB51", 51, 10, 400),
+            "ssv2": ("SSV2", 174, 2, 2), "kinetics": ("Kinetics-400", 400, 5, 400)}
+KINDS = ("finetune", "linear", "vpt", "end2end", "eval")
+
+# The command of the original project's README (SSv2, ViT-B), paths and launcher aside.
+ORIGINAL_README = """--model vit_base_patch16_224 --transfer_type prompt --prompt_start 0 --prompt_end 11
+--prompt_num_tokens 2 --prompt_dropout 0.1 --data_set SSV2 --nb_classes 174 --data_path DATA
+--finetune MODEL.pth --log_dir OUT --output_dir OUT --batch_size 8 --batch_size_val 8
+--num_sample 2 --input_size 224 --short_side_size 224 --save_ckpt_freq 10 --num_frames 16
+--opt adamw --lr 0.05 --weight_decay 0.00001 --epochs 100 --warmup_epochs 10
+--test_num_segment 2 --test_num_crop 3 --dist_eval --pin_mem --enable_deepspeed
+--prompt_reparam --is_aa --aa rand-m4-n2-mstd0.2-inc1"""
+
+
+def test_every_dataset_and_backbone_has_its_scripts():
+    for ds in DATASETS:
+        for bb in ("vit_small", "vit_base"):
+            for kind in KINDS:
+                assert os.path.isfile(os.path.join(ROOT, "scripts", ds, bb, f"{kind}.sh")), (ds, bb, kind)
+    assert glob.glob(os.path.join(ROOT, "scripts", "slurm", "*.sbatch"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_bash_syntax(script):
+    proc = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def fake_bin(tmp_path_factory):
+    """``torchrun``, ``srun``, ``scontrol`` and ``python`` stand-ins that record their argv."""
+    folder = tmp_path_factory.mktemp("bin")
+    recorder = (f"#!{sys.executable}\nimport json, os, sys\n"
+                "with open(os.environ['LAUNCH_LOG'], 'a') as f:\n"
+                "    f.write(json.dumps([os.path.basename(sys.argv[0])] + sys.argv[1:]) + '\\n')\n")
+    for name in ("torchrun", "srun", "fakepython"):
+        path = folder / name
+        path.write_text(recorder)
+        path.chmod(0o755)
+    scontrol = folder / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho node001\necho node002\n")
+    scontrol.chmod(0o755)
+    return str(folder)
+
+
+def _launched_flags(script, fake_bin, tmp_path, extra_env=None):
+    log = tmp_path / "launch.jsonl"
+    env = dict(os.environ, PATH=fake_bin + os.pathsep + os.environ["PATH"], LAUNCH_LOG=str(log),
+               OUTPUT_DIR=str(tmp_path / "out"), SLURM_JOB_NODELIST="node[001-002]",
+               SLURM_NNODES="2", SLURM_JOB_ID="42", SLURM_SUBMIT_DIR=ROOT, PYTHON="fakepython",
+               **(extra_env or {}))
+    proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 1
+    argv = calls[0]
+    i = next(k for k, a in enumerate(argv) if a.endswith("run_class_apt.py"))
+    assert os.path.samefile(argv[i], os.path.join(ROOT, "run_class_apt.py"))
+    return argv[:i], run_class_apt.get_args_parser().parse_args(argv[i + 1:])
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s.endswith(".sh")],
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_script_flags_parse(script, fake_bin, tmp_path):
+    launcher, args = _launched_flags(script, fake_bin, tmp_path,
+                                     {"NUM_GPUS": "4", "MASTER_PORT": "29123"})
+    assert launcher[0] == "torchrun" and "--nproc_per_node=4" in launcher
+    assert "--master_port=29123" in launcher
+    ds, bb, name = os.path.relpath(script, os.path.join(ROOT, "scripts")).split(os.sep)
+    data_set, nb, segments, tokens = DATASETS[ds]
+    assert (args.data_set, args.nb_classes, args.test_num_segment, args.test_num_crop) == \
+        (data_set, nb, segments, 3)
+    assert args.model == ("vit_small_patch16_224" if bb == "vit_small" else "vit_base_patch16_224")
+    assert args.output_dir == str(tmp_path / "out")
+    kind = name[:-3]
+    if kind == "finetune":  # the published APT settings
+        assert args.transfer_type == "prompt" and args.prompt_num_tokens == tokens
+        assert (args.prompt_start, args.prompt_end, args.prompt_dropout) == (0, 11, 0.1)
+        assert args.prompt_reparam and args.is_aa and args.aa == "rand-m4-n2-mstd0.2-inc1"
+        assert (args.opt, args.lr, args.weight_decay, args.epochs, args.warmup_epochs) == \
+            ("adamw", 0.05, 1e-5, 100, 10)
+        assert (args.batch_size, args.num_sample) == (8, 2)
+    elif kind == "eval":
+        assert args.eval and args.resume == ""
+    else:
+        assert args.transfer_type == {"linear": "linear", "vpt": "vpt", "end2end": "end2end"}[kind]
+
+
+def test_eval_script_passes_the_checkpoint(fake_bin, tmp_path):
+    script = os.path.join(ROOT, "scripts", "hmdb51", "vit_base", "eval.sh")
+    _, args = _launched_flags(script, fake_bin, tmp_path, {"CHECKPOINT": "/ckpt/with space.pth"})
+    assert args.eval and args.resume == "/ckpt/with space.pth"
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s.endswith(".sbatch")],
+                         ids=lambda p: os.path.basename(p))
+def test_slurm_examples_parse(script, fake_bin, tmp_path):
+    launcher, args = _launched_flags(script, fake_bin, tmp_path)
+    assert launcher[0] == "srun"
+    if "torchrun" in launcher:
+        assert "--nnodes=2" in launcher and "--rdzv_endpoint=node001:29500" in launcher
+    assert args.transfer_type == "prompt" and args.prompt_num_tokens == 400
+
+
+def test_original_readme_command_parses_unchanged():
+    args = run_class_apt.get_args_parser().parse_args(shlex.split(ORIGINAL_README))
+    assert args.enable_deepspeed and args.dist_eval and args.prompt_reparam and args.is_aa
+    assert (args.prompt_num_tokens, args.prompt_end, args.test_num_segment) == (2, 11, 2)
+    for flag in ("--local_rank=3", "--local-rank=3"):  # both spellings of the old launcher
+        assert run_class_apt.get_args_parser().parse_args([flag]).local_rank == 3

@@ -1,0 +1,200 @@
+"""Distributed set-up: torchrun, SLURM ``srun``, Open MPI (``--dist_on_itp``) or one plain process.
+
+``init_distributed_mode(args)`` reads the launcher's environment, picks NCCL on GPU and gloo on
+CPU, sets ``args.rank``, ``args.world_size``, ``args.gpu`` (local rank), ``args.distributed`` and
+``args.dist_backend``, and returns the ``torch.device`` to run on. A single process without a
+launcher is not distributed, unless ``force`` asks for a one-process group (DeepSpeed needs one).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import random
+import re
+import socket
+import subprocess
+from typing import Any, List
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def save_on_master(*args: Any, **kwargs: Any) -> None:
+    if is_main_process():
+        torch.save(*args, **kwargs)
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj`` in rank order (``[obj]`` without a process group)."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_ranks_ok(ok: bool, device: torch.device) -> bool:
+    """True when ``ok`` holds on every rank (one tiny all-reduce); lets all ranks stop together."""
+    if not is_dist_avail_and_initialized():
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0.5)
+
+
+def free_port() -> int:
+    """A TCP port that is free now (for a single-process group or a test launcher)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and ``random`` (called at the start of every epoch, so a resumed run
+    draws the same random numbers as an uninterrupted one)."""
+    seed = int(seed) % (2 ** 32)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def default_device_name() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _first_host(nodelist: str) -> str:
+    """First host of a SLURM node list without ``scontrol``: ``gpu[03-05,07],x1`` -> ``gpu03``."""
+    m = re.match(r"^([^\[,]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        return nodelist
+    prefix, ranges = m.group(1), m.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def _slurm_master_addr() -> str:
+    """First host of the SLURM allocation (``scontrol show hostnames`` expands the node list)."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
+    if not nodelist:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
+                             capture_output=True, text=True, timeout=30).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError) as err:
+        logger.warning("scontrol could not expand SLURM_JOB_NODELIST=%s (%s); using its first "
+                       "entry as MASTER_ADDR", nodelist, err)
+    return _first_host(nodelist)
+
+
+def _launcher_env(args: argparse.Namespace) -> str:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK from the launcher; returns its name ('' for none)."""
+    env = os.environ
+    if getattr(args, "dist_on_itp", False) and "OMPI_COMM_WORLD_RANK" in env:
+        env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
+        env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
+        env["LOCAL_RANK"] = env["OMPI_COMM_WORLD_LOCAL_RANK"]
+        return "openmpi"
+    if "RANK" in env and "WORLD_SIZE" in env:
+        env.setdefault("LOCAL_RANK", str(max(getattr(args, "local_rank", -1), 0)))
+        return "torchrun"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        # srun with one task per GPU (no torchrun inside): SLURM numbers the tasks.
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env.setdefault("MASTER_ADDR", _slurm_master_addr())
+        env.setdefault("MASTER_PORT", "29500")
+        return "slurm"
+    return ""
+
+
+def init_distributed_mode(args: argparse.Namespace, force: bool = False) -> torch.device:
+    """Set up the process group (if any) and return the device to use.
+
+    Args:
+        args: reads ``device``, ``dist_url``, ``dist_on_itp``, ``local_rank``; sets ``rank``,
+            ``world_size``, ``gpu``, ``distributed``, ``dist_backend`` (and private ``_owns_process_group``).
+        force: create a one-process group even without a launcher (DeepSpeed needs one);
+            MASTER_ADDR/MASTER_PORT default to localhost and a free port.
+    """
+    device_name = getattr(args, "device", None) or default_device_name()
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device_name} was asked for but CUDA is not available; "
+                           f"use --device cpu")
+    launcher = _launcher_env(args)
+    args._owns_process_group = False
+    if not launcher and not force:
+        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
+        args.dist_backend = None
+        if device_name == "cuda":
+            device_name = "cuda:0"
+        return torch.device(device_name)
+    args._env_set = []
+    if not launcher:  # one process, but a group is wanted
+        defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        for key, value in defaults.items():
+            if key not in os.environ:
+                os.environ[key] = value
+                args._env_set.append(key)  # removed again by destroy_process_group
+        launcher = "single process"
+    args.rank = int(os.environ["RANK"])
+    args.world_size = int(os.environ["WORLD_SIZE"])
+    args.gpu = int(os.environ.get("LOCAL_RANK", "0"))
+    args.distributed = True
+    on_gpu = device_name.startswith("cuda")
+    if on_gpu:
+        torch.cuda.set_device(args.gpu)
+        device = torch.device("cuda", args.gpu)
+    else:
+        device = torch.device(device_name)
+    args.dist_backend = "nccl" if on_gpu else "gloo"
+    if not dist.is_initialized():
+        init_method = getattr(args, "dist_url", None) or "env://"
+        kwargs = {"device_id": device} if on_gpu else {}
+        dist.init_process_group(backend=args.dist_backend, init_method=init_method,
+                                world_size=args.world_size, rank=args.rank,
+                                timeout=datetime.timedelta(minutes=int(getattr(args, "dist_timeout", 30))),
+                                **kwargs)
+        args._owns_process_group = True
+    logging.getLogger(__name__).info(
+        "distributed (%s): rank %d of %d, local rank %d, backend %s, init %s", launcher,
+        args.rank, args.world_size, args.gpu, args.dist_backend, getattr(args, "dist_url", "env://"))
+    return device
+
+
+def destroy_process_group(args: argparse.Namespace) -> None:
+    """Tear down the group this run created (so ``main`` can be called again in one process)."""
+    if getattr(args, "_owns_process_group", False) and is_dist_avail_and_initialized():
+        dist.destroy_process_group()
+        args._owns_process_group = False
+    for key in getattr(args, "_env_set", []):
+        os.environ.pop(key, None)
+    args._env_set = []

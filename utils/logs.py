@@ -1,0 +1,202 @@
+"""Logging: rank-0 ``logging`` set-up, MAE-style metric meters with clips/s and ETA, TensorBoard,
+and the JSON-lines ``log.txt``."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict, deque
+from typing import Any, Dict, Iterable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from .dist import get_world_size, is_dist_avail_and_initialized, is_main_process
+
+logger = logging.getLogger(__name__)
+
+_HANDLER_TAG = "_apt_video_handler"
+
+
+def setup_logging(rank: int = 0, log_file: Optional[str] = None, level: int = logging.INFO) -> None:
+    """Log to stderr (and ``log_file``) on rank 0; other ranks only log warnings and errors.
+
+    Handlers installed by an earlier call are replaced, so a process may run ``main`` twice.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _HANDLER_TAG, False):
+            root.removeHandler(h)
+            h.close()
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                            datefmt="%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file and rank == 0:
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        setattr(h, _HANDLER_TAG, True)
+        root.addHandler(h)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+
+
+class SmoothedValue:
+    """A series of values: windowed median/average and the global average."""
+
+    def __init__(self, window_size: int = 20, fmt: Optional[str] = None) -> None:
+        self.deque: deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt or "{median:.4f} ({global_avg:.4f})"
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self) -> None:
+        """All-reduce count and total (the window stays local)."""
+        if not is_dist_avail_and_initialized():
+            return
+        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=backend_device)
+        dist.barrier()
+        dist.all_reduce(t)
+        self.count = int(t[0].item())
+        self.total = float(t[1].item())
+
+    @property
+    def median(self) -> float:
+        return float(torch.tensor(list(self.deque)).median().item()) if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return float(torch.tensor(list(self.deque), dtype=torch.float32).mean().item()) if self.deque else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def max(self) -> float:
+        return max(self.deque) if self.deque else 0.0
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
+                               max=self.max, value=self.value)
+
+
+class MetricLogger:
+    """Meters by name, and ``log_every`` progress lines (iteration, meters, clips/s, ETA)."""
+
+    def __init__(self, delimiter: str = "  ") -> None:
+        self.meters: Dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+        self._clips = 0
+
+    def update(self, **kwargs: Any) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.meters[k].update(float(v))
+
+    def count_clips(self, n: int) -> None:
+        """Clips processed by this rank since the last progress line (for clips/s)."""
+        self._clips += int(n)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in self.__dict__.get("meters", {}):
+            return self.meters[attr]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{attr}'")
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def synchronize_between_processes(self) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes()
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = "",
+                  total: Optional[int] = None) -> Iterator:
+        """Yield from ``iterable``; every ``print_freq`` items log a progress line (rank 0).
+
+        The line carries the iteration, the meters, clips/s over all ranks (from
+        ``count_clips``), data and step times and the ETA of the loop.
+        """
+        print_freq = max(1, int(print_freq))
+        total = total if total is not None else len(iterable)  # type: ignore[arg-type]
+        iter_time = SmoothedValue(fmt="{avg:.4f}")
+        data_time = SmoothedValue(fmt="{avg:.4f}")
+        width = len(str(total))
+        start = end = window_start = time.time()
+        self._clips = 0
+        world = get_world_size()
+        i = 0
+        for obj in iterable:
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == total - 1:
+                now = time.time()
+                rate = self._clips * world / max(now - window_start, 1e-9)
+                window_start, self._clips = now, 0
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                parts = [f"{header} [{i:>{width}}/{total}]", f"eta: {eta}", str(self),
+                         f"clips/s: {rate:.1f}", f"time: {iter_time}", f"data: {data_time}"]
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MB")
+                logger.info(self.delimiter.join(p for p in parts if p))
+            i += 1
+            end = time.time()
+        elapsed = datetime.timedelta(seconds=int(time.time() - start))
+        logger.info("%s total time: %s (%.4f s / it)", header, elapsed,
+                    (time.time() - start) / max(i, 1))
+
+
+class TensorboardLogger:
+    """TensorBoard scalars under ``head/name`` at a running global step (rank 0 only)."""
+
+    def __init__(self, log_dir: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=log_dir)
+        self.step = 0
+
+    def set_step(self, step: Optional[int] = None) -> None:
+        self.step = self.step + 1 if step is None else int(step)
+
+    def update(self, head: str = "scalar", step: Optional[int] = None, **kwargs: Any) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.writer.add_scalar(f"{head}/{k}", float(v), self.step if step is None else step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def append_json_line(path: str, record: Dict[str, Any]) -> None:
+    """Append one JSON object as a line (``log.txt``), on the main process only."""
+    if not is_main_process():
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
