@@ -15,6 +15,7 @@ from .method_io import (backbone_reference, file_sha256, load_method, save_metho
 from .checkpoint import CheckpointError, LoadReport, load_pretrained, torch_load
 from .flops import count_forward_flops, count_train_step_flops, flop_counter
 from .transfer import TRANSFER_KWARGS, TRANSFER_TYPES, TransferMethod, get_transfer_class
+from .pretrain import create_pretrain_model, list_pretrain_models
 from .vit import MODEL_REGISTRY, Attention, Block, VisionTransformer, list_models
 
 
@@ -55,4 +56,5 @@ __all__ = ["create_model", "load_pretrained", "list_models", "LoadReport", "Chec
            "VisionTransformer", "Attention", "Block", "TransferMethod", "TRANSFER_TYPES",
            "flop_counter", "count_forward_flops", "count_train_step_flops", "torch_load",
            "cost_report", "parameter_counts", "backbone_reference", "file_sha256", "load_method",
-           "save_method", "trainable_state_dict", "trains_whole_model"]
+           "save_method", "trainable_state_dict", "trains_whole_model", "create_pretrain_model",
+           "list_pretrain_models"]

@@ -5,7 +5,7 @@ checkpoint written here has the pre-training layout of SPEC §4.1 and ``load_pre
 ``--finetune``) loads its encoder into any fine-tuning backbone::
 
     encoder.patch_embed.proj.{weight,bias}    encoder.blocks.N.*    encoder.norm.{weight,bias}
-    encoder_to_decoder.weight    mask_token    decoder.blocks.N.*    decoder.norm.*    decoder.head.*
+    encoder_to_decoder.weight    mask_token    decoder.blocks.N.*    decoder.{norm,head}.*
 
 The encoder *is* a :class:`models.vit.VisionTransformer` without a classifier (``num_classes=0``,
 final ``norm`` instead of mean pooling), so its names cannot drift from the fine-tuning
@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 
@@ -78,7 +79,37 @@ class PretrainVisionTransformerEncoder(VisionTransformer):
         super().__init__(**kwargs)
         self.apply(_xavier_init)  # VideoMAE pre-trains from xavier, not trunc-normal, weights
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def embed_visible(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Patch embedding (plus position) of the visible tubelets only.
+
+        The Conv3d of ``patch_embed`` has kernel = stride, so it is a linear map of each
+        tubelet's pixels; applying that map to the visible tubelets alone gives the same tokens
+        as the convolution followed by selection, for about a tenth of the work (forward and
+        weight gradient) at a 90% mask.
+
+        Args:
+            x: videos (B, C, T, H, W).
+            mask: (B, N) bool, True = masked.
+
+        Returns:
+            (B, N_vis, D) visible tokens in grid order, position embedding added.
+        """
+        B, C, T, H, W = x.shape
+        t, h, w = self.patch_embed.grid_size(T, H, W)
+        tub, p = self.patch_embed.tubelet_size, self.patch_embed.patch_size[0]
+        _check_mask(mask, B, t * h * w)
+        # (B, t, h, w, C, tub, p, p) view; the boolean index copies the visible tubelets only.
+        cubes = x.reshape(B, C, t, tub, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        visible = cubes[~mask.view(B, t, h, w)].flatten(1)  # (B*N_vis, C*tub*p*p)
+        proj = self.patch_embed.proj
+        tokens = F.linear(visible, proj.weight.flatten(1), proj.bias)  # (B*N_vis, D)
+        D = tokens.shape[-1]
+        pos = self.position_embedding((t, h, w), tokens.device, tokens.dtype)  # (1, N, D)
+        pos = pos.expand(B, -1, -1)[~mask]  # (B*N_vis, D)
+        return (tokens + pos).view(B, -1, D)
+
+    def forward(self, x: torch.Tensor,  # type: ignore[override]
+                mask: torch.Tensor) -> torch.Tensor:
         """Encode the visible tokens.
 
         Args:
@@ -88,14 +119,8 @@ class PretrainVisionTransformerEncoder(VisionTransformer):
         Returns:
             Encoded visible tokens (B, N_vis, D), in grid order.
         """
-        grid = self.patch_embed.grid_size(*x.shape[2:])
-        tokens = self.patch_embed(x)  # (B, N, D)
-        B, N, D = tokens.shape
-        _check_mask(mask, B, N)
-        tokens = tokens + self.position_embedding(grid, tokens.device, tokens.dtype)
-        # Gathering the visible tokens before the blocks is what makes a 90% mask cheap.
-        visible = tokens[~mask].reshape(B, -1, D)  # (B, N_vis, D)
-        visible = self.pos_drop(visible)
+        # Only the visible tokens enter the blocks: what makes a 90% mask cheap.
+        visible = self.pos_drop(self.embed_visible(x, mask))  # (B, N_vis, D)
         for blk in self.blocks:
             if self.use_checkpoint and self.training:
                 visible = torch.utils.checkpoint.checkpoint(blk, visible, use_reentrant=False)
@@ -248,7 +273,8 @@ class PretrainVisionTransformer(nn.Module):
         """Token grid (t, h, w) of a (B, 3, T, H, W) batch."""
         return self.encoder.patch_embed.grid_size(*videos.shape[2:])
 
-    def _decoder_pos(self, num_tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _decoder_pos(self, num_tokens: int, device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
         key = (num_tokens, device, dtype)
         table = self._dec_pos_cache.get(key)
         if table is None:
