@@ -105,6 +105,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("augmentation")
     g.add_argument("--is_aa", action="store_true", default=False, help="apply RandAugment (--aa)")
+    g.add_argument("--no_flip", action="store_true", default=False,
+                   help="new: no horizontal flips in training, for data sets whose labels depend on "
+                        "left/right (always off for SSV2)")
+    g.add_argument("--train_crop_scale", type=float, nargs=2, default=[0.08, 1.0],
+                   metavar=("MIN", "MAX"), help="new: area range of the training random resized crop")
     g.add_argument("--color_jitter", type=float, default=0.4, metavar="PCT",
                    help="accepted for compatibility; the video pipeline does not use it")
     g.add_argument("--num_sample", type=int, default=2, help="repeated augmentation: clips per video")

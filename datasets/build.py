@@ -72,7 +72,9 @@ def config_from_args(args: argparse.Namespace, mode: str) -> VideoDataConfig:
         num_sample=int(getattr(args, "num_sample", 1) or 1),
         auto_augment=aa if use_aa else None,
         train_interpolation=getattr(args, "train_interpolation", "bicubic") or "bicubic",
-        flip=data_set not in SEGMENT_SAMPLED,
+        # Never flip SSV2 (left/right are part of its labels); --no_flip for other such sets.
+        flip=data_set not in SEGMENT_SAMPLED and not getattr(args, "no_flip", False),
+        crop_scale=tuple(getattr(args, "train_crop_scale", None) or (0.08, 1.0)),
         reprob=float(getattr(args, "reprob", 0.0) or 0.0) if mode == "train" else 0.0,
         remode=getattr(args, "remode", "pixel") or "pixel",
         recount=int(getattr(args, "recount", 1) or 1),

@@ -218,11 +218,16 @@ class TrainTransform:
         reprob: random erasing probability (0 disables it).
         remode: random erasing mode.
         recount: maximum number of erased boxes.
+        crop_scale: area range of the random resized crop, as a fraction of the frame.
     """
 
     def __init__(self, input_size: int, auto_augment: Optional[str] = None,
                  interpolation: str = "bicubic", flip: bool = True, reprob: float = 0.0,
-                 remode: str = "pixel", recount: int = 1) -> None:
+                 remode: str = "pixel", recount: int = 1,
+                 crop_scale: Tuple[float, float] = (0.08, 1.0)) -> None:
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"--train_crop_scale must satisfy 0 < MIN <= MAX <= 1, got {crop_scale}")
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         if interpolation not in _RESIZE_MODES:
             raise ValueError(f"--train_interpolation must be one of {sorted(_RESIZE_MODES)}, "
                              f"got {interpolation!r}")
@@ -237,7 +242,7 @@ class TrainTransform:
         if self.rand_augment is not None:
             frames = self.rand_augment(frames)
         x = to_tchw(frames)
-        top, left, h, w = random_resized_crop_params(x.shape[-2], x.shape[-1])
+        top, left, h, w = random_resized_crop_params(x.shape[-2], x.shape[-1], self.crop_scale)
         x = resize(x[..., top:top + h, left:left + w], (self.input_size, self.input_size),
                    self.resize_mode)
         if self.flip and np.random.uniform() < 0.5:

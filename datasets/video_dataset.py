@@ -54,7 +54,8 @@ class VideoDataConfig:
         num_sample: augmented clips per decoded training video (``--num_sample``).
         auto_augment: RandAugment string, None when off (``--is_aa``/``--aa``).
         train_interpolation: ``--train_interpolation``.
-        flip: random horizontal flip in training (off for SSV2).
+        flip: random horizontal flip in training (off for SSV2 and with ``--no_flip``).
+        crop_scale: area range of the training random resized crop (``--train_crop_scale``).
         reprob: random erasing probability (``--reprob``).
         remode: random erasing mode (``--remode``).
         recount: random erasing count (``--recount``).
@@ -75,6 +76,7 @@ class VideoDataConfig:
     auto_augment: Optional[str] = None
     train_interpolation: str = "bicubic"
     flip: bool = True
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
     reprob: float = 0.0
     remode: str = "pixel"
     recount: int = 1
@@ -128,7 +130,8 @@ class VideoClsDataset(Dataset):
         self.label_array = [r.label for r in self.records]
         self.train_transform = TrainTransform(
             config.input_size, config.auto_augment, config.train_interpolation, config.flip,
-            config.reprob, config.remode, config.recount) if mode == "train" else None
+            config.reprob, config.remode, config.recount,
+            tuple(config.crop_scale)) if mode == "train" else None
         # Indices found bad in this process (one copy per worker): not picked as replacements.
         self._known_bad: Set[int] = set()
 

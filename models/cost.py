@@ -36,5 +36,6 @@ def cost_report(model: nn.Module, num_frames: int, input_size: int,
     return {"model": model_name or getattr(model, "model_name", type(model).__name__),
             "transfer_type": method.name if method is not None else "end2end",
             **parameter_counts(model),
-            "gflops": round(flops / 1e9, 3), "gmacs": round(flops / 2e9, 3),
+            # 6 decimals: the tiny test/demo models cost a few MFLOPs.
+            "gflops": round(flops / 1e9, 6), "gmacs": round(flops / 2e9, 6),
             "input": [3, num_frames, input_size, input_size]}

@@ -95,6 +95,23 @@ def test_ssv2_is_never_flipped_other_sets_are(media, tmp_path):
     write_list(str(ucf / "train.csv"), [(str(media / "gradient.mp4"), c) for c in range(101)])
     frac = _flipped_fraction(make_args(str(ucf), data_set="UCF101", nb_classes=101))
     assert 0.15 < frac < 0.85  # about half
+    # --no_flip: for other sets whose labels depend on left/right (e.g. the synthetic motions)
+    no_flip = make_args(str(ucf), data_set="UCF101", nb_classes=101)
+    no_flip.no_flip = True
+    assert _flipped_fraction(no_flip) == 0.0
+
+
+def test_train_crop_scale_bounds_the_crop_area():
+    from datasets.transforms import TrainTransform
+    frames = np.zeros((2, 60, 80, 3), dtype=np.uint8)
+    frames[:, :, :40] = 255  # left half white: the crop's mean tells how much of it was taken
+    np.random.seed(0)
+    full = TrainTransform(32, crop_scale=(1.0, 1.0))
+    for _ in range(5):  # the whole frame (ratio aside): both halves always present
+        clip = full(frames)
+        assert clip.min() < 0 < clip.max()
+    with pytest.raises(ValueError, match="--train_crop_scale"):
+        TrainTransform(32, crop_scale=(0.5, 1.5))
 
 
 def test_eval_items_and_collate(media, tmp_path):
