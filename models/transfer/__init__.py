@@ -4,8 +4,8 @@ Each type lives in its own small module and registers itself by name; ``create_m
 backbone and attaches the chosen type. Adding a type = one new file + an import here.
 """
 from . import adapter, approx, full, lora, prompt, vpt  # noqa: F401  (registration side effects)
-from .base import (TRANSFER_TYPES, TransferMethod, classifier_modules, get_transfer_class,
-                   register_transfer, resolve_block_range)
+from .base import (TRANSFER_TYPES, TransferMethod, classifier_modules, folded_for_inference,
+                   get_transfer_class, register_transfer, resolve_block_range)
 
 # Keyword arguments of create_model that configure a transfer type rather than the backbone.
 TRANSFER_KWARGS = (
@@ -15,4 +15,5 @@ TRANSFER_KWARGS = (
 )
 
 __all__ = ["TRANSFER_TYPES", "TRANSFER_KWARGS", "TransferMethod", "classifier_modules",
-           "get_transfer_class", "register_transfer", "resolve_block_range"]
+           "folded_for_inference", "get_transfer_class", "register_transfer",
+           "resolve_block_range"]

@@ -7,7 +7,8 @@ norm and head; everything else is frozen. No parameter name is ever matched agai
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Type
+import contextlib
+from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -102,6 +103,16 @@ class TransferMethod:
     def extra_kv(self, model: nn.Module, index: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return None
 
+    def extra_kv_all(self, model: nn.Module
+                     ) -> Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]]:
+        """Every block's extra keys/values for one forward, asked once before block 0.
+
+        ``None`` (the default) makes the backbone ask ``extra_kv`` block by block instead. A
+        method whose per-block tensors are slices of one parameter overrides this to do its
+        tensor work once on the whole parameter (see APT).
+        """
+        return None
+
     # --- inference ---------------------------------------------------------------------------
     def fold(self, model: nn.Module) -> None:
         """Fold reparameterisations into plain weights for inference (no-op by default)."""
@@ -112,3 +123,27 @@ class TransferMethod:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.config.items()))
         return f"{type(self).__name__}({args})"
+
+
+@contextlib.contextmanager
+def folded_for_inference(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with the method's reparameterisations folded (APT scales into the prompts,
+    LoRA into ``qkv``), so every forward inside does no per-forward rescaling or low-rank work.
+
+    On exit the trainable tensors are restored bit for bit (``unfold``) and the previous
+    train/eval mode is back, so training can continue. Use it around evaluation::
+
+        with folded_for_inference(model):
+            evaluate(model, loader)
+    """
+    method = getattr(model, "transfer", None)
+    was_training = model.training
+    model.eval()
+    if method is not None:
+        method.fold(model)
+    try:
+        yield model
+    finally:
+        if method is not None:
+            method.unfold(model)
+        model.train(was_training)

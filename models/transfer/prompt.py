@@ -78,6 +78,28 @@ class AttentionPromptTuning(TransferMethod):
             pk, pv = pk * scale[0], pv * scale[1]
         return pk, pv
 
+    def extra_kv_all(self, model: nn.Module) -> List[Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+        """Dropout and scales applied once to the whole (L, P, hd) tensors, then split per block.
+
+        Same function as ``extra_kv`` block by block (dropout is element-wise, the scale is per
+        layer and prompt), but one kernel per step instead of one per block, and in the backward
+        one ``unbind`` gathers the L blocks' gradients into a single (L, P, hd) tensor, where
+        per-block indexing would zero-fill and accumulate a full-size gradient for every block.
+        """
+        p, train = self.config["prompt_dropout"], model.training
+        pk = F.dropout(model.prompt_embeddings_k, p, train)  # (L, P, hd) or (L, H, P, hd)
+        pv = F.dropout(model.prompt_embeddings_v, p, train)
+        if self.reparam and not self.folded:
+            scale = model.prompt_scale  # (L, 2, P)
+            scale = torch.maximum(scale, torch.ones_like(scale)).unsqueeze(-1)  # (L, 2, P, 1)
+            if self.per_head:
+                scale = scale.unsqueeze(2)  # (L, 2, 1, P, 1)
+            pk, pv = pk * scale[:, 0], pv * scale[:, 1]
+        out: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(model.blocks)
+        for j, kv in enumerate(zip(pk.unbind(0), pv.unbind(0))):
+            out[self.start + j] = kv
+        return out
+
     @torch.no_grad()
     def fold(self, model: nn.Module) -> None:
         """Multiply the scales into the prompts once, so inference does no per-forward scaling."""

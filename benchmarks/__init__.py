@@ -1,0 +1,1 @@
+"""Benchmarks that write BENCHMARKS.md (``python benchmarks/run_all.py``, ``make bench``)."""
