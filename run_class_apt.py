@@ -29,11 +29,10 @@ import engine
 import optim_factory
 import utils
 from models import TRANSFER_TYPES, create_model, load_pretrained, parameter_counts
+from utils.cli import (add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
+                       add_video_data_args)
 
 logger = logging.getLogger("run_class_apt")
-
-DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "custom")
-VIDEO_BACKENDS = ("decord", "pyav")
 
 # Flags that define the network: ``--eval`` takes them from the checkpoint it evaluates.
 ARCH_KEYS = ("model", "transfer_type", "tubelet_size", "use_mean_pooling", "use_learnable_pos_emb",
@@ -79,29 +78,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_ema_decay", type=float, default=0.9999)
     g.add_argument("--model_ema_force_cpu", action="store_true", default=False)
 
-    g = parser.add_argument_group("optimizer")
-    g.add_argument("--opt", default="sgd", type=str, metavar="OPTIMIZER",
-                   choices=["adamw", "sgd", "adam", "momentum"])
-    g.add_argument("--opt_eps", default=1e-8, type=float, metavar="EPSILON")
-    g.add_argument("--opt_betas", default=None, type=float, nargs="+", metavar="BETA")
-    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
-                   help="clip the gradient norm (default: no clipping)")
-    g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
-    g.add_argument("--weight_decay", type=float, default=0.001)
-    g.add_argument("--weight_decay_end", type=float, default=None,
-                   help="final weight decay of the cosine schedule (default: --weight_decay)")
+    g = add_optimizer_args(parser, opt="sgd", opt_choices=["adamw", "sgd", "adam", "momentum"],
+                           weight_decay=0.001)
     g.add_argument("--decay_prompts", action="store_true", default=False,
                    help="new: apply weight decay to prompt tensors too (the original code did)")
 
-    g = parser.add_argument_group("learning-rate schedule")
-    g.add_argument("--lr", type=float, default=0.1, metavar="LR",
-                   help="learning rate for a total batch of 256 (scaled by total batch / 256)")
+    g = add_schedule_args(parser, lr=0.1, min_lr=1e-6, warmup_epochs=10)
     g.add_argument("--layer_decay", type=float, default=1.0)
-    g.add_argument("--warmup_lr", type=float, default=1e-6, metavar="LR")
-    g.add_argument("--min_lr", type=float, default=1e-6, metavar="LR")
-    g.add_argument("--warmup_epochs", type=int, default=10, metavar="N")
-    g.add_argument("--warmup_steps", type=int, default=-1, metavar="N",
-                   help="warm-up steps; overrides --warmup_epochs when > 0")
 
     g = parser.add_argument_group("augmentation")
     g.add_argument("--is_aa", action="store_true", default=False, help="apply RandAugment (--aa)")
@@ -172,62 +155,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora_rank", type=int, default=8, help="new")
     g.add_argument("--lora_alpha", type=float, default=16.0, help="new")
 
-    g = parser.add_argument_group("data")
-    g.add_argument("--data_path", default=None, type=str,
-                   help="folder with train.csv, val.csv and test.csv")
+    g = add_video_data_args(
+        parser, data_path_help="folder with train.csv, val.csv and test.csv",
+        data_root_help="new: prefix of relative video paths (default: the list file's folder)",
+        data_set="Kinetics-400",
+        max_bad_fraction_help="new: stop when more than this fraction of a split is unreadable")
     g.add_argument("--eval_data_path", default=None, type=str,
                    help="folder with val.csv and test.csv (default: --data_path)")
-    g.add_argument("--data_root", default="", type=str,
-                   help="new: prefix of relative video paths (default: the list file's folder)")
     g.add_argument("--nb_classes", default=None, type=int,
                    help="class count (default: that of --data_set; required for custom)")
-    g.add_argument("--imagenet_default_mean_and_std", default=True, action="store_true")
     g.add_argument("--num_segments", type=int, default=1)
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
-    g.add_argument("--data_set", default="Kinetics-400", choices=DATA_SETS, type=str)
-    g.add_argument("--video_backend", default="decord", choices=VIDEO_BACKENDS, help="new")
-    g.add_argument("--max_bad_fraction", type=float, default=0.01,
-                   help="new: stop when more than this fraction of a split is unreadable")
 
-    g = parser.add_argument_group("output and run")
-    g.add_argument("--output_dir", default="", help="where to save; empty for no saving")
-    g.add_argument("--log_dir", default=None,
-                   help="TensorBoard folder (default: --output_dir)")
-    g.add_argument("--log_every", type=int, default=10, help="new: progress line every N steps")
-    g.add_argument("--device", default=None,
-                   help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--resume", default="", help="resume from (or, with --eval, evaluate) this checkpoint")
-    g.add_argument("--auto_resume", action="store_true")
-    g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
-    parser.set_defaults(auto_resume=True)
+    g = add_run_args(
+        parser, resume_help="resume from (or, with --eval, evaluate) this checkpoint",
+        amp_dtype_help="new: auto = bf16 where supported, else fp16 with a loss scaler")
     g.add_argument("--save_ckpt", action="store_true")
     g.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
     parser.set_defaults(save_ckpt=True)
-    g.add_argument("--start_epoch", default=0, type=int, metavar="N")
     g.add_argument("--eval", action="store_true", help="evaluate a checkpoint only")
     g.add_argument("--dist_eval", action="store_true", default=False,
                    help="shard validation and test over the processes")
-    g.add_argument("--num_workers", default=10, type=int)
-    g.add_argument("--pin_mem", action="store_true")
-    g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
-    parser.set_defaults(pin_mem=True)
     g.add_argument("--flops", action="store_true", default=False,
                    help="new: print parameters and FLOPs of one clip as JSON and exit")
-    g.add_argument("--amp", action="store_true", default=None,
-                   help="new: mixed precision (default: on for CUDA, off on CPU)")
-    g.add_argument("--no_amp", action="store_false", dest="amp")
-    g.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"],
-                   help="new: auto = bf16 where supported, else fp16 with a loss scaler")
     g.add_argument("--compile", action="store_true", default=False,
                    help="new: torch.compile the model for training")
 
-    g = parser.add_argument_group("distributed")
-    g.add_argument("--world_size", default=1, type=int)
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
-    g.add_argument("--dist_on_itp", action="store_true")
-    g.add_argument("--dist_url", default="env://")
+    g = add_distributed_args(parser)
     g.add_argument("--enable_deepspeed", action="store_true", default=False)
     g.add_argument("--deepspeed", action="store_true", default=False,
                    help="DeepSpeed's own switch; same as --enable_deepspeed")

@@ -34,11 +34,11 @@ import engine_for_pretraining
 import optim_factory
 import utils
 from models.pretrain import create_pretrain_model, finetune_model_for, list_pretrain_models
+from utils.cli import (add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
+                       add_video_data_args)
 
 logger = logging.getLogger("run_mae_pretraining")
 
-VIDEO_BACKENDS = ("decord", "pyav")
-DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "custom")
 # Flags that define the network: a checkpoint resumed with other values would not fit.
 ARCH_KEYS = ("model", "decoder_depth", "tubelet_size", "use_learnable_pos_emb")
 
@@ -86,27 +86,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_learnable_pos_emb", action="store_true", default=False,
                    help="new: a learnable encoder position table instead of the sin-cos one")
 
-    g = parser.add_argument_group("optimizer")
-    g.add_argument("--opt", default="adamw", type=str, metavar="OPTIMIZER",
-                   choices=["adamw", "adam", "sgd", "momentum"])
-    g.add_argument("--opt_eps", default=1e-8, type=float, metavar="EPSILON")
-    g.add_argument("--opt_betas", default=None, type=float, nargs="+", metavar="BETA",
-                   help="AdamW betas (VideoMAE's scripts pass 0.9 0.95)")
-    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
-                   help="clip the gradient norm (default: no clipping)")
-    g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
-    g.add_argument("--weight_decay", type=float, default=0.05)
-    g.add_argument("--weight_decay_end", type=float, default=None,
-                   help="final weight decay of the cosine schedule (default: --weight_decay)")
-
-    g = parser.add_argument_group("learning-rate schedule")
-    g.add_argument("--lr", type=float, default=1.5e-4, metavar="LR",
-                   help="learning rate for a total batch of 256 (scaled by total batch / 256)")
-    g.add_argument("--warmup_lr", type=float, default=1e-6, metavar="LR")
-    g.add_argument("--min_lr", type=float, default=1e-5, metavar="LR")
-    g.add_argument("--warmup_epochs", type=int, default=40, metavar="N")
-    g.add_argument("--warmup_steps", type=int, default=-1, metavar="N",
-                   help="warm-up steps; overrides --warmup_epochs when > 0")
+    add_optimizer_args(parser, opt="adamw", opt_choices=["adamw", "adam", "sgd", "momentum"],
+                       opt_betas_help="AdamW betas (VideoMAE's scripts pass 0.9 0.95)",
+                       weight_decay=0.05)
+    add_schedule_args(parser, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
 
     g = parser.add_argument_group("augmentation")
     g.add_argument("--color_jitter", type=float, default=0.0, metavar="PCT",
@@ -117,56 +100,24 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="new: random horizontal flips (VideoMAE pre-training has none; refused "
                         "for SSV2)")
 
-    g = parser.add_argument_group("data")
-    g.add_argument("--data_path", default=None, type=str,
-                   help="a list file ('<path> <label>' lines, label unused: write 0 for "
-                        "unlabelled videos), or a folder holding train.csv")
-    g.add_argument("--data_root", default="", type=str,
-                   help="prefix of relative video paths (default: the list file's folder)")
-    g.add_argument("--data_set", default="custom", choices=DATA_SETS, type=str,
-                   help="new: only used to refuse --flip for SSV2")
-    g.add_argument("--imagenet_default_mean_and_std", default=True, action="store_true")
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
-    g.add_argument("--video_backend", default="decord", choices=VIDEO_BACKENDS, help="new")
-    g.add_argument("--max_bad_fraction", type=float, default=0.01,
-                   help="new: stop when more than this fraction of the videos cannot be read")
+    g = add_video_data_args(
+        parser, data_path_help="a list file ('<path> <label>' lines, label unused: write 0 for "
+                               "unlabelled videos), or a folder holding train.csv",
+        data_root_help="prefix of relative video paths (default: the list file's folder)",
+        data_set="custom", data_set_help="new: only used to refuse --flip for SSV2",
+        max_bad_fraction_help="new: stop when more than this fraction of the videos cannot be "
+                              "read")
     g.add_argument("--cache_videos", action="store_true", default=False,
                    help="new: decode every video once and keep its frames in memory (small data "
                         "sets: later epochs only crop)")
     g.add_argument("--cache_max_gb", type=float, default=8.0,
                    help="new: stop when --cache_videos would take more memory than this")
 
-    g = parser.add_argument_group("output and run")
-    g.add_argument("--output_dir", default="", help="where to save; empty for no saving")
-    g.add_argument("--log_dir", default=None,
-                   help="TensorBoard folder (default: --output_dir)")
-    g.add_argument("--log_every", type=int, default=10, help="new: progress line every N steps")
-    g.add_argument("--device", default=None,
-                   help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--resume", default="", help="resume from this checkpoint")
-    g.add_argument("--auto_resume", action="store_true")
-    g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
-    parser.set_defaults(auto_resume=True)
-    g.add_argument("--start_epoch", default=0, type=int, metavar="N")
-    g.add_argument("--num_workers", default=10, type=int)
-    g.add_argument("--pin_mem", action="store_true",
-                   help="pin CPU memory in the loader (faster host-to-GPU copies)")
-    g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
-    parser.set_defaults(pin_mem=True)
-    g.add_argument("--amp", action="store_true", default=None,
-                   help="new: mixed precision (default: on for CUDA, off on CPU)")
-    g.add_argument("--no_amp", action="store_false", dest="amp")
-    g.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"],
-                   help="new: bf16 where supported, else fp16 with loss scaling")
-
-    g = parser.add_argument_group("distributed")
-    g.add_argument("--world_size", default=1, type=int,
-                   help="set by the launcher (torchrun/SLURM); kept for compatibility")
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
-    g.add_argument("--dist_on_itp", action="store_true")
-    g.add_argument("--dist_url", default="env://")
+    add_run_args(parser, resume_help="resume from this checkpoint",
+                 pin_mem_help="pin CPU memory in the loader (faster host-to-GPU copies)",
+                 amp_dtype_help="new: bf16 where supported, else fp16 with loss scaling")
+    add_distributed_args(
+        parser, world_size_help="set by the launcher (torchrun/SLURM); kept for compatibility")
     return parser
 
 

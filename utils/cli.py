@@ -1,0 +1,116 @@
+"""Command-line flag groups shared by ``run_class_apt.py`` and ``run_mae_pretraining.py``.
+
+Each ``add_*_args`` function adds one argument group to a parser and returns it, so a script can
+append its own flags to the same group. Where the two scripts differ (a default, the choices'
+order, a help text), the difference is a keyword argument: each script passes its own values and
+every flag keeps the default, type, choices and help it had.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "custom")
+VIDEO_BACKENDS = ("decord", "pyav")
+
+ArgumentGroup = argparse._ArgumentGroup  # argparse does not export the class under a public name
+
+
+def add_optimizer_args(parser: argparse.ArgumentParser, *, opt: str = "adamw",
+                       opt_choices: Sequence[str] = ("adamw", "adam", "sgd", "momentum"),
+                       opt_betas_help: Optional[str] = None,
+                       weight_decay: float = 0.05) -> ArgumentGroup:
+    """The "optimizer" group: ``--opt``, ``--opt_eps``, ``--opt_betas``, ``--clip_grad``,
+    ``--momentum``, ``--weight_decay``, ``--weight_decay_end``."""
+    g = parser.add_argument_group("optimizer")
+    g.add_argument("--opt", default=opt, type=str, metavar="OPTIMIZER", choices=list(opt_choices))
+    g.add_argument("--opt_eps", default=1e-8, type=float, metavar="EPSILON")
+    g.add_argument("--opt_betas", default=None, type=float, nargs="+", metavar="BETA",
+                   help=opt_betas_help)
+    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+                   help="clip the gradient norm (default: no clipping)")
+    g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
+    g.add_argument("--weight_decay", type=float, default=weight_decay)
+    g.add_argument("--weight_decay_end", type=float, default=None,
+                   help="final weight decay of the cosine schedule (default: --weight_decay)")
+    return g
+
+
+def add_schedule_args(parser: argparse.ArgumentParser, *, lr: float, min_lr: float,
+                      warmup_epochs: int, warmup_lr: float = 1e-6) -> ArgumentGroup:
+    """The "learning-rate schedule" group: ``--lr`` (for a total batch of 256), ``--warmup_lr``,
+    ``--min_lr``, ``--warmup_epochs``, ``--warmup_steps``."""
+    g = parser.add_argument_group("learning-rate schedule")
+    g.add_argument("--lr", type=float, default=lr, metavar="LR",
+                   help="learning rate for a total batch of 256 (scaled by total batch / 256)")
+    g.add_argument("--warmup_lr", type=float, default=warmup_lr, metavar="LR")
+    g.add_argument("--min_lr", type=float, default=min_lr, metavar="LR")
+    g.add_argument("--warmup_epochs", type=int, default=warmup_epochs, metavar="N")
+    g.add_argument("--warmup_steps", type=int, default=-1, metavar="N",
+                   help="warm-up steps; overrides --warmup_epochs when > 0")
+    return g
+
+
+def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
+                        data_root_help: str, max_bad_fraction_help: str,
+                        data_set: str = "custom", data_set_help: Optional[str] = None,
+                        data_sets: Sequence[str] = DATA_SETS,
+                        video_backends: Sequence[str] = VIDEO_BACKENDS) -> ArgumentGroup:
+    """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``,
+    ``--imagenet_default_mean_and_std``, ``--num_frames``, ``--sampling_rate``,
+    ``--video_backend``, ``--max_bad_fraction``."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_path", default=None, type=str, help=data_path_help)
+    g.add_argument("--data_root", default="", type=str, help=data_root_help)
+    g.add_argument("--data_set", default=data_set, choices=tuple(data_sets), type=str,
+                   help=data_set_help)
+    g.add_argument("--imagenet_default_mean_and_std", default=True, action="store_true")
+    g.add_argument("--num_frames", type=int, default=16)
+    g.add_argument("--sampling_rate", type=int, default=4)
+    g.add_argument("--video_backend", default="decord", choices=tuple(video_backends), help="new")
+    g.add_argument("--max_bad_fraction", type=float, default=0.01, help=max_bad_fraction_help)
+    return g
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, resume_help: str,
+                 amp_dtype_help: str, pin_mem_help: Optional[str] = None,
+                 num_workers: int = 10) -> ArgumentGroup:
+    """The "output and run" group: ``--output_dir``, ``--log_dir``, ``--log_every``,
+    ``--device``, ``--seed``, ``--resume``, ``--auto_resume``/``--no_auto_resume`` (default on),
+    ``--start_epoch``, ``--num_workers``, ``--pin_mem``/``--no_pin_mem`` (default on),
+    ``--amp``/``--no_amp`` (default: decided by the device), ``--amp_dtype``."""
+    g = parser.add_argument_group("output and run")
+    g.add_argument("--output_dir", default="", help="where to save; empty for no saving")
+    g.add_argument("--log_dir", default=None,
+                   help="TensorBoard folder (default: --output_dir)")
+    g.add_argument("--log_every", type=int, default=10, help="new: progress line every N steps")
+    g.add_argument("--device", default=None,
+                   help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--resume", default="", help=resume_help)
+    g.add_argument("--auto_resume", action="store_true")
+    g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
+    parser.set_defaults(auto_resume=True)
+    g.add_argument("--start_epoch", default=0, type=int, metavar="N")
+    g.add_argument("--num_workers", default=num_workers, type=int)
+    g.add_argument("--pin_mem", action="store_true", help=pin_mem_help)
+    g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+    parser.set_defaults(pin_mem=True)
+    g.add_argument("--amp", action="store_true", default=None,
+                   help="new: mixed precision (default: on for CUDA, off on CPU)")
+    g.add_argument("--no_amp", action="store_false", dest="amp")
+    g.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"],
+                   help=amp_dtype_help)
+    return g
+
+
+def add_distributed_args(parser: argparse.ArgumentParser, *,
+                         world_size_help: Optional[str] = None) -> ArgumentGroup:
+    """The "distributed" group: ``--world_size``, ``--local_rank``/``--local-rank``,
+    ``--dist_on_itp``, ``--dist_url`` (the launcher's environment normally sets these)."""
+    g = parser.add_argument_group("distributed")
+    g.add_argument("--world_size", default=1, type=int, help=world_size_help)
+    g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
+    g.add_argument("--dist_on_itp", action="store_true")
+    g.add_argument("--dist_url", default="env://")
+    return g
