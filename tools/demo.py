@@ -176,12 +176,28 @@ def check_targets(rows: Dict[str, Dict], chance: float) -> List[str]:
     return notes
 
 
+def record_in_benchmarks(table: str, install_excluded_seconds: float) -> str:
+    """Write the table with the machine header to ``benchmarks/results/demo.md`` (BENCHMARKS.md
+    includes every file there; rebuild it with ``python benchmarks/run_all.py --no-run``)."""
+    from benchmarks import common
+
+    lines = ["## Demo (`make demo`)", "", *common.header_lines(common.machine_info()),
+             f"- wall time of the whole demo: {install_excluded_seconds:.0f} s (install excluded; "
+             f"target: under 10 minutes on 2 CPU cores)", "", table]
+    path = os.path.join(ROOT, "benchmarks", "results", "demo.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one epoch (tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers per stage")
+    parser.add_argument("--record", action="store_true",
+                        help="also write the table to benchmarks/results/demo.md (for BENCHMARKS.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
@@ -266,6 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"config": cfg.__dict__, "rows": list(rows.values()), "notes": notes}, f, indent=2)
     plot(list(rows.values()), os.path.join(out, "accuracy_vs_params.png"), chance)
+    if args.record:
+        logger.info("recorded in %s", record_in_benchmarks(table, time.time() - started))
     sys.stdout.write("\n" + table + f"\nTensorBoard: tensorboard --logdir {tb}\n")
     return 0
 
