@@ -196,14 +196,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one epoch (tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers per stage")
+    parser.add_argument("--pretrain_epochs", type=int, default=None, help="override the stage's epochs")
+    parser.add_argument("--finetune_epochs", type=int, default=None, help="override the stage's epochs")
     parser.add_argument("--record", action="store_true",
                         help="also write the table to benchmarks/results/demo.md (for BENCHMARKS.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
     cfg = DemoConfig.quick() if args.quick else DemoConfig.full()
-    if args.workers is not None:
-        cfg.workers = args.workers
+    for name in ("workers", "pretrain_epochs", "finetune_epochs"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     out = os.path.abspath(args.output_dir)
     data, tb, logs = (os.path.join(out, d) for d in ("data", "tensorboard", "logs"))
     for d in (out, tb, logs):
