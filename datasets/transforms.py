@@ -46,7 +46,12 @@ class ClipRandAugment:
         from timm.data import rand_augment_transform, str_to_pil_interp
 
         hparams = {"translate_const": int(input_size * 0.45),
-                   "img_mean": tuple(int(round(255 * m)) for m in IMAGENET_MEAN)}
+                   "img_mean": tuple(int(round(255 * m)) for m in IMAGENET_MEAN),
+                   # timm clips magnitudes to [0, 10]; at exactly 10 (reached by 'mstd' noise or
+                   # 'm10'), PosterizeIncreasing keeps 0 bits, which current Pillow rejects with a
+                   # ValueError that would kill a DataLoader worker. Capping just below 10 keeps
+                   # every other op's argument the same to 5 decimals. An explicit 'mmax' wins.
+                   "magnitude_max": 10 - 1e-6}
         if interpolation and interpolation != "random":
             hparams["interpolation"] = str_to_pil_interp(interpolation)
         try:

@@ -1,5 +1,7 @@
 """Training augmentation: shapes, clip-consistent RandAugment/erasing, no flips on SSV2, repeated
 augmentation, collate functions, and video Mixup/CutMix."""
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,17 @@ def test_ssv2_is_never_flipped_other_sets_are(media, tmp_path):
     assert _flipped_fraction(no_flip) == 0.0
 
 
+def test_randaugment_at_full_magnitude_never_crashes():
+    """Magnitude 10 made timm's PosterizeIncreasing ask Pillow for 0 bits (a ValueError)."""
+    from datasets.transforms import ClipRandAugment
+    ra = ClipRandAugment("rand-m10-n15-mstd0.5-inc1", 32)
+    frames = np.random.RandomState(0).randint(0, 255, (2, 32, 32, 3)).astype(np.uint8)
+    for seed in range(10):  # 150 op draws: posterize is applied several times
+        np.random.seed(seed)
+        random.seed(seed)
+        assert ra(frames).shape == frames.shape
+
+
 def test_train_crop_scale_bounds_the_crop_area():
     from datasets.transforms import TrainTransform
     frames = np.zeros((2, 60, 80, 3), dtype=np.uint8)
@@ -115,3 +128,53 @@ def test_train_crop_scale_bounds_the_crop_area():
     assert any(w in (0.0, 1.0) for w in white_shares(TrainTransform(32)))
     with pytest.raises(ValueError, match="--train_crop_scale"):
         TrainTransform(32, crop_scale=(0.5, 1.5))
+
+
+def test_eval_items_and_collate(media, tmp_path):
+    write_list(str(tmp_path / "val.csv"), [(str(media / "moving.mp4"), 1)])
+    write_list(str(tmp_path / "test.csv"), [(str(media / "moving.mp4"), 1)] * 2)
+    args = make_args(str(tmp_path), nb_classes=2, num_frames=4, input_size=32, short_side_size=40,
+                     test_num_segment=2, test_num_crop=3)
+    val, _ = build_dataset(False, False, args)
+    clip, label, index, bad = val[0]
+    assert clip.shape == (3, 4, 32, 32) and (label, index, bad) == (1, 0, [])
+    # ImageNet normalisation: the reverse transform gives pixels in [0, 255].
+    pixels = denormalize(clip)
+    assert pixels.min() > -1 and pixels.max() < 256
+    test, _ = build_dataset(False, True, args)
+    videos, labels, indices, bad = collate_eval([test[0], test[1]])
+    assert videos.shape == (2, 6, 3, 4, 32, 32) and labels.tolist() == [1, 1]
+    assert indices.tolist() == [0, 1] and bad == []
+    assert torch.equal(videos[0], videos[1])  # evaluation is deterministic
+
+
+def _constant_batch(b=4, t=4, size=16):
+    x = torch.stack([torch.full((3, t, size, size), float(i + 1)) for i in range(b)])
+    return x, torch.arange(b)
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_cutmix_box_spans_all_frames(mode):
+    np.random.seed(0)
+    mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, mode=mode, label_smoothing=0.0,
+                num_classes=4)
+    x, y = _constant_batch()
+    out, target = mix(x.clone(), y)
+    assert out.shape == x.shape and target.shape == (4, 4)
+    for i in range(4):
+        kept = out[i] == x[i]
+        box = ~kept[0, 0]
+        # The same spatial box in every channel and every frame.
+        assert torch.equal(kept, (~box).expand_as(kept))
+        assert abs(float(kept.float().mean()) - float(target[i, i])) < 1e-6  # lam = kept area
+
+
+def test_mixup_blends_whole_clips():
+    np.random.seed(1)
+    mix = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, prob=1.0, mode="batch", label_smoothing=0.1,
+                num_classes=4)
+    x, y = _constant_batch()
+    out, target = mix(x.clone(), y)
+    lam = (float(out[0, 0, 0, 0, 0]) - 4.0) / (1.0 - 4.0)  # sample 0 is mixed with sample 3
+    assert torch.allclose(out, lam * x + (1 - lam) * x.flip(0))
+    assert torch.allclose(target.sum(1), torch.ones(4))
