@@ -223,8 +223,17 @@ def _infer_grid(num_tokens: int, target: Tuple[int, int, int]) -> Tuple[int, int
     return t, s, s
 
 
+def _missing_backbone_keys(model: nn.Module, keys) -> List[str]:
+    """Backbone tensors of ``model`` absent from ``keys`` (tensors a method added never count)."""
+    method = getattr(model, "transfer", None)
+    added = method.owned_names if method is not None else set()
+    return [k for k in model.state_dict()
+            if k.startswith(_ENCODER_PREFIXES) and k not in keys and k not in added]
+
+
 def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str,
-                         fmt: str, dropped: Optional[List[str]] = None) -> LoadReport:
+                         fmt: str, dropped: Optional[List[str]] = None,
+                         require_backbone: bool = True) -> LoadReport:
     """Load already-normalised weights; the shared tail of every format.
 
     Keys the model lacks are dropped (reported); a head whose class count differs is dropped; a
@@ -260,10 +269,7 @@ def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], sourc
     if mismatched:
         raise CheckpointError(f"{source}: {len(mismatched)} tensors do not fit the model "
                               f"(wrong --model or input size?): " + "; ".join(mismatched[:10]))
-    method = getattr(model, "transfer", None)
-    added = method.owned_names if method is not None else set()
-    missing_backbone = [k for k in own
-                        if k.startswith(_ENCODER_PREFIXES) and k not in sd and k not in added]
+    missing_backbone = _missing_backbone_keys(model, sd) if require_backbone else []
     if missing_backbone:
         raise CheckpointError(f"{source} lacks {len(missing_backbone)} backbone tensors the model "
                               f"needs: {', '.join(missing_backbone[:10])}")
@@ -319,14 +325,10 @@ def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: State
                              source: str, unsafe: bool) -> LoadReport:
     """This project's format (SPEC §8). A frozen-backbone checkpoint holds only the trained
     tensors, so the backbone it names is loaded first (its sha256 checked), then those tensors."""
-    from .method_io import file_sha256
+    from .method_io import verify_backbone
 
-    own = model.state_dict()
-    method = getattr(model, "transfer", None)
-    added = method.owned_names if method is not None else set()
-    needs_backbone = any(k.startswith(_ENCODER_PREFIXES) and k not in sd and k not in added
-                         for k in own)
-    dropped: List[str] = []
+    needs_backbone = bool(_missing_backbone_keys(model, sd))
+    base: Optional[LoadReport] = None
     if needs_backbone:
         ref = obj.get("backbone") or {}
         path = ref.get("path")
@@ -337,14 +339,14 @@ def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: State
             raise CheckpointError(f"{source} was trained on the backbone {path}, which does not "
                                   f"exist here; load that backbone first (--finetune) and this "
                                   f"file with --resume")
-        if ref.get("sha256") and file_sha256(path) != ref["sha256"]:
-            raise CheckpointError(f"{source} was trained on {path} with sha256 "
-                                  f"{ref['sha256'][:12]}..., but that file has changed")
+        verify_backbone(ref, source)
         base = load_pretrained(model, path, unsafe=unsafe)
-        dropped = base.dropped
-    report = load_state_dict_into(model, {**{k: v for k, v in model.state_dict().items()
-                                             if needs_backbone and k not in sd}, **sd},
-                                  source, "project", dropped)
+    # The backbone is in place now (loaded above, or held by the file itself).
+    report = load_state_dict_into(model, sd, source, "project",
+                                  base.dropped if base else [], require_backbone=False)
+    if base is not None:  # one report for both files
+        report.loaded = sorted(set(base.loaded) | set(report.loaded))
+        report.missing = [k for k in report.missing if k not in report.loaded]
     return report
 
 

@@ -65,6 +65,18 @@ def save_method(path: str, model: nn.Module, backbone: Optional[Mapping[str, Any
     os.replace(tmp, path)
 
 
+def verify_backbone(ref: Mapping[str, Any], source: str) -> None:
+    """Raise if the backbone file a checkpoint names still exists but no longer has its sha256."""
+    from .checkpoint import CheckpointError
+
+    path, expected = ref.get("path"), ref.get("sha256")
+    if path and expected and os.path.exists(path):
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CheckpointError(f"{source} was trained on {path} with sha256 {expected[:12]}..., "
+                                  f"but that file now has {actual[:12]}...")
+
+
 def load_method(model: nn.Module, checkpoint: Any, check_backbone: bool = True) -> Dict[str, Any]:
     """Load the trainable tensors of ``checkpoint`` (a path or a loaded dict) into ``model``.
 
@@ -76,12 +88,8 @@ def load_method(model: nn.Module, checkpoint: Any, check_backbone: bool = True) 
 
     source = checkpoint if isinstance(checkpoint, str) else "<checkpoint>"
     obj = torch_load(checkpoint) if isinstance(checkpoint, str) else checkpoint
-    ref = obj.get("backbone") or {}
-    if check_backbone and ref.get("path") and ref.get("sha256") and os.path.exists(ref["path"]):
-        actual = file_sha256(ref["path"])
-        if actual != ref["sha256"]:
-            raise CheckpointError(f"{source} was trained on {ref['path']} with sha256 "
-                                  f"{ref['sha256'][:12]}..., but that file now has {actual[:12]}...")
+    if check_backbone:
+        verify_backbone(obj.get("backbone") or {}, source)
     method = getattr(model, "transfer", None)
     if method is not None and obj.get("transfer_type") not in (None, method.name):
         raise CheckpointError(f"{source} holds a '{obj['transfer_type']}' model, but the model "

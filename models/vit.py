@@ -311,13 +311,11 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)  # (B, N, D)
         x = self.pos_drop(x + self.position_embedding(grid, x.device, x.dtype))
         method = self.transfer
-        all_kv = method.extra_kv_all(self) if method is not None else None
+        all_kv = method.extra_kv(self) if method is not None else None  # APT: (k, v) per block
         for i, blk in enumerate(self.blocks):
-            extra_kv = None
+            extra_kv = all_kv[i] if all_kv is not None else None
             if method is not None:
                 x = method.before_block(self, i, x)  # VPT inserts / replaces prompt tokens
-                # APT key/value prompts: from the once-per-forward list when the method has one
-                extra_kv = all_kv[i] if all_kv is not None else method.extra_kv(self, i)
             if self.use_checkpoint and self.training:
                 x = torch.utils.checkpoint.checkpoint(blk, x, extra_kv, use_reentrant=False)
             else:

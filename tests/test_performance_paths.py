@@ -174,7 +174,7 @@ def test_naive_apt_baseline_computes_the_same_function(frozen_requires_grad):
 # --- APT's once-per-forward prompt preparation -------------------------------------------------
 @pytest.mark.parametrize("per_head", [False, True])
 def test_apt_prompts_prepared_once_per_forward_equal_the_per_block_path(per_head):
-    """``extra_kv_all`` (one dropout/scale/unbind per forward) against ``extra_kv`` per block."""
+    """``extra_kv`` (one dropout/scale/unbind per forward) against slicing block by block."""
     model = tiny_model("prompt", prompt_num_tokens=3, prompt_reparam=True, prompt_start=1,
                        prompt_end=2, prompt_per_head=per_head, init_scale=1.0).train()
     _set_prompt_scales(model)
@@ -183,7 +183,16 @@ def test_apt_prompts_prepared_once_per_forward_equal_the_per_block_path(per_head
     fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     out_fast = model.eval()(x)
     model.zero_grad(set_to_none=True)
-    model.transfer.extra_kv_all = lambda m: None  # the backbone then asks block by block
+    def per_block(m):  # the straightforward path: index, drop out and scale each block's slice
+        out = [None] * len(m.blocks)
+        for i in range(1, 3):  # prompt_start 1 .. prompt_end 2
+            s = m.prompt_scale[i - 1]
+            s = torch.maximum(s, torch.ones_like(s)).unsqueeze(-1)  # (2, P, 1): broadcasts over heads
+            out[i] = (F.dropout(m.prompt_embeddings_k[i - 1], 0.0, m.training) * s[0],
+                      F.dropout(m.prompt_embeddings_v[i - 1], 0.0, m.training) * s[1])
+        return out
+
+    model.transfer.extra_kv = per_block
     F.cross_entropy(model.train()(x), y).backward()
     torch.testing.assert_close(model.eval()(x), out_fast, rtol=0, atol=0)
     for name, grad in fast.items():

@@ -100,17 +100,11 @@ class TransferMethod:
     def before_block(self, model: nn.Module, index: int, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def extra_kv(self, model: nn.Module, index: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        return None
-
-    def extra_kv_all(self, model: nn.Module
-                     ) -> Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]]:
-        """Every block's extra keys/values for one forward, asked once before block 0.
-
-        ``None`` (the default) makes the backbone ask ``extra_kv`` block by block instead. A
-        method whose per-block tensors are slices of one parameter overrides this to do its
-        tensor work once on the whole parameter (see APT).
-        """
+    def extra_kv(self, model: nn.Module
+                 ) -> Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]]:
+        """Every block's extra keys/values (or None per block) for one forward, asked once before
+        block 0, so a method whose per-block tensors are slices of one parameter does its tensor
+        work once on the whole parameter (see APT). ``None``: no block gets any."""
         return None
 
     # --- inference ---------------------------------------------------------------------------

@@ -32,12 +32,9 @@ class LoRAQKV(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """``s * [B_q A_q ; 0 ; B_v A_v]``, shape (3 * all_head_dim, dim)."""
-        zeros = torch.zeros_like(self.lora_B_q)
-        up = torch.cat((torch.cat((self.lora_B_q, zeros), 1),
-                        torch.zeros(zeros.shape[0], 2 * self.rank, dtype=zeros.dtype,
-                                    device=zeros.device),
-                        torch.cat((zeros, self.lora_B_v), 1)), 0)  # (3 * all, 2r)
-        return self.scaling * up @ torch.cat((self.lora_A_q, self.lora_A_v), 0)
+        dq = self.lora_B_q @ self.lora_A_q  # (all, dim)
+        dv = self.lora_B_v @ self.lora_A_v
+        return self.scaling * torch.cat((dq, torch.zeros_like(dq), dv), 0)
 
     def forward(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
         """Args: x (B, N, dim) the attention input; qkv (B, N, 3 * all) the frozen projection."""

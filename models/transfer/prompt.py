@@ -63,25 +63,10 @@ class AttentionPromptTuning(TransferMethod):
             own.append(model.prompt_scale)
         return own
 
-    def extra_kv(self, model: nn.Module, index: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        if index < self.start or index > self.end:
-            return None
-        j = index - self.start
-        # Functional dropout: a module call on a parameter view would trip forward hooks.
-        p, train = self.config["prompt_dropout"], model.training
-        pk = F.dropout(model.prompt_embeddings_k[j], p, train)  # (P, hd) or (H, P, hd)
-        pv = F.dropout(model.prompt_embeddings_v[j], p, train)
-        if self.reparam and not self.folded:
-            scale = model.prompt_scale[j]  # (2, P)
-            ones = torch.ones_like(scale)
-            scale = torch.maximum(scale, ones).unsqueeze(-1)  # (2, P, 1): max(s, 1) per prompt
-            pk, pv = pk * scale[0], pv * scale[1]
-        return pk, pv
-
-    def extra_kv_all(self, model: nn.Module) -> List[Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+    def extra_kv(self, model: nn.Module) -> List[Optional[Tuple[torch.Tensor, torch.Tensor]]]:
         """Dropout and scales applied once to the whole (L, P, hd) tensors, then split per block.
 
-        Same function as ``extra_kv`` block by block (dropout is element-wise, the scale is per
+        Same function as slicing block by block (dropout is element-wise, the scale is per
         layer and prompt), but one kernel per step instead of one per block, and in the backward
         one ``unbind`` gathers the L blocks' gradients into a single (L, P, hd) tensor, where
         per-block indexing would zero-fill and accumulate a full-size gradient for every block.
