@@ -15,21 +15,12 @@
 # NODE_RANK = 0..NNODES-1 (or see scripts/slurm/). GPUs are those CUDA_VISIBLE_DEVICES leaves visible.
 set -eu
 
-REPO="$(cd "$(dirname "$0")/../../.." && pwd)"
-NUM_GPUS="${NUM_GPUS:-8}"
-NNODES="${NNODES:-1}"
-NODE_RANK="${NODE_RANK:-0}"
-MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
-MASTER_PORT="${MASTER_PORT:-29500}"
 DATA_PATH="${DATA_PATH:-datasets/kinetics400/lists}"
 MODEL_PATH="${MODEL_PATH:-checkpoints/videomae_k400_pretrain_small_patch16_224.pth}"
 OUTPUT_DIR="${OUTPUT_DIR:-experiments/Linear/kinetics/vit_small}"
-mkdir -p "${OUTPUT_DIR}"
+. "$(dirname "$0")/../../launch.sh"
 
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" torchrun \
-    --nnodes="${NNODES}" --node_rank="${NODE_RANK}" --nproc_per_node="${NUM_GPUS}" \
-    --master_addr="${MASTER_ADDR}" --master_port="${MASTER_PORT}" \
-    "${REPO}/run_class_apt.py" \
+launch \
     --model vit_small_patch16_224 \
     --transfer_type linear \
     --data_set Kinetics-400 \
