@@ -34,6 +34,25 @@ class RunStopped(RuntimeError):
     """Another rank stopped the run (its own error is in its log)."""
 
 
+def stop_together(loss_value: float, stop_error: Optional[BaseException], device: torch.device,
+                  it: int, epoch: int, step: int) -> None:
+    """Raise on every rank if the loss is not finite, or any rank hit an error, on any rank.
+
+    Every rank must stop together, or the others would wait forever in the next all-reduce.
+    ``it`` is the global step, ``step`` the iteration within ``epoch``.
+    """
+    finite = math.isfinite(loss_value)
+    if utils.all_ranks_ok(finite and stop_error is None, device):
+        return
+    if stop_error is not None:
+        raise stop_error
+    if not finite:
+        raise NonFiniteLossError(
+            f"loss is {loss_value} at global step {it} (epoch {epoch}, iteration {step} of the "
+            f"epoch): stopping. Lower --lr, set --clip_grad, or check the data")
+    raise RunStopped(f"another rank stopped the run at global step {it}; see its log")
+
+
 # ------------------------------------------------------------------------------------ training
 def _set_schedules(optimizer: Any, it: int, lr_schedule_values: Optional[Sequence[float]],
                    wd_schedule_values: Optional[Sequence[float]]) -> None:
@@ -145,16 +164,7 @@ def train_one_epoch(model: Any, criterion: Callable, data_loader: Iterable, opti
                 output = model(samples)
                 loss = criterion(output.float(), targets)
         loss_value = loss.item()
-        finite = math.isfinite(loss_value)
-        if not utils.all_ranks_ok(finite and stop_error is None, device):
-            if stop_error is not None:
-                raise stop_error
-            if not finite:
-                raise NonFiniteLossError(
-                    f"loss is {loss_value} at global step {it} (epoch {epoch}, iteration "
-                    f"{data_iter_step} of the epoch): stopping. Lower --lr, set --clip_grad, or "
-                    f"check the data")
-            raise RunStopped(f"another rank stopped the run at global step {it}; see its log")
+        stop_together(loss_value, stop_error, device, it, epoch, data_iter_step)
 
         grad_norm = None
         if deepspeed_engine:

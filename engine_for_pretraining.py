@@ -17,7 +17,7 @@ import torch.nn as nn
 import utils
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 # The fine-tuning engine's stop conditions, so one ``except`` handles both kinds of run.
-from engine import NonFiniteLossError, RunStopped
+from engine import stop_together
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +196,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
             outputs = model(videos, masks)  # (B, N_masked, t*p*p*3)
             loss = loss_func(outputs.float(), labels)
         loss_value = loss.item()
-        finite = math.isfinite(loss_value)
-        # Every rank must stop together, or the others would wait forever in DDP's all-reduce.
-        if not utils.all_ranks_ok(finite and stop_error is None, device):
-            if stop_error is not None:
-                raise stop_error
-            if not finite:
-                raise NonFiniteLossError(
-                    f"loss is {loss_value} at global step {it} (epoch {epoch}, iteration {step} "
-                    f"of the epoch): stopping. Lower --lr, set --clip_grad, or check the data")
-            raise RunStopped(f"another rank stopped the run at global step {it}; see its log")
+        stop_together(loss_value, stop_error, device, it, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         grad_norm = loss_scaler(loss, optimizer, clip_grad=max_norm or None, parameters=params)
         lrs = [g["lr"] for g in optimizer.param_groups]

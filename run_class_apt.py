@@ -381,12 +381,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    rank, world = utils.get_rank(), utils.get_world_size()
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-    utils.setup_logging(rank, os.path.join(args.output_dir, "run.log") if args.output_dir else None)
-    if args.resume and not os.path.exists(args.resume):
-        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint")
+    rank, world = utils.start_run_outputs(args), utils.get_world_size()
     if args.crop_pct is not None or args.resplit:
         logger.warning("--crop_pct / --resplit are accepted for compatibility but have no effect")
     resolve_num_classes(args)

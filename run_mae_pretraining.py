@@ -238,12 +238,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    rank, world = utils.get_rank(), utils.get_world_size()
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-    utils.setup_logging(rank, os.path.join(args.output_dir, "run.log") if args.output_dir else None)
-    if args.resume and not os.path.exists(args.resume):
-        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint")
+    rank, world = utils.start_run_outputs(args), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
 
     model = build_model(args)  # before any data: bad model flags fail here
@@ -345,12 +340,13 @@ def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
 def cli(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: known configuration errors end with a message and exit status 2."""
     from datasets import ListFileError, TooManyBadVideos
+    from engine import NonFiniteLossError
     from models import CheckpointError
     args = get_args_parser().parse_args(argv)
     try:
         main(args)
     except (ValueError, FileNotFoundError, MemoryError, ListFileError, CheckpointError,
-            TooManyBadVideos, engine_for_pretraining.NonFiniteLossError) as err:
+            TooManyBadVideos, NonFiniteLossError) as err:
         logging.getLogger("run_mae_pretraining").error("%s: %s", type(err).__name__, err)
         return 2
     return 0

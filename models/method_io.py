@@ -65,16 +65,24 @@ def save_method(path: str, model: nn.Module, backbone: Optional[Mapping[str, Any
     os.replace(tmp, path)
 
 
-def verify_backbone(ref: Mapping[str, Any], source: str) -> None:
-    """Raise if the backbone file a checkpoint names still exists but no longer has its sha256."""
+def verify_backbone(ref: Mapping[str, Any], source: str, path: Optional[str] = None) -> None:
+    """Raise if a backbone file differs from the one a checkpoint was trained on.
+
+    Args:
+        ref: the checkpoint's ``backbone`` entry (``path``, ``sha256``).
+        source: the checkpoint's name, for the message.
+        path: the backbone file to check (e.g. ``--finetune``); default: the recorded path,
+            checked only while it still exists.
+    """
     from .checkpoint import CheckpointError
 
-    path, expected = ref.get("path"), ref.get("sha256")
+    path, expected = path or ref.get("path"), ref.get("sha256")
     if path and expected and os.path.exists(path):
         actual = file_sha256(path)
         if actual != expected:
-            raise CheckpointError(f"{source} was trained on {path} with sha256 {expected[:12]}..., "
-                                  f"but that file now has {actual[:12]}...")
+            raise CheckpointError(f"{source} was trained on the backbone {ref.get('path')} "
+                                  f"(sha256 {expected[:12]}...), but {path} has sha256 "
+                                  f"{actual[:12]}...: pass the backbone it was trained on")
 
 
 def load_method(model: nn.Module, checkpoint: Any, check_backbone: bool = True) -> Dict[str, Any]:

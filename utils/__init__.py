@@ -16,7 +16,7 @@ from .dist import (all_gather_object, all_ranks_ok, barrier, default_device_name
                    init_distributed_mode, is_dist_avail_and_initialized, is_main_process,
                    save_on_master, seed_everything)
 from .logs import (MetricLogger, SmoothedValue, TensorboardLogger, append_json_line,
-                   setup_logging)
+                   setup_logging, start_run_outputs)
 from .schedule import cosine_scheduler, scale_lr
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "destroy_process_group", "free_port", "get_rank", "get_world_size", "init_distributed_mode",
     "is_dist_avail_and_initialized", "is_main_process", "save_on_master", "seed_everything",
     "MetricLogger", "SmoothedValue", "TensorboardLogger", "append_json_line", "setup_logging",
+    "start_run_outputs",
     "cosine_scheduler", "scale_lr",
 ]

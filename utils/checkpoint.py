@@ -201,16 +201,9 @@ def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
 
 def check_backbone(ckpt: Dict[str, Any], finetune: Optional[str], source: str) -> None:
     """Refuse a checkpoint trained on another backbone file than ``--finetune``."""
-    from models import CheckpointError, file_sha256
-    ref = ckpt.get("backbone") or {}
-    if not finetune or not ref.get("sha256"):
-        return
-    actual = file_sha256(finetune)
-    if actual != ref["sha256"]:
-        raise CheckpointError(
-            f"{source} was trained on the backbone {ref.get('path')} (sha256 {ref['sha256'][:12]}"
-            f"...), but --finetune {finetune} has sha256 {actual[:12]}...: pass the backbone the "
-            f"checkpoint was trained on")
+    from models.method_io import verify_backbone
+    if finetune:
+        verify_backbone(ckpt.get("backbone") or {}, source, path=finetune)
 
 
 def load_model_state(model: nn.Module, ckpt: Dict[str, Any]) -> None:
