@@ -1,14 +1,16 @@
 # make install : .venv from requirements.txt (re-made when requirements.txt changes)
 # make test    : install if needed, then the test suite
 # make demo    : install if needed, then the end-to-end demo on synthetic videos
+# make demo-backbone : redo the demo's VideoMAE pre-training into assets/demo_backbone
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-backbone bench clean
 
 install: $(STAMP)
 
@@ -23,7 +25,10 @@ test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
 
 demo: install
-	$(PY) tools/demo.py --output_dir demo_output
+	$(PY) tools/demo.py --output_dir demo_output $(DEMO_ARGS)
+
+demo-backbone: install
+	$(PY) tools/demo.py --build_backbone --output_dir demo_output/backbone $(DEMO_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

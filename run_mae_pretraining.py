@@ -113,6 +113,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache_max_gb", type=float, default=8.0,
                    help="new: stop when --cache_videos would take more memory than this")
 
+    g = parser.add_argument_group("k-NN probe (what the features carry, measured with labels)")
+    g.add_argument("--probe_data_path", default="", type=str,
+                   help="new: a labelled folder (train.csv, val.csv, classes.txt); the encoder's "
+                        "features of its val videos are classified by k-NN against its train "
+                        "videos before training and every --probe_freq epochs (TensorBoard "
+                        "probe/knn_top1, log.txt knn_top1). Labels never reach the training")
+    g.add_argument("--probe_freq", default=1, type=int, help="new: epochs between k-NN probes")
+    g.add_argument("--probe_k", default=20, type=int, help="new: neighbours that vote")
+
     add_run_args(parser, resume_help="resume from this checkpoint",
                  pin_mem_help="pin CPU memory in the loader (faster host-to-GPU copies)",
                  amp_dtype_help="new: bf16 where supported, else fp16 with loss scaling")
@@ -299,6 +308,26 @@ def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     tracker = loader.dataset.make_bad_video_tracker()
     tracker.update(loader.dataset.preload_bad)  # --cache_videos: stops now if too many
 
+    probe = None
+    if args.probe_data_path and rank == 0:
+        import engine_for_probe
+        probe_train, probe_val, probe_classes = engine_for_probe.build_probe_loaders(
+            args.probe_data_path, args, args.batch_size)
+
+        def probe(epoch: int) -> Dict[str, float]:
+            result = engine_for_probe.knn_probe(model_without_ddp.encoder, probe_train,
+                                                probe_val, device, probe_classes, args.probe_k)
+            logger.info("k-NN probe after epoch %d: top-1 %.1f%% (%d val videos, k=%d)", epoch,
+                        result["knn_top1"], int(result["knn_test_clips"]), args.probe_k)
+            if log_writer is not None:
+                log_writer.update(knn_top1=result["knn_top1"], head="probe", step=epoch + 1)
+            return result
+
+        if args.start_epoch == 0:  # the untrained encoder: where the curve starts
+            first = probe(-1)
+            if log_txt:
+                utils.append_json_line(log_txt, {"epoch": -1, "step": 0, **first})
+
     logger.info("pre-training epochs %d..%d", args.start_epoch, args.epochs - 1)
     start_time = time.time()
     train_stats: Dict[str, float] = {}
@@ -322,6 +351,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
                                 loss_scaler)
         record: Dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
         record.update({"epoch": epoch, "step": step, "n_parameters": n_parameters})
+        if probe is not None and ((epoch + 1) % args.probe_freq == 0 or epoch + 1 == args.epochs):
+            record.update(probe(epoch))
         if log_txt:
             utils.append_json_line(log_txt, record)
         if log_writer is not None:

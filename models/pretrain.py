@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 
-from .vit import Block, VisionTransformer, sincos_position_table
+from .vit import VIT_VARIANTS, Block, VisionTransformer, sincos_position_table
 
 logger = logging.getLogger(__name__)
 
@@ -307,9 +307,11 @@ class PretrainVisionTransformer(nn.Module):
 # --- registered variants ---------------------------------------------------------------------
 PRETRAIN_MODEL_REGISTRY: Dict[str, Callable[..., PretrainVisionTransformer]] = {}
 
-# name: (encoder dim, depth, heads, decoder dim, decoder heads, matching fine-tuning --model)
+# name: (encoder dim, depth, heads, decoder dim, decoder heads, matching fine-tuning --model);
+# the patch size is the fine-tuning variant's.
 PRETRAIN_VARIANTS: Dict[str, Tuple[int, int, int, int, int, str]] = {
     "pretrain_videomae_micro_patch16": (64, 2, 4, 32, 2, "vit_micro_patch16"),
+    "pretrain_videomae_mini_patch8": (128, 4, 4, 64, 2, "vit_mini_patch8"),
     "pretrain_videomae_mini_patch16": (128, 4, 4, 64, 2, "vit_mini_patch16"),
     "pretrain_videomae_tiny_patch16_224": (192, 12, 3, 96, 3, "vit_tiny_patch16_224"),
     "pretrain_videomae_small_patch16_224": (384, 12, 6, 192, 3, "vit_small_patch16_224"),
@@ -322,7 +324,8 @@ PRETRAIN_VARIANTS: Dict[str, Tuple[int, int, int, int, int, str]] = {
 def _register(name: str, enc_dim: int, enc_depth: int, enc_heads: int, dec_dim: int,
               dec_heads: int, finetune_name: str) -> None:
     def build(**kwargs: Any) -> PretrainVisionTransformer:
-        cfg: Dict[str, Any] = dict(patch_size=16, encoder_embed_dim=enc_dim,
+        cfg: Dict[str, Any] = dict(patch_size=VIT_VARIANTS[finetune_name][3],
+                                   encoder_embed_dim=enc_dim,
                                    encoder_depth=enc_depth, encoder_num_heads=enc_heads,
                                    decoder_embed_dim=dec_dim, decoder_num_heads=dec_heads,
                                    mlp_ratio=4, qkv_bias=True,

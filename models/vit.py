@@ -337,32 +337,35 @@ class VisionTransformer(nn.Module):
 # --- registered variants ---------------------------------------------------------------------
 MODEL_REGISTRY: dict = {}
 
-_VARIANTS = {
-    # name: (embed_dim, depth, num_heads)
-    "vit_tiny_patch16_224": (192, 12, 3),
-    "vit_small_patch16_224": (384, 12, 6),
-    "vit_base_patch16_224": (768, 12, 12),
-    "vit_large_patch16_224": (1024, 24, 16),
-    "vit_huge_patch16_224": (1280, 32, 16),
+VIT_VARIANTS = {
+    # name: (embed_dim, depth, num_heads, patch_size)
+    "vit_tiny_patch16_224": (192, 12, 3, 16),
+    "vit_small_patch16_224": (384, 12, 6, 16),
+    "vit_base_patch16_224": (768, 12, 12, 16),
+    "vit_large_patch16_224": (1024, 24, 16, 16),
+    "vit_huge_patch16_224": (1280, 32, 16, 16),
     # Small variants for tests and the demo (same architecture, fewer and narrower blocks).
-    "vit_micro_patch16": (64, 2, 4),
-    "vit_mini_patch16": (128, 4, 4),
+    "vit_micro_patch16": (64, 2, 4, 16),
+    "vit_mini_patch16": (128, 4, 4, 16),
+    # The demo's backbone: 32x32 clips in 8x8 patches (a 4x4 grid per tubelet).
+    "vit_mini_patch8": (128, 4, 4, 8),
 }
 
 
-def _register(name: str, embed_dim: int, depth: int, num_heads: int) -> None:
+def _register(name: str, embed_dim: int, depth: int, num_heads: int, patch_size: int) -> None:
     def build(**kwargs) -> VisionTransformer:
-        cfg = dict(patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+        cfg = dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                    mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
         cfg.update(kwargs)  # callers may override any architecture keyword
         return VisionTransformer(**cfg)
 
     build.__name__ = name
-    build.__doc__ = f"VideoMAE ViT: dim {embed_dim}, depth {depth}, heads {num_heads}, patch 16."
+    build.__doc__ = (f"VideoMAE ViT: dim {embed_dim}, depth {depth}, heads {num_heads}, "
+                     f"patch {patch_size}.")
     MODEL_REGISTRY[name] = build
 
 
-for _name, _cfg in _VARIANTS.items():
+for _name, _cfg in VIT_VARIANTS.items():
     _register(_name, *_cfg)
 
 

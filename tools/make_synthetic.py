@@ -1,9 +1,11 @@
 """Synthetic action data set of real video files (SPEC §9), deterministic from a seed.
 
-Each class is a kind of motion of one random shape: moving in one of eight directions, rotating
-clockwise or anticlockwise, growing or shrinking. Start position, angle and size are random and
-overlap between classes, so a single frame does not reveal the class; only the change over time
-does. Colours, shape type, speed, background gradient and per-frame noise are random as well.
+Each class is a kind of motion done by a few random bright shapes on a dark background: moving
+in one of eight directions, rotating clockwise or anticlockwise, growing or shrinking.
+Appearance (shapes, colours, sizes, positions, angles, background, noise) is drawn from the same
+distribution for every class and each motion is its opposite played backwards, so a single frame
+does not reveal the class; only the change over time does (``benchmarks/bench_learnability.py``
+measures both).
 
 Output (paths in the lists are relative to the output folder, which ``build_dataset`` resolves
 when ``--data_root`` is empty)::
@@ -100,7 +102,7 @@ def _shape_mask(kind: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float,
     # Coordinates in the shape's own rotated frame.
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = -dx * math.sin(angle) + dy * math.cos(angle)
-    if kind == "disc":
+    if kind == "ellipse":
         return (u / radius) ** 2 + (v / (radius * aspect)) ** 2 <= 1.0
     if kind == "rectangle":
         return (np.abs(u) <= radius) & (np.abs(v) <= radius * aspect)
@@ -115,8 +117,17 @@ def _shape_mask(kind: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float,
 
 
 def render_clip(motion: str, num_frames: int, height: int, width: int,
-                rng: np.random.Generator, noise_max: float = 10.0) -> np.ndarray:
+                rng: np.random.Generator, noise_max: float = 4.0,
+                num_shapes: int = 3, distractors: int = 0) -> np.ndarray:
     """Render one clip of a motion class.
+
+    Appearance is drawn from one distribution for every class (background, colour, shape kind,
+    size, orientation, position), and each motion is symmetric in time with its opposite (a
+    ``move_left`` path is a ``move_right`` path played backwards; ``shrink`` is ``grow``
+    reversed), so a single frame carries no information about the class: only the change over
+    time does. Motions are sized per clip (the whole clip crosses 40-60% of the frame, turns
+    150-250 degrees, or scales the shapes 2-2.8x), so a clip sampled over the whole video moves by
+    a few pixels between sampled frames.
 
     Args:
         motion: one of :data:`MOTION_CLASSES`.
@@ -125,65 +136,113 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
         width: frame width.
         rng: the clip's random generator.
         noise_max: largest standard deviation of the per-frame pixel noise.
+        num_shapes: bright shapes doing the class's motion (each with its own path).
+        distractors: dimmer shapes doing random motions (drawn under the bright ones).
 
     Returns:
         uint8 ``(num_frames, height, width, 3)``.
     """
     small = min(height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    # Background: a random colour with a linear gradient in a random direction.
-    base = rng.uniform(0, 255, size=3)
+    # A dark background (a random colour with a faint gradient) and a bright shape: the sign of
+    # the shape's contrast is the same in every clip. A ViT trained from scratch did not learn
+    # the motions at all when backgrounds were random colours of any brightness with strong
+    # gradients (the learning curves are in BENCHMARKS.md).
+    base = rng.uniform(0, 60, size=3)
     grad_dir = rng.uniform(0, 2 * math.pi)
     ramp = (xx * math.cos(grad_dir) + yy * math.sin(grad_dir)) / small
-    background = base[None, None, :] + rng.uniform(-60, 60, size=3)[None, None, :] * ramp[..., None]
-    colour = rng.uniform(0, 255, size=3)
-    # Keep the shape visible: push its colour away from the background's mean colour.
-    if np.abs(colour - base).sum() < 150:
-        colour = 255 - base
-    noise_std = rng.uniform(0, noise_max)
-    rotating = motion.startswith("rotate")
-    kind = rng.choice(["triangle", "rectangle", "pentagon"] if rotating
-                      else ["triangle", "rectangle", "pentagon", "disc"])
-    aspect = rng.uniform(0.35, 0.6) if kind == "rectangle" else (rng.uniform(0.6, 1.0) if kind == "disc" else 1.0)
-    radius = rng.uniform(0.12, 0.2) * small
-    angle = rng.uniform(0, 2 * math.pi)
+    background = base[None, None, :] + rng.uniform(-15, 15, size=3)[None, None, :] * ramp[..., None]
     steps = max(num_frames - 1, 1)
-    cx = rng.uniform(0.35, 0.65) * width
-    cy = rng.uniform(0.35, 0.65) * height
-    vx = vy = 0.0
-    spin = 0.0
-    grow = 1.0
-    if motion.startswith("move_"):
-        ddx, ddy = _DIRECTIONS[motion[len("move_"):]]
-        margin = radius * 1.1
-        # Travel a random part of the free space; start anywhere the trajectory still fits.
-        travel_x = rng.uniform(0.4, 1.0) * max(width - 2 * margin, 0) * (0.7 if ddy else 1.0)
-        travel_y = rng.uniform(0.4, 1.0) * max(height - 2 * margin, 0) * (0.7 if ddx else 1.0)
-        vx, vy = ddx * travel_x / steps, ddy * travel_y / steps
-        cx = rng.uniform(margin, width - margin - travel_x) if ddx > 0 else (
-            rng.uniform(margin + travel_x, width - margin) if ddx < 0 else cx)
-        cy = rng.uniform(margin, height - margin - travel_y) if ddy > 0 else (
-            rng.uniform(margin + travel_y, height - margin) if ddy < 0 else cy)
-    elif rotating:
-        # Less than 45 degrees per frame, so the direction is unambiguous even for squares.
-        spin = (1 if motion == "rotate_clockwise" else -1) * math.radians(rng.uniform(3, 7))
-        radius *= 1.3
+    # Clip time from -0.5 (first frame) to 0.5 (last frame): every motion is centred on the
+    # middle frame, which makes opposite classes mirror images in time.
+    tau = np.arange(num_frames) / steps - 0.5
+    img = np.broadcast_to(background, (num_frames, height, width, 3)).copy()
+    # Several shapes doing the same motion: more of the frame moves, which gives masked
+    # autoencoding (and a classifier) a larger signal than one small shape on a flat background.
+    # Distractors first (under the actors): dimmer shapes, each doing a random motion.
+    for _ in range(distractors):
+        colour = rng.uniform(70, 120, size=3)
+        other = MOTION_CLASSES[int(rng.integers(0, 8))]
+        for t, mask in enumerate(_moving_shape(other, tau, height, width, rng)):
+            img[t][mask] = colour
+    for _ in range(num_shapes):
+        colour = rng.uniform(140, 255, size=3)
+        for t, mask in enumerate(_moving_shape(motion, tau, height, width, rng)):
+            img[t][mask] = colour
+    noise_std = rng.uniform(0, noise_max)
+    if noise_std > 0.5:
+        img += rng.normal(0, noise_std, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _moving_shape(motion: str, tau: np.ndarray, height: int, width: int,
+                  rng: np.random.Generator) -> List[np.ndarray]:
+    """Masks (one per frame) of one random shape doing ``motion`` over clip times ``tau``."""
+    small = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Shapes without rotational symmetry below 72 degrees, so a turn is visible for every kind.
+    kind = rng.choice(["triangle", "rectangle", "pentagon", "ellipse"])
+    aspect = rng.uniform(0.35, 0.6) if kind in ("rectangle", "ellipse") else 1.0
+    radius = rng.uniform(0.1, 0.15) * small
+    angle = rng.uniform(0, 2 * math.pi)
+    num_frames = len(tau)
+    shift = np.zeros((num_frames, 2))
+    spin = np.zeros(num_frames)
+    scale = np.ones(num_frames)
+    if motion.startswith("move_") and motion[len("move_"):] in _DIRECTIONS:
+        direction = np.array(_DIRECTIONS[motion[len("move_"):]], dtype=float)
+        travel = rng.uniform(0.4, 0.6) * small
+        shift = tau[:, None] * travel * direction[None, :] / np.linalg.norm(direction)
+    elif motion in ("rotate_clockwise", "rotate_anticlockwise"):
+        # Image y grows downwards, so a positive angle step turns clockwise on screen.
+        sign = 1 if motion == "rotate_clockwise" else -1
+        spin = sign * math.radians(rng.uniform(150, 250)) * tau
     elif motion in ("grow", "shrink"):
-        ratio = rng.uniform(1.8, 2.6)
-        radius = rng.uniform(0.08, 0.12) * small if motion == "grow" else rng.uniform(0.2, 0.28) * small
-        grow = ratio ** (1 / steps) if motion == "grow" else ratio ** (-1 / steps)
+        sign = 1 if motion == "grow" else -1
+        scale = rng.uniform(2.0, 2.8) ** (sign * tau)
     else:
         raise ValueError(f"unknown motion class {motion!r}; known: {', '.join(MOTION_CLASSES)}")
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    for t in range(num_frames):
-        # Image y grows downwards, so a positive angle step turns clockwise on screen.
-        mask = _shape_mask(kind, xx, yy, cx + vx * t, cy + vy * t, radius * grow ** t,
-                           angle + spin * t, aspect)
-        img = np.where(mask[..., None], colour[None, None, :], background)
-        if noise_std > 0.5:
-            img = img + rng.normal(0, noise_std, size=img.shape)
-        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-    return frames
+    # Centre of the clip: anywhere the whole path stays inside the frame.
+    reach = radius * scale.max() * 1.05
+    lo = reach - shift.min(axis=0)
+    hi = np.array([width, height]) - reach - shift.max(axis=0)
+    centre = rng.uniform(lo, np.maximum(hi, lo))
+    return [_shape_mask(kind, xx, yy, centre[0] + shift[t, 0], centre[1] + shift[t, 1],
+                        radius * scale[t], angle + spin[t], aspect) for t in range(num_frames)]
+
+
+def render_clip_batch(per_class: int, seed: int, num_classes: int = 8, num_frames: int = 8,
+                      video_size: int = 64, input_size: int = 32, **render_kwargs
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """Clips rendered in memory as a data loader would deliver them, for fast experiments and
+    tests: ``num_frames`` frames spanning the whole motion (dense sampling over the whole video),
+    drawn at ``video_size`` and area-averaged down to ``input_size``.
+
+    Args:
+        per_class: clips per class.
+        seed: clip k of class c is a function of (seed, c, k) only.
+        num_classes: the first ``num_classes`` of :data:`MOTION_CLASSES`.
+        num_frames: frames per clip.
+        video_size: drawing size (a multiple of ``input_size``).
+        input_size: output size.
+        **render_kwargs: passed to :func:`render_clip`.
+
+    Returns:
+        ``(clips uint8 (B, T, input_size, input_size, 3), labels int64 (B,))``, classes
+        interleaved.
+    """
+    if video_size % input_size:
+        raise ValueError(f"video_size {video_size} must be a multiple of input_size {input_size}")
+    f = video_size // input_size
+    clips, labels = [], []
+    for k in range(per_class):
+        for label in range(num_classes):
+            frames = render_clip(MOTION_CLASSES[label], num_frames, video_size, video_size,
+                                 np.random.default_rng([seed, label, k]), **render_kwargs)
+            frames = frames.reshape(num_frames, input_size, f, input_size, f, 3).mean(axis=(2, 4))
+            clips.append(np.round(frames).astype(np.uint8))
+            labels.append(label)
+    return np.stack(clips), np.array(labels, dtype=np.int64)
 
 
 @dataclass
@@ -217,16 +276,18 @@ def _split_counts(videos_per_class: int, splits: Mapping[str, float]) -> Dict[st
     return {n: counts[n] for n in names}
 
 
-def _make_one(job: Tuple[str, str, int, int, int, int, Tuple[int, ...]]) -> None:
-    path, motion, num_frames, height, width, fps, seed_key = job
+def _make_one(job: Tuple[str, str, int, int, int, int, Tuple[int, ...], int]) -> None:
+    path, motion, num_frames, height, width, fps, seed_key, distractors = job
     rng = np.random.default_rng(list(seed_key))
-    write_video(path, render_clip(motion, num_frames, height, width, rng), fps=fps)
+    write_video(path, render_clip(motion, num_frames, height, width, rng,
+                                  distractors=distractors), fps=fps)
 
 
 def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class: int = 20,
                            num_frames: int = 32, size: Union[int, Tuple[int, int]] = 64,
                            seed: int = 0, splits: Optional[Mapping[str, float]] = None,
-                           fps: int = 25, workers: int = 1) -> SyntheticDataset:
+                           fps: int = 25, workers: int = 1,
+                           distractors: int = 0) -> SyntheticDataset:
     """Write the synthetic data set.
 
     Args:
@@ -240,6 +301,7 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class:
             train/val/test); every split gets at least one video per class.
         fps: frame rate written into the files.
         workers: processes used to render and encode.
+        distractors: dimmer shapes per video doing random motions besides the class's shapes.
 
     Returns:
         A :class:`SyntheticDataset` describing the files.
@@ -259,7 +321,7 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class:
                 rel = f"videos/{name}/{split}_{k:04d}.mp4"
                 # Seeded per video, so the result does not depend on order or worker count.
                 jobs.append((os.path.join(out_dir, rel), name, num_frames, height, width, fps,
-                             (seed, label, split_no, k)))
+                             (seed, label, split_no, k), distractors))
                 lines[split].append(f"{rel} {label}")
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -293,6 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="comma-separated name:fraction pairs")
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--distractors", type=int, default=0,
+                   help="dimmer shapes per video doing random motions (a harder variant)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -301,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--splits {a.splits!r}: expected name:fraction pairs like train:0.6,val:0.2")
     size = a.size[0] if len(a.size) == 1 else (a.size[0], a.size[1])
     make_synthetic_dataset(a.out, a.num_classes, a.videos_per_class, a.num_frames, size,
-                           a.seed, splits, a.fps, a.workers)
+                           a.seed, splits, a.fps, a.workers, a.distractors)
     return 0
 
 
