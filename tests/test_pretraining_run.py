@@ -49,7 +49,9 @@ def test_loss_decreases_over_steps_on_synthetic_videos(synthetic_videos):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95),
                                   weight_decay=0.0)
     recorder = _Recorder()
-    steps = 20
+    # 40 steps: the synthetic videos' flat backgrounds normalise to noise, which leaves less of
+    # each clip to learn than the earlier gradient backgrounds did (0.94 after 20 steps).
+    steps = 40
     engine_for_pretraining.train_one_epoch(
         model, [(videos, masks, [])] * steps, optimizer, torch.device("cpu"), epoch=0,
         loss_scaler=utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
@@ -58,7 +60,6 @@ def test_loss_decreases_over_steps_on_synthetic_videos(synthetic_videos):
     assert all(np.isfinite(losses))
     # Normalised targets: predicting nothing costs ~1; the model must do clearly better.
     assert 0.8 < losses[0] < 1.3
-    # (seeds 0-2 end near 0.72-0.75 from 1.04: a wide margin against noise)
     assert np.mean(losses[-5:]) < 0.85 * losses[0], losses
     assert max(losses[1:]) < losses[0], losses
 
