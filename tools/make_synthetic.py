@@ -4,8 +4,10 @@ Each class is a kind of motion done by a few random bright shapes on a dark back
 in one of eight directions, rotating clockwise or anticlockwise, growing or shrinking.
 Appearance (shapes, colours, sizes, positions, angles, background, noise) is drawn from the same
 distribution for every class and each motion is its opposite played backwards, so a single frame
-does not reveal the class; only the change over time does (``benchmarks/bench_learnability.py``
-measures both).
+says little about the class; the change over time says it (``benchmarks/bench_learnability.py``
+measures both: 89% held-out from clips, 27.5% from one frame repeated, chance 12.5%; the frame
+still shows where the shapes sit and how big they are, whose ranges differ a little between
+moving, turning and scaling classes).
 
 Output (paths in the lists are relative to the output folder, which ``build_dataset`` resolves
 when ``--data_root`` is empty)::
@@ -124,8 +126,8 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
     Appearance is drawn from one distribution for every class (background, colour, shape kind,
     size, orientation, position), and each motion is symmetric in time with its opposite (a
     ``move_left`` path is a ``move_right`` path played backwards; ``shrink`` is ``grow``
-    reversed), so a single frame carries no information about the class: only the change over
-    time does. Motions are sized per clip (the whole clip crosses 40-60% of the frame, turns
+    reversed), so a single frame tells opposite classes apart no better than chance (the
+    placement ranges of moving, turning and scaling shapes still differ a little). Motions are sized per clip (the whole clip crosses 40-60% of the frame, turns
     150-250 degrees, or scales the shapes 2-2.8x), so a clip sampled over the whole video moves by
     a few pixels between sampled frames.
 
