@@ -203,6 +203,9 @@ def pretrain(cfg: DemoConfig, out: str, labelled: str, seed: int) -> Tuple[str, 
     unlabelled = os.path.join(out, "pretrain_data")
     make_data(cfg, unlabelled, cfg.pretrain_videos_per_class, cfg.pretrain_seed, {"train": 1.0})
     run_dir = os.path.join(out, "pretrain")
+    # A fresh run every time: an earlier run's checkpoint-last.pth in the folder would otherwise
+    # be resumed (run_mae_pretraining.py auto-resumes by default).
+    shutil.rmtree(run_dir, ignore_errors=True)
     seconds = run([sys.executable, "run_mae_pretraining.py", "--model", cfg.pretrain_model,
                    "--data_path", unlabelled, "--mask_type", cfg.mask_type,
                    "--mask_ratio", str(cfg.mask_ratio), "--epochs", str(cfg.pretrain_epochs),
@@ -269,8 +272,58 @@ def build_backbone(cfg: DemoConfig, work: str, seed: int) -> str:
     shutil.copyfile(os.path.join(work, "pretrain", "log.txt"),
                     os.path.join(BACKBONE_DIR, "pretrain_log.txt"))
     digest = file_sha256(dest)
+    write_backbone_readme(cfg, digest, seconds, read_log(os.path.join(work, "pretrain", "log.txt")))
     logger.info("backbone %s (sha256 %s) after %.0f s of pre-training", dest, digest, seconds)
     return digest
+
+
+def write_backbone_readme(cfg: DemoConfig, digest: str, seconds: float, log_rows: List[Dict]
+                          ) -> None:
+    """``assets/demo_backbone/README.md``: what the file is, how it was made, what it learned."""
+    probe = [(r["epoch"] + 1, r["knn_top1"]) for r in log_rows if "knn_top1" in r]
+    loss = {r["epoch"] + 1: r["train_loss"] for r in log_rows if "train_loss" in r}
+    shown = probe[::2] + ([probe[-1]] if len(probe) % 2 == 0 else [])
+    size_mb = os.path.getsize(os.path.join(BACKBONE_DIR, BACKBONE_FILE)) / 1e6
+    import torch
+    lines = [
+        "# The demo backbone", "",
+        f"`{BACKBONE_FILE}` ({size_mb:.1f} MB, model weights only, VideoMAE's pre-training layout: "
+        "`encoder.*`, `decoder.*`, `encoder_to_decoder.weight`, `mask_token`) is "
+        f"`{cfg.model}` pre-trained as a VideoMAE masked autoencoder on "
+        f"{cfg.num_classes * cfg.pretrain_videos_per_class:,} **unlabelled** synthetic videos. "
+        f"`make demo` adapts it; `run_class_apt.py --model {cfg.model} --finetune "
+        f"assets/demo_backbone/{BACKBONE_FILE}` loads it.", "",
+        f"- sha256: `{digest}` (checked by `make demo`; `BACKBONE_SHA256` in `tools/demo.py`)",
+        f"- made by: `make demo-backbone` (= `python tools/demo.py --build_backbone --output_dir "
+        f"demo_output/backbone`), seed 0, in {seconds / 60:.1f} minutes on 2 CPU cores (one compute "
+        f"thread, {cfg.workers} loader workers), torch {torch.__version__}.",
+        f"- data: `tools/make_synthetic.py`, {cfg.num_classes} classes x "
+        f"{cfg.pretrain_videos_per_class} videos, seed {cfg.pretrain_seed} (the demo's labelled set "
+        f"uses seed {cfg.data_seed}), {cfg.video_size}x{cfg.video_size}, {cfg.video_frames} frames; "
+        "labels never read.",
+        f"- pre-training: `run_mae_pretraining.py --model {cfg.pretrain_model} --mask_type "
+        f"{cfg.mask_type} --mask_ratio {cfg.mask_ratio} --epochs {cfg.pretrain_epochs} "
+        f"--warmup_epochs {cfg.pretrain_warmup_epochs} --batch_size {cfg.pretrain_batch} --lr "
+        f"{cfg.pretrain_lr:g} --opt_betas 0.9 0.95 --normlize_target False --num_frames "
+        f"{cfg.num_frames} --sampling_rate {cfg.sampling_rate} --input_size {cfg.input_size} "
+        "--cache_videos` (the lr is scaled by batch/256).",
+        "- what it learned: a k-NN probe (`--probe_data_path`: the labelled set's train videos as "
+        "references, its val videos as queries, mean-pooled encoder features, k=20) measured "
+        "during pre-training (`knn_probe.png`, `pretrain_log.txt`; TensorBoard `probe/knn_top1`); "
+        f"chance is {100 / cfg.num_classes:.1f}%:", "",
+        "  | epoch | " + " | ".join(str(e) for e, _ in shown) + " |",
+        "  |---|" + "---:|" * len(shown),
+        "  | k-NN top-1 (%) | " + " | ".join(f"{v:.1f}" for _, v in shown) + " |",
+        "  | reconstruction loss | " + " | ".join(f"{loss[e]:.4f}" if e in loss else ""
+                                                  for e, _ in shown) + " |", "",
+        "The probe stays near chance while the reconstruction loss sits at about the cost of "
+        "drawing the background alone, and climbs once the model starts placing the shapes in "
+        "the masked columns, which it can only do by following their motion.", "",
+        "Regenerating on another machine gives a backbone of the same quality; the bytes, and so "
+        "the sha256, can differ with the CPU's floating-point kernels and thread count.", "",
+        "![k-NN probe during pre-training](knn_probe.png)", ""]
+    with open(os.path.join(BACKBONE_DIR, "README.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
 
 
 # -------------------------------------------------------------------------------- adaptation
