@@ -26,16 +26,14 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from datasets.transforms import normalize  # noqa: E402
 from models import create_model  # noqa: E402
 from tools.make_synthetic import render_clip_batch  # noqa: E402
 
 
 def to_input(clips) -> torch.Tensor:
-    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
-    return ((x - mean) / std).contiguous()
+    """uint8 (B, T, H, W, 3) -> the loader's normalised float (B, 3, T, H, W)."""
+    return torch.stack([normalize(torch.from_numpy(c).permute(0, 3, 1, 2)) for c in clips])
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import engine
 import optim_factory
 import utils
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import normalize
 from models import create_model, load_pretrained
 from run_class_apt import build_criterion
 from tools.demo import BACKBONE_DIR, BACKBONE_FILE, DemoConfig
@@ -42,10 +42,9 @@ def motion_clips(per_class: int, seed: int) -> tuple:
     """ImageNet-normalised clips (B, 3, T, S, S) of the demo's classes and sizes, in memory."""
     clips, labels = render_clip_batch(per_class, seed, NUM_CLASSES, CFG.num_frames,
                                       CFG.video_size, CFG.input_size)
-    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(255)  # (B, 3, T, H, W)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
-    return ((x - mean) / std).contiguous(), torch.from_numpy(labels)
+    # The loader's own normalisation, clip by clip: (T, H, W, 3) -> (3, T, H, W).
+    x = torch.stack([normalize(torch.from_numpy(c).permute(0, 3, 1, 2)) for c in clips])
+    return x, torch.from_numpy(labels)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +68,9 @@ def adapt(transfer_type: str, train, steps: int, lr: float, pretrained: bool = T
     optimizer = optim_factory.create_optimizer(args, model)
     criterion = build_criterion(args, mixup_active=False)
     x, y = train
-    batch, epochs = 16, 1
-    per_epoch = steps
-    schedule = utils.cosine_scheduler(lr, 1e-6, epochs, per_epoch, warmup_epochs=0,
+    batch = 16
+    # One "epoch" of ``steps`` steps, 10% of them warm-up.
+    schedule = utils.cosine_scheduler(lr, 1e-6, 1, steps, warmup_epochs=0,
                                       warmup_steps=steps // 10)
     g = torch.Generator().manual_seed(1)
     loader = []
@@ -80,7 +79,7 @@ def adapt(transfer_type: str, train, steps: int, lr: float, pretrained: bool = T
         loader.append((x[idx], y[idx], []))
     engine.train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0,
                            utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-                           lr_schedule_values=schedule, num_training_steps_per_epoch=per_epoch,
+                           lr_schedule_values=schedule, num_training_steps_per_epoch=steps,
                            print_freq=10 ** 6)
     return model
 
@@ -93,7 +92,8 @@ def top1(model, test) -> float:
 
 
 def test_backbone_file_is_the_recorded_one():
-    from tools.demo import BACKBONE_SHA256, file_sha256
+    from models import file_sha256
+    from tools.demo import BACKBONE_SHA256
     assert file_sha256(BACKBONE) == BACKBONE_SHA256
 
 

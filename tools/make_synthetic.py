@@ -159,17 +159,15 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
     # middle frame, which makes opposite classes mirror images in time.
     tau = np.arange(num_frames) / steps - 0.5
     img = np.broadcast_to(background, (num_frames, height, width, 3)).copy()
-    # Several shapes doing the same motion: more of the frame moves, which gives masked
-    # autoencoding (and a classifier) a larger signal than one small shape on a flat background.
-    # Distractors first (under the actors): dimmer shapes, each doing a random motion.
-    for _ in range(distractors):
-        colour = rng.uniform(70, 120, size=3)
-        other = MOTION_CLASSES[int(rng.integers(0, 8))]
-        for t, mask in enumerate(_moving_shape(other, tau, height, width, rng)):
-            img[t][mask] = colour
-    for _ in range(num_shapes):
-        colour = rng.uniform(140, 255, size=3)
-        for t, mask in enumerate(_moving_shape(motion, tau, height, width, rng)):
+    # Distractors first (drawn under the actors): dimmer shapes, each doing a random motion.
+    # Then several bright shapes doing the class's motion: more of the frame moves, which gives
+    # masked autoencoding (and a classifier) a larger signal than one small shape.
+    layers = [(None, 70.0, 120.0)] * distractors + [(motion, 140.0, 255.0)] * num_shapes
+    for shape_motion, lo, hi in layers:
+        colour = rng.uniform(lo, hi, size=3)
+        if shape_motion is None:
+            shape_motion = MOTION_CLASSES[int(rng.integers(0, 8))]
+        for t, mask in enumerate(_moving_shape(shape_motion, tau, xx, yy, rng)):
             img[t][mask] = colour
     noise_std = rng.uniform(0, noise_max)
     if noise_std > 0.5:
@@ -177,11 +175,12 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _moving_shape(motion: str, tau: np.ndarray, height: int, width: int,
+def _moving_shape(motion: str, tau: np.ndarray, xx: np.ndarray, yy: np.ndarray,
                   rng: np.random.Generator) -> List[np.ndarray]:
-    """Masks (one per frame) of one random shape doing ``motion`` over clip times ``tau``."""
+    """Masks (one per frame) of one random shape doing ``motion`` over clip times ``tau``, on
+    the pixel grid ``xx, yy``."""
+    height, width = xx.shape
     small = min(height, width)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     # Shapes without rotational symmetry below 72 degrees, so a turn is visible for every kind.
     kind = rng.choice(["triangle", "rectangle", "pentagon", "ellipse"])
     aspect = rng.uniform(0.35, 0.6) if kind in ("rectangle", "ellipse") else 1.0
