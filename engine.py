@@ -1,29 +1,36 @@
-"""Training and evaluation loops: one training epoch, validation, the final multi-view test and
-the merge of every rank's test predictions.
+"""The fine-tuning engine: one training loop for both training engines (plain/DDP and DeepSpeed,
+behind ``utils.backend``), the epoch loop with validation and checkpoints (``fit``), and the
+multi-view test (``evaluate``). Pre-training runs the same ``train_one_epoch`` with its own step.
 
-Distributed evaluation shards the videos with ``DistributedSampler``, which pads the last shard
-with repeated videos; results are therefore gathered and de-duplicated by video index, so every
-video counts exactly once and N processes give the same numbers as one.
+``run_class_apt.py`` parses the flags into a ``FinetuneConfig``, builds the model and loaders and
+calls ``fit`` or ``evaluate``; nothing here writes into the settings.
 """
 from __future__ import annotations
 
-import glob
-import json
+import datetime
 import logging
 import math
 import os
-from contextlib import nullcontext
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+import optim_factory
 import utils
-from models.transfer import folded_for_inference
+from engine_eval import (final_test, merge, merge_predictions, prediction_file,  # noqa: F401
+                         read_predictions, remove_stale_predictions, validation_one_epoch)
+from utils.backend import DeepSpeedBackend, PlainBackend
+from utils.config import FinetuneConfig, Schedules
+from utils.run import RunRecords, global_bad_count, run_facts, seed_epoch
 
 logger = logging.getLogger(__name__)
+
+# One training step: (model, the batch without its bad-video paths, backend) ->
+# (loss, clips in the batch, extra metrics such as class_acc).
+StepFn = Callable[[Any, Sequence[Any], Any], Tuple[torch.Tensor, int, Dict[str, Optional[float]]]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,348 +61,330 @@ def stop_together(loss_value: float, stop_error: Optional[BaseException], device
 
 
 # ------------------------------------------------------------------------------------ training
-def _set_schedules(optimizer: Any, it: int, lr_schedule_values: Optional[Sequence[float]],
-                   wd_schedule_values: Optional[Sequence[float]]) -> None:
+def set_schedules(optimizer: Any, it: int, lr_values: Optional[Sequence[float]],
+                  wd_values: Optional[Sequence[float]]) -> None:
     """Per-step learning rate (times each group's layer-decay scale) and weight decay (groups
     without decay keep 0)."""
     for group in optimizer.param_groups:
-        if lr_schedule_values is not None:
-            group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
-        if wd_schedule_values is not None and group["weight_decay"] > 0:
-            group["weight_decay"] = float(wd_schedule_values[it])
+        if lr_values is not None:
+            group["lr"] = float(lr_values[it]) * group.get("lr_scale", 1.0)
+        if wd_values is not None and group["weight_decay"] > 0:
+            group["weight_decay"] = float(wd_values[it])
 
 
-def _accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) -> List[float]:
-    """Top-k accuracies in percent (k capped at the class count)."""
-    maxk = min(max(topk), output.shape[-1])
-    pred = output.topk(maxk, dim=-1).indices  # (B, maxk)
-    correct = pred.eq(target.view(-1, 1))
-    n = max(target.shape[0], 1)
-    return [float(correct[:, :min(k, maxk)].any(dim=1).float().sum()) * 100.0 / n for k in topk]
+def classification_step(criterion: Callable, mixup_fn: Optional[Callable] = None) -> StepFn:
+    """The fine-tuning step: (mixed) clips through the model, loss on float32 logits."""
+    def step(model: Any, batch: Sequence[Any], backend: Any
+             ) -> Tuple[torch.Tensor, int, Dict[str, Optional[float]]]:
+        samples, targets = batch
+        samples = samples.to(backend.device, non_blocking=True)
+        targets = targets.to(backend.device, non_blocking=True)
+        hard_targets = targets
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+        with backend.autocast():
+            output = model(backend.cast_input(samples))
+            loss = criterion(output.float(), targets)
+        class_acc = None
+        if mixup_fn is None:
+            class_acc = float((output.detach().argmax(-1) == hard_targets).float().mean())
+        return loss, samples.shape[0], {"class_acc": class_acc}
+    return step
 
 
-def train_one_epoch(model: Any, criterion: Callable, data_loader: Iterable, optimizer: Any,
-                    device: torch.device, epoch: int, loss_scaler: Any,
-                    max_norm: Optional[float] = None, model_ema: Any = None,
-                    mixup_fn: Optional[Callable] = None, log_writer: Any = None,
-                    start_steps: int = 0, lr_schedule_values: Optional[Sequence[float]] = None,
-                    wd_schedule_values: Optional[Sequence[float]] = None,
-                    num_training_steps_per_epoch: Optional[int] = None, update_freq: int = 1,
-                    amp_dtype: Optional[torch.dtype] = None, bad_tracker: Any = None,
-                    print_freq: int = 10, deepspeed_engine: bool = False,
-                    ds_input_dtype: Optional[torch.dtype] = None,
-                    model_without_ddp: Optional[nn.Module] = None) -> Dict[str, float]:
-    """Train for one epoch.
+def train_one_epoch(backend: Any, step_fn: StepFn, data_loader: Iterable, epoch: int,
+                    lr_values: Optional[Sequence[float]] = None,
+                    wd_values: Optional[Sequence[float]] = None, start_steps: int = 0,
+                    steps: Optional[int] = None, update_freq: int = 1, model_ema: Any = None,
+                    bad_tracker: Any = None, records: Optional[RunRecords] = None,
+                    print_freq: int = 10) -> Dict[str, float]:
+    """Train for one epoch (fine-tuning and pre-training alike).
 
     Args:
-        model: the model (DDP-wrapped, a DeepSpeed engine, or plain).
-        criterion: loss function ``(logits, targets) -> loss``.
-        data_loader: yields ``(clips (B*S,3,T,H,W), labels (B*S,), bad_paths)``.
-        optimizer: optimizer (or the DeepSpeed engine's) over the trainable tensors.
-        device: the run's device.
-        epoch: epoch index.
-        loss_scaler: ``utils.NativeScalerWithGradNormCount`` (None with DeepSpeed).
-        max_norm: gradient clipping norm (``--clip_grad``; DeepSpeed clips by its config).
-        model_ema: ``timm.utils.ModelEmaV3`` or None.
-        mixup_fn: ``datasets.Mixup`` or None.
-        log_writer: ``utils.TensorboardLogger`` (rank 0) or None.
+        backend: ``PlainBackend`` or ``DeepSpeedBackend`` (model, optimizer, precision, steps).
+        step_fn: computes one micro-batch's loss (``classification_step``, or pre-training's).
+        data_loader: yields batches whose last element is the list of unreadable videos.
+        epoch: epoch index (for logs and messages).
+        lr_values / wd_values: per-optimizer-step schedules (None: leave the optimizer's).
         start_steps: optimizer steps done before this epoch (index into the schedules).
-        lr_schedule_values / wd_schedule_values: per-step values.
-        num_training_steps_per_epoch: optimizer steps per epoch.
-        update_freq: micro-batches per optimizer step (``--update_freq``); gradients are not
-            all-reduced on the accumulation steps (DDP ``no_sync``; DeepSpeed does the same).
-        amp_dtype: autocast dtype or None (plain engine).
-        bad_tracker: ``datasets.BadVideoTracker`` of the training split.
+        steps: optimizer steps in this epoch (default: ``len(data_loader) // update_freq``).
+        update_freq: micro-batches per optimizer step (``--update_freq``).
+        model_ema: ``timm.utils.ModelEmaV3`` updated after every optimizer step, or None.
+        bad_tracker: ``BadVideoTracker`` of the split; past ``--max_bad_fraction`` it stops.
+        records: TensorBoard/log.txt writer (rank 0) or None.
         print_freq: progress line every this many micro-batches.
-        deepspeed_engine: ``model`` is a DeepSpeed engine.
-        ds_input_dtype: dtype the DeepSpeed module runs in (fp16/bf16) or None.
-        model_without_ddp: the unwrapped, uncompiled model (EMA source); default ``model``.
 
     Returns:
         Epoch averages over all ranks (``loss``, ``lr``, ``min_lr``, ``weight_decay``,
-        ``grad_norm``, ``class_acc``, ``loss_scale``) and ``bad_videos``.
+        ``grad_norm``, ``loss_scale`` and the step's metrics) and ``bad_videos``.
 
     Raises:
         NonFiniteLossError: the loss is NaN/inf on some rank; names the global step.
     """
-    model.train(True)
+    backend.model.train(True)
     metric_logger = utils.MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.6f}"))
     metric_logger.add_meter("min_lr", utils.SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    header = f"Epoch: [{epoch}]"
-    steps = num_training_steps_per_epoch or (len(data_loader) // update_freq)  # type: ignore[arg-type]
-    total_micro = steps * update_freq
-    distributed = utils.is_dist_avail_and_initialized()
-    raw = model_without_ddp if model_without_ddp is not None else \
-        (model.module if deepspeed_engine else model)
-    trainable = [p for p in raw.parameters() if p.requires_grad]
-    if not deepspeed_engine:
-        optimizer.zero_grad(set_to_none=True)
-
-    for data_iter_step, batch in enumerate(metric_logger.log_every(data_loader, print_freq,
-                                                                   header, total=total_micro)):
-        step = data_iter_step // update_freq
+    steps = steps or (len(data_loader) // update_freq)  # type: ignore[arg-type]
+    device = next(backend.module.parameters()).device
+    backend.start_epoch()
+    for micro, batch in enumerate(metric_logger.log_every(data_loader, print_freq,
+                                                          f"Epoch: [{epoch}]",
+                                                          total=steps * update_freq)):
+        step = micro // update_freq
         if step >= steps:
             break
         it = start_steps + step  # global optimizer step
-        if data_iter_step % update_freq == 0:
-            _set_schedules(optimizer, it, lr_schedule_values, wd_schedule_values)
-        samples, targets, bad_paths = batch
+        if micro % update_freq == 0:
+            set_schedules(backend.optimizer, it, lr_values, wd_values)
+        *inputs, bad_paths = batch
         stop_error: Optional[BaseException] = None
         if bad_tracker is not None and bad_paths:
             try:
                 bad_tracker.update(bad_paths)
             except Exception as err:  # raised again below, after all ranks agree to stop
                 stop_error = err
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        hard_targets = targets
-        if mixup_fn is not None:
-            samples, targets = mixup_fn(samples, targets)
-        last_micro = (data_iter_step + 1) % update_freq == 0
-
-        if deepspeed_engine:
-            if ds_input_dtype is not None:
-                samples = samples.to(ds_input_dtype)
-            output = model(samples)
-            loss = criterion(output.float(), targets)
-        else:
-            with utils.autocast(device, amp_dtype):
-                output = model(samples)
-                loss = criterion(output.float(), targets)
-        loss_value = loss.item()
-        stop_together(loss_value, stop_error, device, it, epoch, data_iter_step)
-
-        grad_norm = None
-        if deepspeed_engine:
-            model.backward(loss)  # DeepSpeed all-reduces only at the accumulation boundary
-            if last_micro and ds_input_dtype != torch.float16:
-                grad_norm = float(utils.get_grad_norm_(trainable))  # before step() clears them
-            model.step()
-            if last_micro and ds_input_dtype == torch.float16:
-                norm = model.get_global_grad_norm()  # grads are loss-scaled: ask DeepSpeed
-                grad_norm = float(norm) if norm is not None else None
-            loss_scale_value = float(getattr(model.optimizer, "cur_scale", 1.0) or 1.0)
-        else:
-            loss = loss / update_freq
-            sync = nullcontext() if (last_micro or not distributed or not hasattr(model, "no_sync")) \
-                else model.no_sync()
-            with sync:
-                loss_scaler(loss, optimizer, parameters=trainable, update_grad=False)
-            if last_micro:
-                norm = loss_scaler.step(optimizer, clip_grad=max_norm, parameters=trainable)
-                grad_norm = float(norm)
-                optimizer.zero_grad(set_to_none=True)
-            loss_scale_value = loss_scaler.get_scale()
+        last_micro = (micro + 1) % update_freq == 0
+        with backend.accumulating(last_micro):
+            loss, clips, metrics = step_fn(backend.model, inputs, backend)
+            loss_value = loss.item()
+            stop_together(loss_value, stop_error, device, it, epoch, micro)
+            grad_norm = backend.backward(loss, last_micro)
         if last_micro and model_ema is not None:
-            model_ema.update(raw, step=it)
+            model_ema.update(backend.module, step=it)
 
-        class_acc = None
-        if mixup_fn is None:
-            class_acc = float((output.detach().argmax(-1) == hard_targets).float().mean())
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        wd = max((g["weight_decay"] for g in optimizer.param_groups), default=0.0)
-        metric_logger.count_clips(samples.shape[0])
-        metric_logger.update(loss=loss_value, class_acc=class_acc, loss_scale=loss_scale_value,
-                             lr=max(lrs), min_lr=min(lrs), weight_decay=wd, grad_norm=grad_norm)
-        if log_writer is not None and last_micro:
-            log_writer.update(loss=loss_value, class_acc=class_acc, head="loss", step=it)
-            log_writer.update(lr=max(lrs), min_lr=min(lrs), weight_decay=wd,
-                              grad_norm=grad_norm, loss_scale=loss_scale_value, head="opt",
-                              step=it)
+        lrs = [g["lr"] for g in backend.optimizer.param_groups]
+        wd = max((g["weight_decay"] for g in backend.optimizer.param_groups), default=0.0)
+        loss_scale = backend.loss_scale()
+        metric_logger.count_clips(clips)
+        metric_logger.update(loss=loss_value, loss_scale=loss_scale, lr=max(lrs), min_lr=min(lrs),
+                             weight_decay=wd, grad_norm=grad_norm, **metrics)
+        if records is not None and last_micro:
+            records.scalars("loss", it, loss=loss_value, **metrics)
+            records.scalars("opt", it, lr=max(lrs), min_lr=min(lrs), weight_decay=wd,
+                            grad_norm=grad_norm, loss_scale=loss_scale)
 
     metric_logger.synchronize_between_processes()
     logger.info("Averaged stats: %s", metric_logger)
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
     if bad_tracker is not None:
-        stats["bad_videos"] = _global_bad_count(bad_tracker)
+        stats["bad_videos"] = global_bad_count(bad_tracker)
     return stats
 
 
-def _global_bad_count(tracker: Any) -> int:
-    """Distinct bad videos seen by all ranks."""
-    paths = set()
-    for rank_paths in utils.all_gather_object(list(tracker.paths)):
-        paths.update(rank_paths)
-    return len(paths)
+# ------------------------------------------------------------------------------ fine-tuning
+@dataclass(frozen=True)
+class Prepared:
+    """What the CLI built for a run: the model on its device and the loaders of its splits."""
+
+    model: nn.Module
+    loaders: Dict[str, Any]
+    dist: utils.DistState
+    amp_dtype: Optional[torch.dtype]
+    backbone_path: Optional[str]  # the backbone file loaded (recorded in checkpoints)
+    counts: Dict[str, int]
 
 
-# ---------------------------------------------------------------------------------- evaluation
-def _forward_eval(model: nn.Module, videos: torch.Tensor, device: torch.device,
-                  amp_dtype: Optional[torch.dtype], input_dtype: Optional[torch.dtype]) -> torch.Tensor:
-    videos = videos.to(device, non_blocking=True)
-    if input_dtype is not None:
-        videos = videos.to(input_dtype)
-    with utils.autocast(device, amp_dtype if input_dtype is None else None):
-        return model(videos).float()
+def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    if mixup_active:
+        return SoftTargetCrossEntropy()  # smoothing is applied to the mixed targets
+    if smoothing > 0.0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
+    return nn.CrossEntropyLoss()
 
 
-def _gather_dedup(records: Dict[int, Any], sharded: bool) -> Dict[int, Any]:
-    """Union of every rank's ``{video index: result}`` (padding repeats collapse)."""
-    if not sharded:
-        return records
-    merged: Dict[int, Any] = {}
-    for part in utils.all_gather_object(records):
-        for k, v in part.items():
-            merged.setdefault(int(k), v)
-    return merged
+def build_backend(cfg: FinetuneConfig, run: Prepared, optimizer: torch.optim.Optimizer) -> Any:
+    """The training engine the flags ask for (DeepSpeed or plain/DDP)."""
+    if cfg.deepspeed:
+        from utils import ds
+        config = ds.create_ds_config(cfg.optim, cfg.deepspeed_config, cfg.run.output_dir,
+                                     run.amp_dtype, run.dist.world_size)
+        ds.write_ds_config(cfg.run.output_dir, config, run.dist.rank)
+        engine_, ds_optimizer = ds.initialize(run.model, optimizer, config, run.dist.device,
+                                              cfg.optim.update_freq, cfg.run.output_dir)
+        return DeepSpeedBackend(engine_, ds_optimizer)
+    return PlainBackend(run.model, optimizer, run.dist.device, run.amp_dtype,
+                        run.dist.distributed, cfg.optim.update_freq, cfg.optim.clip_grad,
+                        cfg.train.compile)
 
 
-def _validate_loop(data_loader: Iterable, model: nn.Module, device: torch.device,
-                   amp_dtype: Optional[torch.dtype], input_dtype: Optional[torch.dtype],
-                   print_freq: int, metric_logger: Any, records: Dict[int, Tuple[float, float, float]],
-                   bad: Dict[int, str]) -> None:
-    for videos, labels, indices, bad_paths in metric_logger.log_every(data_loader, print_freq, "Val:"):
-        output = _forward_eval(model, videos, device, amp_dtype, input_dtype).cpu()
-        metric_logger.count_clips(videos.shape[0])
-        bad_iter = iter(bad_paths)  # one path per unreadable item, in batch order
-        for j, (label, index) in enumerate(zip(labels.tolist(), indices.tolist())):
-            if label < 0:
-                bad[index] = next(bad_iter, f"<video {index}>")
-                continue
-            logits = output[j:j + 1]
-            target = torch.tensor([label])
-            loss = float(F.cross_entropy(logits, target))
-            acc1, acc5 = _accuracy(logits, target, (1, 5))
-            records[index] = (loss, acc1, acc5)
-
-
-@torch.no_grad()
-def validation_one_epoch(data_loader: Iterable, model: nn.Module, device: torch.device,
-                         amp_dtype: Optional[torch.dtype] = None,
-                         input_dtype: Optional[torch.dtype] = None, sharded: bool = False,
-                         bad_tracker: Any = None, print_freq: int = 10) -> Dict[str, float]:
-    """One centre clip per video: loss, top-1 and top-5 (percent).
-
-    Args:
-        data_loader: yields ``(clips (B,3,T,H,W), labels, indices, bad_paths)``; label -1 marks
-            an unreadable video, left out of the metrics and counted.
-        model: the unwrapped model.
-        sharded: the loader's sampler splits the videos over the ranks (``--dist_eval``):
-            gather and de-duplicate by index.
-        bad_tracker: ``BadVideoTracker`` of the split.
-    """
-    metric_logger = utils.MetricLogger(delimiter="  ")
-    records: Dict[int, Tuple[float, float, float]] = {}
-    bad: Dict[int, str] = {}
-    with folded_for_inference(model):  # eval mode, APT scales / LoRA folded; restored after
-        _validate_loop(data_loader, model, device, amp_dtype, input_dtype, print_freq,
-                       metric_logger, records, bad)
-    records = _gather_dedup(records, sharded)
-    bad = _gather_dedup(bad, sharded)
-    if bad_tracker is not None and bad:
-        bad_tracker.update(sorted(bad.values()))  # the same on every rank: all stop together
-    n = len(records)
-    values = np.array(list(records.values()), dtype=np.float64).reshape(-1, 3)
-    stats = {"loss": float(values[:, 0].mean()) if n else float("nan"),
-             "acc1": float(values[:, 1].mean()) if n else 0.0,
-             "acc5": float(values[:, 2].mean()) if n else 0.0,
-             "videos": n, "bad_videos": len(bad)}
-    logger.info("* Acc@1 %.3f Acc@5 %.3f loss %.3f on %d videos (%d unreadable)", stats["acc1"],
-                stats["acc5"], stats["loss"], n, len(bad))
-    return stats
-
-
-@torch.no_grad()
-def final_test(data_loader: Iterable, model: nn.Module, device: torch.device, file: Optional[str],
-               amp_dtype: Optional[torch.dtype] = None, input_dtype: Optional[torch.dtype] = None,
-               print_freq: int = 10, chunk_size: Optional[int] = None) -> List[Dict[str, Any]]:
-    """Multi-view test of this rank's share of the videos.
-
-    Each item holds all ``V = test_num_segment * test_num_crop`` views of one video; the views'
-    softmax scores are averaged into the video's score (SPEC §6).
-
-    Args:
-        data_loader: yields ``(views (B,V,3,T,H,W), labels, indices, bad_paths)``.
-        model: the unwrapped model.
-        file: where this rank's predictions are written (JSON lines:
-            ``{"index", "label", "scores"}``; unreadable videos have label -1 and no scores).
-        chunk_size: clips per forward pass (default: one batch of videos at a time).
+def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
+    """Epochs of training with validation and checkpoints, then the final multi-view test.
 
     Returns:
-        This rank's predictions (the same records as the file).
+        ``{"final": test result, "best_acc": best validation top-1 or None, "counts": ...}``
+        (and ``"final_ema"`` with ``--model_ema``).
     """
-    with folded_for_inference(model):  # eval mode, APT scales / LoRA folded; restored after
-        preds = _test_loop(data_loader, model, device, amp_dtype, input_dtype, print_freq,
-                           chunk_size)
-    if file:
-        tmp = f"{file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for p in preds:
-                f.write(json.dumps(p) + "\n")
-        os.replace(tmp, file)
-    return preds
+    from datasets import Mixup
+    from models.checkpoint import TrainingCheckpoints
+    rank, world = run.dist.rank, run.dist.world_size
+    loader_train = run.loaders["train"]
+    steps_per_epoch = len(loader_train) // cfg.optim.update_freq
+    if steps_per_epoch < 1:
+        raise cfg.optim.too_few_videos(len(loader_train.dataset), world)
+    sched: Schedules = cfg.optim.schedules(world, steps_per_epoch)
+    logger.info("lr %.3g (= --lr %.3g x total batch %d / 256), min lr %.3g, warm-up from %.3g; "
+                "%d steps per epoch, accumulation %d", sched.lr, cfg.optim.lr, sched.total_batch,
+                sched.min_lr, sched.warmup_lr, steps_per_epoch, cfg.optim.update_freq)
+
+    mixup_fn = None
+    if cfg.train.mixup_active:
+        t = cfg.train
+        mixup_fn = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix,
+                         cutmix_minmax=list(t.cutmix_minmax) if t.cutmix_minmax else None,
+                         prob=t.mixup_prob, switch_prob=t.mixup_switch_prob, mode=t.mixup_mode,
+                         label_smoothing=t.smoothing, num_classes=cfg.model.num_classes)
+    step_fn = classification_step(build_criterion(cfg.train.smoothing, mixup_fn is not None),
+                                  mixup_fn)
+    assigner = optim_factory.layer_decay_assigner(run.model, cfg.optim.layer_decay)
+    optimizer = optim_factory.create_optimizer(
+        cfg.optim, run.model, get_num_layer=assigner.get_layer_id if assigner else None,
+        get_layer_scale=assigner.get_scale if assigner else None)
+    model_ema = None
+    if cfg.train.model_ema:
+        from timm.utils import ModelEmaV3
+        model_ema = ModelEmaV3(run.model, decay=cfg.train.model_ema_decay,
+                               device=torch.device("cpu") if cfg.train.model_ema_force_cpu
+                               else None)
+        logger.info("EMA of the weights with decay %.6f", cfg.train.model_ema_decay)
+    backend = build_backend(cfg, run, optimizer)
+
+    checkpoints = TrainingCheckpoints(cfg.run.output_dir, {**cfg.flags, **run_facts(run.dist)},
+                                      run.backbone_path, unsafe=cfg.run.unsafe_load)
+    meta = checkpoints.resume(cfg.run.resume, cfg.run.auto_resume, backend, model_ema)
+    start_epoch = cfg.run.start_epoch if meta is None else int(meta["epoch"]) + 1
+    best_acc = float((meta or {}).get("best_acc") or 0.0)
+    has_best = bool(meta) and meta.get("best_acc") is not None
+    saving = bool(cfg.run.output_dir) and cfg.train.save_ckpt
+
+    records = RunRecords(cfg.run.output_dir, cfg.run.tensorboard_dir, rank)
+    trackers = {split: bad_video_tracker(loader, split, cfg.data.max_bad_fraction)
+                for split, loader in run.loaders.items() if split in ("train", "val")}
+    logger.info("training epochs %d..%d", start_epoch, cfg.optim.epochs - 1)
+    start_time = time.time()
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        loader_train.sampler.set_epoch(epoch)
+        seed_epoch(cfg.run.seed, epoch, rank)  # resumable randomness
+        train_stats = train_one_epoch(
+            backend, step_fn, loader_train, epoch, sched.lr_values, sched.wd_values,
+            start_steps=epoch * steps_per_epoch, steps=steps_per_epoch,
+            update_freq=cfg.optim.update_freq, model_ema=model_ema,
+            bad_tracker=trackers["train"], records=records, print_freq=cfg.run.log_every)
+        step = (epoch + 1) * steps_per_epoch
+        record: Dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
+        if "val" in run.loaders:
+            val = validate(cfg, run, run.model, backend, trackers["val"])
+            record.update({f"val_{k}": v for k, v in val.items()})
+            if val["acc1"] > best_acc or not has_best:
+                best_acc, has_best = val["acc1"], True
+                if saving:
+                    checkpoints.save("best", epoch, step, backend, model_ema, best_acc)
+            logger.info("val top-1 %.2f%% (best %.2f%%)", val["acc1"], best_acc)
+            records.scalars("perf", epoch, val_acc1=val["acc1"], val_acc5=val["acc5"],
+                            val_loss=val["loss"])
+            if model_ema is not None:
+                ema = validate(cfg, run, model_ema.module, None, None)
+                record.update({f"val_ema_{k}": v for k, v in ema.items()})
+                logger.info("val top-1 of the EMA weights %.2f%%", ema["acc1"])
+                records.scalars("perf", epoch, val_ema_acc1=ema["acc1"])
+        if saving:
+            best = best_acc if has_best else None
+            checkpoints.save("last", epoch, step, backend, model_ema, best)
+            if (epoch + 1) % cfg.run.save_ckpt_freq == 0 or epoch + 1 == cfg.optim.epochs:
+                checkpoints.save(str(epoch), epoch, step, backend, model_ema, best)
+        record.update({"epoch": epoch, "step": step,
+                       "n_parameters": run.counts["trainable_params"]})
+        records.log(record)
+        records.flush()
+
+    tested = "last"
+    if cfg.train.test_best:
+        if checkpoints.load_best(run.model):
+            tested = "best"
+            logger.info("--test_best: testing checkpoint-best (val top-1 %.2f%%)", best_acc)
+        else:
+            logger.warning("--test_best: no checkpoint-best (no validation, or checkpoints off); "
+                           "testing the last weights")
+    result = run_final_test(cfg, run, run.model, tested, records,
+                            getattr(backend, "input_dtype", None))
+    out = {"final": result, "best_acc": best_acc if has_best else None, "counts": run.counts}
+    if model_ema is not None:
+        out["final_ema"] = run_final_test(cfg, run, model_ema.module, "ema", records, None)
+    logger.info("training time %s", datetime.timedelta(seconds=int(time.time() - start_time)))
+    records.close()
+    return out
 
 
-def _test_loop(data_loader: Iterable, model: nn.Module, device: torch.device,
-               amp_dtype: Optional[torch.dtype], input_dtype: Optional[torch.dtype],
-               print_freq: int, chunk_size: Optional[int]) -> List[Dict[str, Any]]:
-    metric_logger = utils.MetricLogger(delimiter="  ")
-    preds: List[Dict[str, Any]] = []
-    for views, labels, indices, bad_paths in metric_logger.log_every(data_loader, print_freq, "Test:"):
-        B, V = views.shape[:2]
-        clips = views.flatten(0, 1)  # (B*V, 3, T, H, W), video-major
-        step = chunk_size or clips.shape[0]
-        logits = torch.cat([_forward_eval(model, clips[i:i + step], device, amp_dtype, input_dtype)
-                            for i in range(0, clips.shape[0], step)])
-        scores = logits.softmax(dim=-1).view(B, V, -1).mean(dim=1).cpu()  # softmax, then mean
-        metric_logger.count_clips(clips.shape[0])
-        bad_iter = iter(bad_paths)
-        for j, (label, index) in enumerate(zip(labels.tolist(), indices.tolist())):
-            if label < 0:
-                preds.append({"index": int(index), "label": -1, "scores": None,
-                              "path": next(bad_iter, "")})
-            else:
-                preds.append({"index": int(index), "label": int(label),
-                              "scores": scores[j].tolist()})
-    return preds
+def evaluate(cfg: FinetuneConfig, run: Prepared, checkpoint: str) -> Dict[str, Any]:
+    """``--eval``: the multi-view test of the loaded checkpoint."""
+    records = RunRecords(cfg.run.output_dir, None, run.dist.rank)
+    result = run_final_test(cfg, run, run.model, "resume", records, None, checkpoint=checkpoint)
+    return {"final": result, "counts": run.counts}
 
 
-def merge_predictions(parts: Iterable[Iterable[Dict[str, Any]]]) -> Dict[str, Any]:
-    """Top-1/top-5 (percent) of the union of per-rank predictions, each video counted once.
+def validate(cfg: FinetuneConfig, run: Prepared, model: nn.Module, backend: Any,
+             tracker: Any) -> Dict[str, float]:
+    """Validation of ``model`` (the trained weights, or the EMA's on their own device)."""
+    return validation_one_epoch(run.loaders["val"], model, next(model.parameters()).device,
+                                run.amp_dtype, getattr(backend, "input_dtype", None),
+                                sharded=run.loaders["sharded"], bad_tracker=tracker,
+                                print_freq=cfg.run.log_every)
 
-    Returns:
-        ``{"top1", "top5", "videos", "bad_videos", "bad_paths"}``.
+
+def bad_video_tracker(loader: Any, split: str, max_bad_fraction: float) -> Any:
+    from datasets import BadVideoTracker
+    ds = loader.dataset
+    if hasattr(ds, "make_bad_video_tracker"):
+        return ds.make_bad_video_tracker()
+    return BadVideoTracker(split, len(ds), max_bad_fraction)
+
+
+def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested: str,
+                   records: RunRecords, input_dtype: Optional[torch.dtype],
+                   checkpoint: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """Multi-view test, merge of all ranks' predictions, ``Final top-1/top-5`` in ``log.txt``.
+
+    ``tested`` names the weights ('last', 'best', 'resume' or 'ema'); the EMA's predictions go
+    to ``predictions_ema_rank*.json`` and its line reads ``Final EMA top-1``.
     """
-    seen: Dict[int, Dict[str, Any]] = {}
-    for part in parts:
-        for p in part:
-            seen.setdefault(int(p["index"]), p)
-    good = [p for p in seen.values() if p["label"] >= 0 and p["scores"] is not None]
-    bad = [p for p in seen.values() if p["label"] < 0 or p["scores"] is None]
-    if good:
-        scores = torch.tensor([p["scores"] for p in good], dtype=torch.float64)
-        labels = torch.tensor([p["label"] for p in good])
-        top1, top5 = _accuracy(scores, labels, (1, 5))
-    else:
-        top1 = top5 = 0.0
-    return {"top1": top1, "top5": top5, "videos": len(good), "bad_videos": len(bad),
-            "bad_paths": [p.get("path", "") for p in bad]}
-
-
-def prediction_file(output_dir: str, rank: int) -> str:
-    return os.path.join(output_dir, f"predictions_rank{rank}.json")
-
-
-def read_predictions(path: str) -> List[Dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def merge(eval_path: str, num_tasks: int) -> Tuple[float, float]:
-    """VideoMAE's ``merge``: read ``predictions_rank{0..num_tasks-1}.json`` from ``eval_path``
-    and return (top-1, top-5) in percent, each video counted once."""
-    files = [prediction_file(eval_path, r) for r in range(num_tasks)]
-    missing = [f for f in files if not os.path.exists(f)]
-    if missing:
-        raise FileNotFoundError(f"missing prediction files: {', '.join(missing)}")
-    result = merge_predictions(read_predictions(f) for f in files)
-    return result["top1"], result["top5"]
-
-
-def remove_stale_predictions(output_dir: str, world_size: int) -> None:
-    """Delete prediction files of ranks this run does not have (an earlier, larger run)."""
-    for path in glob.glob(os.path.join(output_dir, "predictions_rank*.json")):
-        rank = os.path.basename(path)[len("predictions_rank"):-len(".json")]
-        if rank.isdigit() and int(rank) >= world_size:
-            os.remove(path)
+    rank, world = run.dist.rank, run.dist.world_size
+    sharded = run.loaders["sharded"]
+    out_dir = cfg.run.output_dir
+    tag = "ema" if tested == "ema" else ""
+    device = next(model.parameters()).device
+    result = None
+    if out_dir and rank == 0:
+        remove_stale_predictions(out_dir, world if sharded else 1, tag)
+    if sharded or rank == 0:  # unsharded: every rank would test everything; rank 0 does it
+        file = prediction_file(out_dir, rank, tag) if out_dir else None
+        preds = final_test(run.loaders["test"], model, device, file, run.amp_dtype, input_dtype,
+                           print_freq=cfg.run.log_every)
+        parts: List[Any] = utils.all_gather_object(preds) if sharded else [preds]
+        result = merge_predictions(parts)
+    error: Optional[BaseException] = None
+    if result is not None and result["bad_paths"]:
+        try:  # the same data on every testing rank, so they all stop together
+            bad_video_tracker(run.loaders["test"], "test",
+                              cfg.data.max_bad_fraction).update(result["bad_paths"])
+        except Exception as err:  # re-raised below once every rank knows
+            error = err
+    if not utils.all_ranks_ok(error is None, run.dist.device):
+        raise error if error is not None else RunStopped("rank 0 stopped the final test")
+    if rank == 0 and result is not None:
+        name = "Final EMA" if tag else "Final"
+        logger.info("Accuracy of the network on the %d test videos: top-1 %.2f%%, top-5 "
+                    "%.2f%% (%d unreadable videos left out; %s weights)", result["videos"],
+                    result["top1"], result["top5"], result["bad_videos"], tested)
+        record = {f"{name} top-1": result["top1"], f"{name} top-5": result["top5"],
+                  "test_videos": result["videos"], "test_bad_videos": result["bad_videos"],
+                  "test_views": cfg.data.test_views, "tested": tested}
+        if checkpoint:
+            record["checkpoint"] = checkpoint
+        records.log(record)
+        key = "test_ema" if tag else "test"
+        records.scalars("perf", cfg.optim.epochs, **{f"{key}_acc1": result["top1"],
+                                                     f"{key}_acc5": result["top5"]})
+        records.flush()
+    utils.barrier()
+    return result

@@ -4,12 +4,11 @@ Rules:
 
 * Only trainable tensors (``requires_grad``) are given to the optimizer; a frozen backbone is
   invisible to it (no state, no weight decay, no work).
-* No weight decay for 1-D tensors and scalars (biases, norm scales, APT's ``prompt_scale`` rows
-  are 3-D but see below), names ending in ``.bias``, parameters of normalisation layers, names in
-  ``model.no_weight_decay()`` and prompt tensors (parameters whose own name contains
-  ``prompt``: ``prompt_embeddings_k/v``, ``prompt_scale``, VPT's ``prompt_embeddings``,
-  Approximated Prompt Tuning's ``prompts``); ``decay_prompts=True`` decays prompts as the
-  original APT code did.
+* No weight decay for 1-D tensors and scalars (biases, norm scales), names ending in ``.bias``,
+  parameters of normalisation layers, names in ``model.no_weight_decay()`` and the tensors the
+  transfer type exempts by structure (``TransferMethod.no_weight_decay``: APT's
+  ``prompt_embeddings_k/v`` and ``prompt_scale``, VPT's prompt tokens, Approximated Prompt
+  Tuning's ``prompts``); ``decay_prompts=True`` decays those too, as the original APT code did.
 * Layer decay (``--layer_decay`` < 1) as VideoMAE's ``LayerDecayValueAssigner``: layer id 0 for
   the patch and position embeddings, ``i + 1`` for ``blocks.i`` (adapters and LoRA factors live
   inside their block and take its id), ``num_layers + 1`` for everything else (norms, head).
@@ -19,10 +18,9 @@ Rules:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -75,8 +73,10 @@ def _norm_param_names(model: nn.Module) -> set:
     return names
 
 
-def is_prompt_param(name: str) -> bool:
-    return "prompt" in name.rsplit(".", 1)[-1]
+def method_no_decay_ids(model: nn.Module) -> set:
+    """ids of the tensors the model's transfer type exempts from weight decay."""
+    method = getattr(model, "transfer", None)
+    return set(method.no_decay_ids) if method is not None else set()
 
 
 def get_parameter_groups(model: nn.Module, weight_decay: float = 1e-5,
@@ -91,12 +91,13 @@ def get_parameter_groups(model: nn.Module, weight_decay: float = 1e-5,
     """
     skip = set(skip_list)
     norms = _norm_param_names(model)
+    exempt = set() if decay_prompts else method_no_decay_ids(model)
     groups: Dict[str, Dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = (param.ndim <= 1 or name.endswith(".bias") or name in skip or name in norms
-                    or (is_prompt_param(name) and not decay_prompts))
+                    or id(param) in exempt)
         layer_id = get_num_layer(name) if get_num_layer is not None else None
         group_name = ("no_decay" if no_decay else "decay") + \
             (f"_layer_{layer_id}" if layer_id is not None else "")
@@ -115,31 +116,23 @@ def get_parameter_groups(model: nn.Module, weight_decay: float = 1e-5,
     return list(groups.values())
 
 
-def create_optimizer(args: argparse.Namespace, model: nn.Module,
+def create_optimizer(args: Any, model: nn.Module,
                      get_num_layer: Optional[Callable[[str], int]] = None,
-                     get_layer_scale: Optional[Callable[[int], float]] = None,
-                     filter_bias_and_bn: bool = True,
-                     skip_list: Optional[Iterable[str]] = None) -> torch.optim.Optimizer:
+                     get_layer_scale: Optional[Callable[[int], float]] = None
+                     ) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameter groups.
 
     Args:
-        args: ``opt`` ('adamw' | 'sgd' | 'adam'), ``lr``, ``weight_decay``, ``opt_eps``,
-            ``opt_betas``, ``momentum``, ``decay_prompts``.
-        model: the unwrapped model.
+        args: the optimisation settings (``OptimConfig`` or a namespace): ``opt`` ('adamw' |
+            'sgd' | 'adam'), ``lr``, ``weight_decay``, ``opt_eps``, ``opt_betas``, ``momentum``,
+            ``decay_prompts`` (optional).
+        model: the unwrapped model; names in ``model.no_weight_decay()`` take no decay.
         get_num_layer / get_layer_scale: layer decay (``LayerDecayValueAssigner``).
-        filter_bias_and_bn: exempt biases, norms and prompts from weight decay (VideoMAE name).
-        skip_list: extra names without weight decay (default ``model.no_weight_decay()``).
     """
     opt = args.opt.lower()
-    weight_decay = args.weight_decay
-    if skip_list is None:
-        skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    if filter_bias_and_bn:
-        params = get_parameter_groups(model, weight_decay, skip_list, get_num_layer,
-                                      get_layer_scale, getattr(args, "decay_prompts", False))
-    else:
-        params = [{"params": [p for p in model.parameters() if p.requires_grad],
-                   "weight_decay": weight_decay, "lr_scale": 1.0, "param_names": []}]
+    skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    params = get_parameter_groups(model, args.weight_decay, skip_list, get_num_layer,
+                                  get_layer_scale, getattr(args, "decay_prompts", False))
     kwargs = {"lr": args.lr, "weight_decay": 0.0}
     if opt in ("adamw", "adam"):
         if getattr(args, "opt_eps", None) is not None:

@@ -13,36 +13,39 @@ multi-view test and exits; ``--flops`` prints parameters and FLOPs as one JSON l
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import json
 import logging
 import math
 import os
 import sys
-import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 import engine
-import optim_factory
 import utils
-from models import TRANSFER_TYPES, create_model, load_pretrained, parameter_counts
-from utils.cli import (add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
-                       add_video_data_args)
+from models.checkpoint import check_backbone, find_resume_checkpoint, read_checkpoint
+from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
+                       add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
+                       add_schedule_args, add_video_data_args, pop_compat_args)
+from utils.config import ConfigError, FinetuneConfig
+from utils.run import RunRecords, started_run
 
 logger = logging.getLogger("run_class_apt")
 
-# Flags that define the network: ``--eval`` takes them from the checkpoint it evaluates.
-ARCH_KEYS = ("model", "transfer_type", "tubelet_size", "use_mean_pooling", "use_learnable_pos_emb",
-             "prompt_num_tokens", "prompt_start", "prompt_end", "prompt_reparam",
-             "prompt_per_head", "vpt_mode", "approx_rank", "adapter_dim", "adapter_scale",
-             "lora_rank", "lora_alpha")
-
-
-class ConfigError(ValueError):
-    """A command line that cannot run; the message names the flag or path."""
+# Flags of the original scripts that mean nothing here (accepted with a warning).
+COMPAT_FLAGS = (
+    COLOR_JITTER, IMAGENET_STATS,
+    CompatFlag("--crop_pct", "evaluation resizes to --short_side_size", float),
+    CompatFlag("--resplit", "random erasing splits nothing in a video clip"),
+    CompatFlag("--prompt_init", "prompts are initialised uniformly as in VPT and APT", str,
+               lambda v: None if v == "random" else f"--prompt_init {v!r}: only 'random' "
+                                                    f"(the default) is implemented"),
+    CompatFlag("--num_segments", "a clip is --num_frames frames of one window", int,
+               lambda v: None if int(v) == 1 else f"--num_segments {v} is not supported: clips "
+                                                  f"have --num_frames frames from one window"),
+)
 
 
 # ------------------------------------------------------------------------------------- flags
@@ -81,7 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = add_optimizer_args(parser, opt="sgd", opt_choices=["adamw", "sgd", "adam", "momentum"],
                            weight_decay=0.001)
     g.add_argument("--decay_prompts", action="store_true", default=False,
-                   help="new: apply weight decay to prompt tensors too (the original code did)")
+                   help="new: apply weight decay to the tensors the transfer type exempts "
+                        "(prompts) too, as the original code did")
 
     g = add_schedule_args(parser, lr=0.1, min_lr=1e-6, warmup_epochs=10)
     g.add_argument("--layer_decay", type=float, default=1.0)
@@ -93,16 +97,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "left/right (always off for SSV2)")
     g.add_argument("--train_crop_scale", type=float, nargs=2, default=[0.08, 1.0],
                    metavar=("MIN", "MAX"), help="new: area range of the training random resized crop")
-    g.add_argument("--color_jitter", type=float, default=0.4, metavar="PCT",
-                   help="accepted for compatibility; the video pipeline does not use it")
     g.add_argument("--num_sample", type=int, default=2, help="repeated augmentation: clips per video")
     g.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1", metavar="NAME")
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     g.add_argument("--train_interpolation", type=str, default="bicubic")
 
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--crop_pct", type=float, default=None,
-                   help="accepted for compatibility; evaluation resizes to --short_side_size")
     g.add_argument("--short_side_size", type=int, default=224)
     g.add_argument("--test_num_segment", type=int, default=5)
     g.add_argument("--test_num_crop", type=int, default=3)
@@ -113,8 +113,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--reprob", type=float, default=0.0, metavar="PCT")
     g.add_argument("--remode", type=str, default="pixel")
     g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--resplit", action="store_true", default=False,
-                   help="accepted for compatibility; has no effect on video clips")
 
     g = parser.add_argument_group("mixup / cutmix (off unless --mixup or --cutmix > 0)")
     g.add_argument("--mixup", type=float, default=0.0)
@@ -137,23 +135,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--unsafe_load", action="store_true", default=False,
                    help="new: allow full unpickling of checkpoints you trust")
 
-    g = parser.add_argument_group("transfer type")
-    g.add_argument("--transfer_type", default="prompt", choices=sorted(TRANSFER_TYPES),
-                   help="random, end2end, linear, prompt (APT), vpt, approx, adapter, lora")
-    g.add_argument("--prompt_num_tokens", type=int, default=5)
-    g.add_argument("--prompt_start", type=int, default=None, help="first block with prompts")
-    g.add_argument("--prompt_end", type=int, default=None, help="last block with prompts (inclusive)")
-    g.add_argument("--prompt_dropout", type=float, default=0.0)
-    g.add_argument("--prompt_init", default="random", choices=["random"], type=str)
-    g.add_argument("--prompt_reparam", action="store_true", default=False)
-    g.add_argument("--prompt_per_head", action="store_true", default=False,
-                   help="new: one APT prompt set per head instead of one shared by all heads")
-    g.add_argument("--vpt_mode", default="deep", choices=["shallow", "deep"], help="new")
-    g.add_argument("--approx_rank", type=int, default=4, help="new: Approximated Prompt Tuning rank")
-    g.add_argument("--adapter_dim", type=int, default=64, help="new: AdaptFormer bottleneck")
-    g.add_argument("--adapter_scale", type=float, default=0.1, help="new: AdaptFormer scale")
-    g.add_argument("--lora_rank", type=int, default=8, help="new")
-    g.add_argument("--lora_alpha", type=float, default=16.0, help="new")
+    add_method_args(parser)
 
     g = add_video_data_args(
         parser, data_path_help="folder with train.csv, val.csv and test.csv",
@@ -164,7 +146,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder with val.csv and test.csv (default: --data_path)")
     g.add_argument("--nb_classes", default=None, type=int,
                    help="class count (default: that of --data_set; required for custom)")
-    g.add_argument("--num_segments", type=int, default=1)
 
     g = add_run_args(
         parser, resume_help="resume from (or, with --eval, evaluate) this checkpoint",
@@ -186,51 +167,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="DeepSpeed's own switch; same as --enable_deepspeed")
     g.add_argument("--deepspeed_config", "--deepscale_config", dest="deepspeed_config",
                    default=None, help="a DeepSpeed JSON config to start from")
+    add_compat_args(parser, COMPAT_FLAGS)
     return parser
 
 
 # ---------------------------------------------------------------------------------- building
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The backbone with the transfer type attached (validates transfer flags, no data read)."""
-    return create_model(
-        args.model, transfer_type=args.transfer_type, num_classes=args.nb_classes,
-        all_frames=args.num_frames * args.num_segments, img_size=args.input_size,
-        tubelet_size=args.tubelet_size, drop_rate=args.drop, drop_path_rate=args.drop_path,
-        attn_drop_rate=args.attn_drop_rate, fc_drop_rate=args.fc_drop_rate,
-        use_mean_pooling=args.use_mean_pooling, init_scale=args.init_scale,
-        use_checkpoint=args.use_checkpoint, use_learnable_pos_emb=args.use_learnable_pos_emb,
-        prompt_num_tokens=args.prompt_num_tokens, prompt_start=args.prompt_start,
-        prompt_end=args.prompt_end, prompt_dropout=args.prompt_dropout,
-        prompt_reparam=args.prompt_reparam, prompt_per_head=args.prompt_per_head,
-        prompt_init=args.prompt_init, vpt_mode=args.vpt_mode, approx_rank=args.approx_rank,
-        adapter_dim=args.adapter_dim, adapter_scale=args.adapter_scale,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
-
-
-def build_criterion(args: argparse.Namespace, mixup_active: bool) -> torch.nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    if mixup_active:
-        return SoftTargetCrossEntropy()  # smoothing is applied to the mixed targets
-    if args.smoothing > 0.0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return torch.nn.CrossEntropyLoss()
-
-
-def resolve_num_classes(args: argparse.Namespace) -> None:
-    from datasets import num_classes_for
-    args.nb_classes = num_classes_for(args)
-
-
-def check_data_paths(args: argparse.Namespace) -> None:
+def check_data_paths(cfg: FinetuneConfig) -> None:
     """Fail early, naming the path, when the data folder or a needed list file is missing."""
-    if not args.data_path:
+    data = cfg.data
+    if not data.data_path:
         raise ConfigError("--data_path is required: the folder holding train.csv, val.csv and "
                           "test.csv")
-    eval_root = args.eval_data_path or args.data_path
-    needed = [] if args.eval else [(args.data_path, "train.csv", "--data_path")]
-    if not args.eval and not args.disable_eval_during_finetuning:
-        needed.append((eval_root, "val.csv", "--eval_data_path" if args.eval_data_path else "--data_path"))
-    needed.append((eval_root, "test.csv", "--eval_data_path" if args.eval_data_path else "--data_path"))
+    eval_root = data.for_eval().data_path
+    eval_flag = "--eval_data_path" if data.eval_data_path else "--data_path"
+    needed = [] if cfg.eval else [(data.data_path, "train.csv", "--data_path")]
+    if not cfg.eval and not cfg.train.disable_eval_during_finetuning:
+        needed.append((eval_root, "val.csv", eval_flag))
+    needed.append((eval_root, "test.csv", eval_flag))
     for root, name, flag in needed:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{flag} {root}: no such folder")
@@ -239,368 +192,157 @@ def check_data_paths(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{path}: list file not found ({flag} must hold {name})")
 
 
-def _eval_args(args: argparse.Namespace) -> argparse.Namespace:
-    if not args.eval_data_path:
-        return args
-    copy = argparse.Namespace(**vars(args))
-    copy.data_path = args.eval_data_path
-    return copy
-
-
-def build_loaders(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    """Datasets, samplers and loaders of the splits this run needs."""
+def build_loaders(cfg: FinetuneConfig, dist: utils.DistState) -> Dict[str, Any]:
+    """Datasets, samplers and loaders of the splits this run needs (and ``sharded``)."""
     import datasets as data
+    data_cfg, world, rank = cfg.data, dist.world_size, dist.rank
+    common = dict(num_workers=data_cfg.num_workers,
+                  pin_memory=bool(data_cfg.pin_mem) and dist.device.type == "cuda",
+                  worker_init_fn=data.seed_worker if data_cfg.num_workers > 0 else None)
     out: Dict[str, Any] = {}
-    world, rank = utils.get_world_size(), utils.get_rank()
-    pin = bool(args.pin_mem) and device.type == "cuda"
-    common = dict(num_workers=args.num_workers, pin_memory=pin,
-                  worker_init_fn=data.seed_worker if args.num_workers > 0 else None)
-    if not args.eval:
-        ds_train, _ = data.build_dataset(is_train=True, test_mode=False, args=args)
+    if not cfg.eval:
+        ds_train, _ = data.build_dataset(is_train=True, test_mode=False, args=data_cfg)
         sampler = torch.utils.data.DistributedSampler(ds_train, num_replicas=world, rank=rank,
-                                                      shuffle=True, seed=args.seed)
+                                                      shuffle=True, seed=cfg.run.seed)
         out["train"] = torch.utils.data.DataLoader(
-            ds_train, sampler=sampler, batch_size=args.batch_size, drop_last=True,
+            ds_train, sampler=sampler, batch_size=data_cfg.batch_size, drop_last=True,
             collate_fn=data.collate_train, **common)
-    eval_args = _eval_args(args)
-    sharded = args.distributed and args.dist_eval
+    sharded = dist.distributed and cfg.dist_eval
     out["sharded"] = sharded
 
     def eval_sampler(ds):
         if sharded:
-            return torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
+            return torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank,
+                                                       shuffle=False)
         return torch.utils.data.SequentialSampler(ds)
 
-    if not args.eval and not args.disable_eval_during_finetuning:
-        ds_val, _ = data.build_dataset(is_train=False, test_mode=False, args=eval_args)
+    eval_cfg = data_cfg.for_eval()
+    if not cfg.eval and not cfg.train.disable_eval_during_finetuning:
+        ds_val, _ = data.build_dataset(is_train=False, test_mode=False, args=eval_cfg)
         out["val"] = torch.utils.data.DataLoader(
-            ds_val, sampler=eval_sampler(ds_val), batch_size=args.batch_size_val,
+            ds_val, sampler=eval_sampler(ds_val), batch_size=data_cfg.batch_size_val,
             drop_last=False, collate_fn=data.collate_eval, **common)
-    ds_test, _ = data.build_dataset(is_train=False, test_mode=True, args=eval_args)
-    views = args.test_num_segment * args.test_num_crop
+    ds_test, _ = data.build_dataset(is_train=False, test_mode=True, args=eval_cfg)
     # About --batch_size_val clips per forward pass: each test item holds all views of a video.
-    test_batch = max(1, math.ceil(args.batch_size_val / views))
+    test_batch = max(1, math.ceil(data_cfg.batch_size_val / data_cfg.test_views))
     out["test"] = torch.utils.data.DataLoader(
         ds_test, sampler=eval_sampler(ds_test), batch_size=test_batch, drop_last=False,
         collate_fn=data.collate_eval, **common)
     return out
 
 
-def _tracker(loader: Any, split: str, args: argparse.Namespace) -> Any:
-    from datasets import BadVideoTracker
-    ds = loader.dataset
-    if hasattr(ds, "make_bad_video_tracker"):
-        return ds.make_bad_video_tracker()
-    return BadVideoTracker(split, len(ds), args.max_bad_fraction)
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-# -------------------------------------------------------------------------------------- main
-def run_flops(args: argparse.Namespace) -> Dict[str, Any]:
+def run_flops(cfg: FinetuneConfig) -> Dict[str, Any]:
     """``--flops``: parameters and FLOPs of one clip, as one JSON line on stdout."""
     from models import cost_report
-    if args.nb_classes is None:
-        resolve_num_classes(args)
-    model = build_model(args)
-    report = cost_report(model, args.num_frames * args.num_segments, args.input_size, args.model)
+    report = cost_report(cfg.model.build(), cfg.model.num_frames, cfg.model.input_size,
+                         cfg.model.model)
     print(json.dumps(report), flush=True)  # the command's output, not a log line
     return report
 
 
-def _prepare_eval_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
-    """``--eval``: find and read the checkpoint to evaluate; take its architecture flags."""
-    path = args.resume or (utils.find_resume_checkpoint(args.output_dir) if args.auto_resume else None)
+def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], FinetuneConfig]:
+    """``--eval``: find and read the checkpoint to evaluate; returns its path, its contents and
+    the settings with the checkpoint's architecture (the command line's, where it differs, are
+    overruled with a warning)."""
+    run = cfg.run
+    path = run.resume or (find_resume_checkpoint(run.output_dir) if run.auto_resume else None)
     if not path:
-        where = f"no checkpoint-last or checkpoint-N in --output_dir {args.output_dir!r}" \
-            if args.output_dir and args.auto_resume else "no --resume given"
+        where = f"no checkpoint-last or checkpoint-N in --output_dir {run.output_dir!r}" \
+            if run.output_dir and run.auto_resume else "no --resume given"
         raise ConfigError(f"--eval needs a trained checkpoint to evaluate ({where}); pass "
                           f"--resume PATH. The untrained model is never evaluated.")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    ckpt = utils.read_checkpoint(path, unsafe=args.unsafe_load)
-    saved = ckpt.get("args") or {}
-    for key in ARCH_KEYS:
-        if key in saved and saved[key] != getattr(args, key, None):
-            logger.warning("--eval: using the checkpoint's --%s %r (command line: %r)", key,
-                           saved[key], getattr(args, key, None))
-            setattr(args, key, saved[key])
-    args.resume = path
-    return ckpt
+    ckpt = read_checkpoint(path, unsafe=run.unsafe_load)
+    model_cfg, changes = cfg.model.with_architecture(ckpt.get("args") or {})
+    for change in changes:
+        logger.warning("--eval: using the checkpoint's %s", change)
+    return path, ckpt, dataclasses.replace(cfg, model=model_cfg)
 
 
-def _load_backbone(args: argparse.Namespace, model: torch.nn.Module,
-                   eval_ckpt: Optional[Dict[str, Any]]) -> Optional[str]:
-    """Load ``--finetune`` (or, for ``--eval`` without it, the backbone the checkpoint names)."""
-    from models import trains_whole_model
-    method = model.transfer
+def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
+                  eval_ckpt: Optional[Dict[str, Any]], eval_path: str = "") -> Optional[str]:
+    """Load ``--finetune`` (or, for ``--eval`` without it, the backbone the checkpoint names);
+    returns the file loaded."""
+    from models import load_pretrained, trains_whole_model
+    method, source = model.transfer, cfg.backbone
     if not method.loads_pretrained:
-        if args.finetune:
+        if source.finetune:
             logger.warning("--transfer_type %s trains from scratch: --finetune %s is ignored",
-                           method.name, args.finetune)
+                           method.name, source.finetune)
         return None
-    path = args.finetune
+    path = source.finetune
     if eval_ckpt is not None and trains_whole_model(model):
         return None  # the checkpoint holds every tensor
     if not path and eval_ckpt is not None:
-        ref = eval_ckpt.get("backbone") or {}
-        path = ref.get("path")
+        path = (eval_ckpt.get("backbone") or {}).get("path")
         if path and not os.path.exists(path):
-            raise FileNotFoundError(f"{args.resume} was trained on the backbone {path}, which is "
+            raise FileNotFoundError(f"{eval_path} was trained on the backbone {path}, which is "
                                     f"no longer there: pass it with --finetune")
         if path:
             logger.info("--eval: loading the backbone recorded in the checkpoint: %s", path)
     if not path:
         logger.warning("no --finetune checkpoint: the %s backbone keeps its random "
-                       "initialisation", args.model)
+                       "initialisation", cfg.model.model)
         return None
-    report = load_pretrained(model, path, model_key=args.model_key,
-                             model_prefix=args.model_prefix, unsafe=args.unsafe_load)
+    report = load_pretrained(model, path, model_key=source.model_key,
+                             model_prefix=source.model_prefix, unsafe=cfg.run.unsafe_load)
     logger.info("backbone: %s", report.summary())
     return path
+
+
+def prepare(cfg: FinetuneConfig, dist: utils.DistState,
+            eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = "") -> engine.Prepared:
+    """The model (backbone loaded, checkpoint applied for ``--eval``) and the loaders."""
+    from models import load_method_state, parameter_counts
+    utils.seed_everything(cfg.run.seed)  # the same initial model on every rank
+    model = cfg.model.build()  # before any data: bad transfer flags fail here
+    utils.seed_everything(cfg.run.seed + dist.rank)
+    check_data_paths(cfg)
+    backbone_path = load_backbone(cfg, model, eval_ckpt, eval_path)
+    if eval_ckpt is not None:
+        check_backbone(eval_ckpt, backbone_path, eval_path)
+        load_method_state(model, eval_ckpt)
+        logger.info("evaluating %s (epoch %s)", eval_path, eval_ckpt.get("epoch"))
+    model.to(dist.device)
+    counts = parameter_counts(model)
+    logger.info("model %s, transfer type %s: %d parameters, %d trainable (%.3f%%)",
+                cfg.model.model, model.transfer, counts["params"], counts["trainable_params"],
+                100.0 * counts["trainable_params"] / max(counts["params"], 1))
+    amp_dtype = utils.amp_dtype_for(dist.device, cfg.run.amp, cfg.run.amp_dtype)
+    return engine.Prepared(model, build_loaders(cfg, dist), dist, amp_dtype, backbone_path,
+                           counts)
+
+
+# -------------------------------------------------------------------------------------- main
+def make_config(args: argparse.Namespace) -> FinetuneConfig:
+    """The settings of a parsed command line (compatibility flags are dropped with a warning)."""
+    errors = pop_compat_args(args, COMPAT_FLAGS)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return FinetuneConfig.from_args(args)
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or with ``--eval`` only test) as the flags say; returns the final results."""
     utils.setup_logging(rank=int(os.environ.get("RANK", "0")))
+    cfg = make_config(args)
     if args.flops:
-        return run_flops(args)
-    if args.deepspeed:
-        args.enable_deepspeed = True
-    if args.compile and args.enable_deepspeed and not args.eval:
+        return run_flops(cfg)
+    if cfg.train.compile and cfg.deepspeed and not cfg.eval:
         raise ConfigError("--compile is not supported with --enable_deepspeed")
-    if args.eval and args.enable_deepspeed:
+    if cfg.eval and cfg.deepspeed:
         logger.info("--eval evaluates without the DeepSpeed engine (same numbers)")
-    device = utils.init_distributed_mode(args, force=args.enable_deepspeed and not args.eval)
-    try:
-        return _run(args, device)
-    finally:
-        utils.destroy_process_group(args)
-
-
-def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    rank, world = utils.start_run_outputs(args), utils.get_world_size()
-    if args.crop_pct is not None or args.resplit:
-        logger.warning("--crop_pct / --resplit are accepted for compatibility but have no effect")
-    resolve_num_classes(args)
-    eval_ckpt = _prepare_eval_checkpoint(args) if args.eval else None
-    utils.seed_everything(args.seed)  # the same initial model on every rank
-
-    model = build_model(args)  # before any data: bad transfer flags fail here
-    utils.seed_everything(args.seed + rank)
-    check_data_paths(args)
-    backbone_path = _load_backbone(args, model, eval_ckpt)
-    if eval_ckpt is not None:
-        utils.check_backbone(eval_ckpt, backbone_path, args.resume)
-        utils.load_model_state(model, eval_ckpt)
-        logger.info("evaluating %s (epoch %s)", args.resume, eval_ckpt.get("epoch"))
-    if backbone_path and not args.finetune:
-        args.finetune = backbone_path
-    model.to(device)
-    counts = parameter_counts(model)
-    logger.info("model %s, transfer type %s: %d parameters, %d trainable (%.3f%%)", args.model,
-                args.transfer_type, counts["params"], counts["trainable_params"],
-                100.0 * counts["trainable_params"] / max(counts["params"], 1))
-
-    amp_dtype = utils.amp_dtype_for(device, args.amp, args.amp_dtype)
-    loaders = build_loaders(args, device)
-    if args.output_dir and rank == 0:
-        name = "eval_args.json" if args.eval else "args.json"
-        with open(os.path.join(args.output_dir, name), "w", encoding="utf-8") as f:
-            json.dump(utils.args_to_dict(args), f, indent=2)
-
-    if args.eval:
-        result = run_final_test(args, model, loaders, device, amp_dtype, None, tested="resume")
-        return {"final": result, "counts": counts}
-    return train(args, model, loaders, device, amp_dtype, counts)
-
-
-def train(args: argparse.Namespace, model: torch.nn.Module, loaders: Dict[str, Any],
-          device: torch.device, amp_dtype: Optional[torch.dtype], counts: Dict[str, int]
-          ) -> Dict[str, Any]:
-    """The training loop: epochs of training, validation, checkpoints, then the final test."""
-    from datasets import Mixup
-    rank, world = utils.get_rank(), utils.get_world_size()
-    loader_train = loaders["train"]
-    steps_per_epoch = len(loader_train) // args.update_freq
-    total_batch = args.batch_size * args.update_freq * world
-    if steps_per_epoch < 1:
-        raise ConfigError(f"the training split has {len(loader_train.dataset)} videos, too few "
-                          f"for one optimizer step of {total_batch} videos (--batch_size "
-                          f"{args.batch_size} x --update_freq {args.update_freq} x {world} "
-                          f"processes)")
-    lr = utils.scale_lr(args.lr, total_batch)
-    min_lr = utils.scale_lr(args.min_lr, total_batch)
-    warmup_lr = utils.scale_lr(args.warmup_lr, total_batch)
-    logger.info("lr %.3g (= --lr %.3g x total batch %d / 256), min lr %.3g, warm-up from %.3g; "
-                "%d steps per epoch, accumulation %d", lr, args.lr, total_batch, min_lr,
-                warmup_lr, steps_per_epoch, args.update_freq)
-
-    mixup_fn = None
-    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
-                         cutmix_minmax=args.cutmix_minmax, prob=args.mixup_prob,
-                         switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=args.nb_classes)
-    criterion = build_criterion(args, mixup_fn is not None)
-
-    assigner = optim_factory.layer_decay_assigner(model, args.layer_decay)
-    optimizer = optim_factory.create_optimizer(
-        args, model, get_num_layer=assigner.get_layer_id if assigner else None,
-        get_layer_scale=assigner.get_scale if assigner else None)
-    model_ema = None
-    if args.model_ema:
-        from timm.utils import ModelEmaV3
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
-        logger.info("EMA of the weights with decay %.6f", args.model_ema_decay)
-
-    model_without_ddp = model
-    train_model: Any = torch.compile(model) if args.compile else model
-    loss_scaler = None
-    ds_dtype = None
-    if args.enable_deepspeed:
-        from utils import ds
-        config = ds.create_ds_config(args, amp_dtype, world)
-        ds.write_ds_config(args, config, rank)
-        train_model, optimizer = ds.initialize(args, train_model, optimizer, config, device)
-        ds_dtype = ds.input_dtype(train_model)
-    else:
-        if args.distributed:
-            train_model = torch.nn.parallel.DistributedDataParallel(
-                train_model, device_ids=[device.index] if device.type == "cuda" else None)
-        loss_scaler = utils.NativeScalerWithGradNormCount(
-            enabled=amp_dtype == torch.float16, device=device.type)
-
-    lr_schedule = utils.cosine_scheduler(lr, min_lr, args.epochs, steps_per_epoch,
-                                         warmup_epochs=args.warmup_epochs,
-                                         start_warmup_value=warmup_lr,
-                                         warmup_steps=args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
-
-    meta = utils.auto_load_model(args, train_model, model_without_ddp, optimizer, loss_scaler,
-                                 model_ema)
-    best_acc = float((meta or {}).get("best_acc") or 0.0)
-    has_best = bool(meta) and (meta.get("best_acc") is not None)
-
-    log_writer = None
-    log_dir = args.log_dir or args.output_dir
-    if rank == 0 and log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        log_writer = utils.TensorboardLogger(log_dir)
-    log_txt = os.path.join(args.output_dir, "log.txt") if args.output_dir else None
-    trackers = {"train": _tracker(loader_train, "train", args)}
-    if "val" in loaders:
-        trackers["val"] = _tracker(loaders["val"], "val", args)
-
-    logger.info("training epochs %d..%d", args.start_epoch, args.epochs - 1)
-    start_time = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
-        loader_train.sampler.set_epoch(epoch)
-        utils.seed_everything(_epoch_seed(args.seed, epoch, rank))  # resumable randomness
-        train_stats = engine.train_one_epoch(
-            train_model, criterion, loader_train, optimizer, device, epoch, loss_scaler,
-            args.clip_grad, model_ema, mixup_fn, log_writer=log_writer,
-            start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule,
-            wd_schedule_values=wd_schedule, num_training_steps_per_epoch=steps_per_epoch,
-            update_freq=args.update_freq, amp_dtype=amp_dtype, bad_tracker=trackers["train"],
-            print_freq=args.log_every, deepspeed_engine=args.enable_deepspeed,
-            ds_input_dtype=ds_dtype, model_without_ddp=model_without_ddp)
-        step = (epoch + 1) * steps_per_epoch
-        record: Dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
-        if "val" in loaders:
-            val_stats = engine.validation_one_epoch(
-                loaders["val"], model_without_ddp, device, amp_dtype, ds_dtype,
-                sharded=loaders["sharded"], bad_tracker=trackers["val"], print_freq=args.log_every)
-            record.update({f"val_{k}": v for k, v in val_stats.items()})
-            improved = val_stats["acc1"] > best_acc or not has_best
-            if improved:
-                best_acc, has_best = val_stats["acc1"], True
-                if args.output_dir and args.save_ckpt:
-                    utils.save_model(args, epoch, train_model, model_without_ddp, optimizer,
-                                     loss_scaler, model_ema, tag="best", step=step,
-                                     best_acc=best_acc)
-            logger.info("val top-1 %.2f%% (best %.2f%%)", val_stats["acc1"], best_acc)
-            if log_writer is not None:
-                log_writer.update(val_acc1=val_stats["acc1"], val_acc5=val_stats["acc5"],
-                                  val_loss=val_stats["loss"], head="perf", step=epoch)
-        if args.output_dir and args.save_ckpt:
-            utils.save_model(args, epoch, train_model, model_without_ddp, optimizer, loss_scaler,
-                             model_ema, tag="last", step=step, best_acc=best_acc if has_best else None)
-            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-                utils.save_model(args, epoch, train_model, model_without_ddp, optimizer,
-                                 loss_scaler, model_ema, step=step,
-                                 best_acc=best_acc if has_best else None)
-        record.update({"epoch": epoch, "step": step, "n_parameters": counts["trainable_params"]})
-        if log_txt:
-            utils.append_json_line(log_txt, record)
-        if log_writer is not None:
-            log_writer.flush()
-
-    tested = "last"
-    if args.test_best:
-        best_path = os.path.join(args.output_dir or ".", "checkpoint-best" +
-                                 ("" if args.enable_deepspeed else ".pth"))
-        if os.path.exists(best_path):
-            utils.load_model_state(model_without_ddp, utils.read_checkpoint(best_path, args.unsafe_load))
-            tested = "best"
-            logger.info("--test_best: testing %s (val top-1 %.2f%%)", best_path, best_acc)
-        else:
-            logger.warning("--test_best: no %s (no validation, or checkpoints off); testing the "
-                           "last weights", best_path)
-    result = run_final_test(args, model_without_ddp, loaders, device, amp_dtype, ds_dtype,
-                            tested=tested, log_writer=log_writer)
-    total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
-    logger.info("training time %s", total)
-    if log_writer is not None:
-        log_writer.close()
-    return {"final": result, "best_acc": best_acc if has_best else None, "counts": counts}
-
-
-def run_final_test(args: argparse.Namespace, model: torch.nn.Module, loaders: Dict[str, Any],
-                   device: torch.device, amp_dtype: Optional[torch.dtype],
-                   input_dtype: Optional[torch.dtype], tested: str,
-                   log_writer: Any = None) -> Optional[Dict[str, Any]]:
-    """Multi-view test, merge of all ranks' predictions, ``Final top-1/top-5`` in ``log.txt``."""
-    rank, world = utils.get_rank(), utils.get_world_size()
-    sharded = loaders["sharded"]
-    result = None
-    if args.output_dir and rank == 0:
-        engine.remove_stale_predictions(args.output_dir, world if sharded else 1)
-    if sharded or rank == 0:  # unsharded: every rank would test everything; rank 0 does it
-        file = engine.prediction_file(args.output_dir, rank) if args.output_dir else None
-        preds = engine.final_test(loaders["test"], model, device, file, amp_dtype, input_dtype,
-                                  print_freq=args.log_every)
-        parts: List[Any] = utils.all_gather_object(preds) if sharded else [preds]
-        result = engine.merge_predictions(parts)
-    error: Optional[BaseException] = None
-    if result is not None and result["bad_paths"]:
-        try:  # the same data on every testing rank, so they all stop together
-            _tracker(loaders["test"], "test", args).update(result["bad_paths"])
-        except Exception as err:  # re-raised below once every rank knows
-            error = err
-    if not utils.all_ranks_ok(error is None, device):
-        raise error if error is not None else engine.RunStopped("rank 0 stopped the final test")
-    if rank == 0 and result is not None:
-        logger.info("Accuracy of the network on the %d test videos: top-1 %.2f%%, top-5 "
-                    "%.2f%% (%d unreadable videos left out; %s weights)", result["videos"],
-                    result["top1"], result["top5"], result["bad_videos"], tested)
-        record = {"Final top-1": result["top1"], "Final top-5": result["top5"],
-                  "test_videos": result["videos"], "test_bad_videos": result["bad_videos"],
-                  "test_views": args.test_num_segment * args.test_num_crop, "tested": tested}
-        if args.eval:
-            record["checkpoint"] = args.resume
-        if args.output_dir:
-            utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
-        if log_writer is not None:
-            log_writer.update(test_acc1=result["top1"], test_acc5=result["top5"], head="perf",
-                              step=args.epochs)
-            log_writer.flush()
-    utils.barrier()
-    return result
+    with started_run(cfg.run, force_group=cfg.deepspeed and not cfg.eval) as dist:
+        if cfg.eval:
+            path, ckpt, cfg = read_eval_checkpoint(cfg)
+            run = prepare(cfg, dist, ckpt, path)
+            RunRecords(cfg.run.output_dir, None, dist.rank).write_json("eval_args.json",
+                                                                       cfg.flags)
+            return engine.evaluate(cfg, run, path)
+        run = prepare(cfg, dist)
+        RunRecords(cfg.run.output_dir, None, dist.rank).write_json("args.json", cfg.flags)
+        return engine.fit(cfg, run)
 
 
 def cli(argv: Optional[List[str]] = None) -> int:

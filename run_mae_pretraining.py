@@ -19,32 +19,36 @@ epoch), ``args.json``, ``run.log``; TensorBoard events in ``--log_dir``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import json
 import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import torch
 
+import engine
 import engine_for_pretraining
 import optim_factory
 import utils
+from models.checkpoint import TrainingCheckpoints
 from models.pretrain import create_pretrain_model, finetune_model_for, list_pretrain_models
-from utils.cli import (add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
-                       add_video_data_args)
+from utils.backend import PlainBackend
+from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
+                       add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
+                       add_video_data_args, pop_compat_args)
+from utils.config import ConfigError, PretrainConfig, PretrainModelConfig
+from utils.run import RunRecords, run_facts, seed_epoch, started_run
 
 logger = logging.getLogger("run_mae_pretraining")
 
-# Flags that define the network: a checkpoint resumed with other values would not fit.
-ARCH_KEYS = ("model", "decoder_depth", "tubelet_size", "use_learnable_pos_emb")
-
-
-class ConfigError(ValueError):
-    """A command line that cannot run; the message names the flag or path."""
+# Flags of VideoMAE's script that mean nothing here (accepted with a warning).
+COMPAT_FLAGS = (
+    COLOR_JITTER, IMAGENET_STATS,
+    CompatFlag("--train_interpolation", "the multi-scale crop resizes bilinearly", str),
+)
 
 
 def str2bool(value: str) -> bool:
@@ -92,10 +96,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_schedule_args(parser, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
 
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--color_jitter", type=float, default=0.0, metavar="PCT",
-                   help="accepted for compatibility; VideoMAE pre-training does not use it")
-    g.add_argument("--train_interpolation", type=str, default="bicubic",
-                   help="accepted for compatibility; the multi-scale crop resizes bilinearly")
     g.add_argument("--flip", action="store_true", default=False,
                    help="new: random horizontal flips (VideoMAE pre-training has none; refused "
                         "for SSV2)")
@@ -127,244 +127,173 @@ def get_args_parser() -> argparse.ArgumentParser:
                  amp_dtype_help="new: bf16 where supported, else fp16 with loss scaling")
     add_distributed_args(
         parser, world_size_help="set by the launcher (torchrun/SLURM); kept for compatibility")
+    add_compat_args(parser, COMPAT_FLAGS)
     return parser
 
 
 # ---------------------------------------------------------------------------------- building
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The pre-training model for the flags (records VideoMAE's ``patch_size``/``window_size``)."""
+def build_model(cfg: PretrainModelConfig) -> torch.nn.Module:
+    """The pre-training model (its token grid must fit the clip shape)."""
     model = create_pretrain_model(
-        args.model, drop_path_rate=args.drop_path, decoder_depth=args.decoder_depth,
-        use_checkpoint=args.use_checkpoint, img_size=args.input_size,
-        all_frames=args.num_frames, tubelet_size=args.tubelet_size,
-        use_learnable_pos_emb=args.use_learnable_pos_emb)
-    patch = model.encoder.patch_embed.patch_size[0]
+        cfg.model, drop_path_rate=cfg.drop_path, decoder_depth=cfg.decoder_depth,
+        use_checkpoint=cfg.use_checkpoint, img_size=cfg.input_size, all_frames=cfg.num_frames,
+        tubelet_size=cfg.tubelet_size, use_learnable_pos_emb=cfg.use_learnable_pos_emb)
     try:
-        grid = model.encoder.patch_embed.grid_size(args.num_frames, args.input_size,
-                                                   args.input_size)
+        model.encoder.patch_embed.grid_size(cfg.num_frames, cfg.input_size, cfg.input_size)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    # VideoMAE stores these in args (its checkpoints carry them).
-    args.patch_size = [patch, patch]
-    args.window_size = list(grid)
     return model
 
 
-def build_loader(args: argparse.Namespace, device: torch.device, patch_size: int
+def videomae_shape_flags(model: torch.nn.Module, cfg: PretrainModelConfig) -> Dict[str, Any]:
+    """``patch_size`` and ``window_size``, which VideoMAE's checkpoints carry in their args."""
+    patch = model.encoder.patch_embed.patch_size[0]
+    grid = model.encoder.patch_embed.grid_size(cfg.num_frames, cfg.input_size, cfg.input_size)
+    return {"patch_size": [patch, patch], "window_size": list(grid)}
+
+
+def build_loader(cfg: PretrainConfig, dist: utils.DistState, patch_size: int
                  ) -> torch.utils.data.DataLoader:
     """The pre-training loader: random clips with masks, sharded over the ranks."""
     import datasets as data
     from datasets.pretrain_dataset import build_pretraining_dataset, collate_pretrain
-    dataset = build_pretraining_dataset(args, patch_size)
-    if args.cache_videos:
-        dataset.preload(num_workers=args.num_workers, max_bytes=int(args.cache_max_gb * 2 ** 30))
-    world, rank = utils.get_world_size(), utils.get_rank()
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
-                                                  shuffle=True, seed=args.seed)
+    d = cfg.data
+    dataset = build_pretraining_dataset(d, patch_size)
+    if d.cache_videos:
+        dataset.preload(num_workers=d.num_workers, max_bytes=int(d.cache_max_gb * 2 ** 30))
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist.world_size,
+                                                  rank=dist.rank, shuffle=True,
+                                                  seed=cfg.run.seed)
     return torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size, drop_last=True,
-        num_workers=args.num_workers, pin_memory=bool(args.pin_mem) and device.type == "cuda",
-        worker_init_fn=data.seed_worker if args.num_workers > 0 else None,
+        dataset, sampler=sampler, batch_size=d.batch_size, drop_last=True,
+        num_workers=d.num_workers, pin_memory=bool(d.pin_mem) and dist.device.type == "cuda",
+        worker_init_fn=data.seed_worker if d.num_workers > 0 else None,
         collate_fn=collate_pretrain)
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def resume_check(cfg: PretrainModelConfig) -> Callable[[Dict[str, Any], str], None]:
+    """Refuse a checkpoint that is not a pre-training one, or of another architecture."""
+    def check(ckpt: Dict[str, Any], path: str) -> None:
+        state = ckpt.get("model")
+        if not isinstance(state, dict) or not any(k.startswith("encoder.") for k in state):
+            raise ConfigError(f"--resume {path} is not a pre-training checkpoint (no 'model' "
+                              f"with encoder.* keys)")
+        saved = ckpt.get("args") or {}
+        saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+        for key in cfg.ARCHITECTURE:
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise ConfigError(f"--resume {path} was trained with --{key} {saved[key]!r}, "
+                                  f"this run has {getattr(cfg, key)!r}: use the same value or "
+                                  f"another --output_dir")
+    return check
 
 
-# ---------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(args: argparse.Namespace, tag: str, epoch: int, step: int,
-                    model_without_ddp: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    loss_scaler: Any) -> Optional[str]:
-    """Write ``checkpoint-<tag>.pth`` atomically (rank 0) in VideoMAE's pre-training layout.
+def make_probe(cfg: PretrainConfig, encoder: torch.nn.Module, device: torch.device,
+               records: RunRecords) -> Callable[[int], Dict[str, float]]:
+    """``probe(epoch)``: the k-NN accuracy of the encoder's features (rank 0)."""
+    import engine_for_probe
+    train, val, classes = engine_for_probe.build_probe_loaders(cfg.probe.probe_data_path,
+                                                               cfg.data, cfg.data.batch_size)
 
-    The file holds tensors and plain types only (``args`` as a dict), so it loads with
-    ``torch.load(weights_only=True)``.
-    """
-    if not args.output_dir or not utils.is_main_process():
-        return None
-    path = os.path.join(args.output_dir, f"checkpoint-{tag}.pth")
-    obj = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-           "scaler": loss_scaler.state_dict(), "epoch": int(epoch), "step": int(step),
-           "args": utils.args_to_dict(args)}
-    utils.atomic_torch_save(obj, path)
-    logger.info("saved %s (%.2f MB)", path, os.path.getsize(path) / 2 ** 20)
-    return path
-
-
-def resume_checkpoint(args: argparse.Namespace, model_without_ddp: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer,
-                      loss_scaler: Any) -> Optional[Dict[str, Any]]:
-    """Resume from ``--resume`` or (``--auto_resume``) the latest checkpoint in ``--output_dir``.
-
-    Restores the model, optimizer, loss scaler and epoch; sets ``args.start_epoch``.
-    """
-    from models import torch_load
-    path = args.resume or (utils.find_resume_checkpoint(args.output_dir)
-                           if args.auto_resume and args.output_dir else None)
-    if not path:
-        return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
-    ckpt = torch_load(path)
-    state = ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not any(k.startswith("encoder.") for k in state):
-        raise ConfigError(f"--resume {path} is not a pre-training checkpoint (no 'model' with "
-                          f"encoder.* keys)")
-    saved = ckpt.get("args") or {}
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
-    for key in ARCH_KEYS:
-        if key in saved and saved[key] != getattr(args, key):
-            raise ConfigError(f"--resume {path} was trained with --{key} {saved[key]!r}, this run "
-                              f"has {getattr(args, key)!r}: use the same value or another "
-                              f"--output_dir")
-    try:
-        model_without_ddp.load_state_dict(state)
-    except RuntimeError as err:
-        raise ConfigError(f"--resume {path} does not fit --model {args.model}: "
-                          f"{str(err).splitlines()[0]}") from err
-    if ckpt.get("optimizer") is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("scaler"):
-        loss_scaler.load_state_dict(ckpt["scaler"])
-    epoch = ckpt.get("epoch")
-    if isinstance(epoch, int):
-        args.start_epoch = epoch + 1
-    logger.info("resumed from %s (epoch %s, step %s); training continues at epoch %d", path,
-                epoch, ckpt.get("step"), args.start_epoch)
-    return ckpt
+    def probe(epoch: int) -> Dict[str, float]:
+        result = engine_for_probe.knn_probe(encoder, train, val, device, classes,
+                                            cfg.probe.probe_k)
+        logger.info("k-NN probe after epoch %d: top-1 %.1f%% (%d val videos, k=%d)", epoch,
+                    result["knn_top1"], int(result["knn_test_clips"]), cfg.probe.probe_k)
+        records.scalars("probe", epoch + 1, knn_top1=result["knn_top1"])
+        return result
+    return probe
 
 
 # -------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """Pre-train as the flags say; returns the last epoch's statistics and the checkpoint path."""
     utils.setup_logging(rank=int(os.environ.get("RANK", "0")))
-    device = utils.init_distributed_mode(args)
-    try:
-        return _run(args, device)
-    finally:
-        utils.destroy_process_group(args)
+    errors = pop_compat_args(args, COMPAT_FLAGS)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    cfg = PretrainConfig.from_args(args)
+    with started_run(cfg.run) as dist:
+        return pretrain(cfg, dist)
 
 
-def _run(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    rank, world = utils.start_run_outputs(args), utils.get_world_size()
-    utils.seed_everything(args.seed + rank)
-
-    model = build_model(args)  # before any data: bad model flags fail here
-    patch_size = model.encoder.patch_embed.patch_size[0]
-    loader = build_loader(args, device, patch_size)
+def pretrain(cfg: PretrainConfig, dist: utils.DistState) -> Dict[str, Any]:
+    """The epoch loop of pre-training (the step loop is ``engine.train_one_epoch``)."""
+    rank, world, device = dist.rank, dist.world_size, dist.device
+    utils.seed_everything(cfg.run.seed + rank)
+    model = build_model(cfg.model)  # before any data: bad model flags fail here
+    shape_flags = {**videomae_shape_flags(model, cfg.model), **run_facts(dist)}
+    patch_size = shape_flags["patch_size"][0]
+    loader = build_loader(cfg, dist, patch_size)
     model.to(device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_encoder = sum(p.numel() for p in model.encoder.parameters())
+    masks = loader.dataset.mask_generator
     logger.info("model %s: %d parameters (encoder %d; fine-tune it with --model %s), token grid "
-                "%s, %d of %d tokens masked (%s)", args.model, n_parameters, n_encoder,
-                finetune_model_for(args.model), tuple(args.window_size),
-                loader.dataset.mask_generator.total_masks,
-                loader.dataset.mask_generator.total_patches, args.mask_type)
+                "%s, %d of %d tokens masked (%s)", cfg.model.model, n_parameters, n_encoder,
+                finetune_model_for(cfg.model.model), tuple(shape_flags["window_size"]),
+                masks.total_masks, masks.total_patches, cfg.data.mask_type)
 
     steps_per_epoch = len(loader)
-    total_batch = args.batch_size * world
     if steps_per_epoch < 1:
-        raise ConfigError(f"{len(loader.dataset)} videos are too few for one step of "
-                          f"{total_batch} videos (--batch_size {args.batch_size} x {world} "
-                          f"processes); lower --batch_size")
-    # VideoMAE's linear scaling rule: the flags are for a total batch of 256.
-    lr = utils.scale_lr(args.lr, total_batch)
-    warmup_lr = utils.scale_lr(args.warmup_lr, total_batch)
-    min_lr = utils.scale_lr(args.min_lr, total_batch)
+        raise cfg.optim.too_few_videos(len(loader.dataset), world)
+    sched = cfg.optim.schedules(world, steps_per_epoch)
     logger.info("lr %.3g (= --lr %.3g x total batch %d / 256), min lr %.3g, warm-up from %.3g; "
-                "%d steps per epoch", lr, args.lr, total_batch, min_lr, warmup_lr,
-                steps_per_epoch)
+                "%d steps per epoch", sched.lr, cfg.optim.lr, sched.total_batch, sched.min_lr,
+                sched.warmup_lr, steps_per_epoch)
+    optimizer = optim_factory.create_optimizer(dataclasses.replace(cfg.optim, lr=sched.lr), model)
+    amp_dtype = utils.amp_dtype_for(device, cfg.run.amp, cfg.run.amp_dtype)
+    backend = PlainBackend(model, optimizer, device, amp_dtype, dist.distributed,
+                           clip_grad=cfg.optim.clip_grad)
+    checkpoints = TrainingCheckpoints(cfg.run.output_dir, {**cfg.flags, **shape_flags},
+                                      unsafe=cfg.run.unsafe_load,
+                                      check_resumed=resume_check(cfg.model))
+    meta = checkpoints.resume(cfg.run.resume, cfg.run.auto_resume and bool(cfg.run.output_dir),
+                              backend)
+    start_epoch = cfg.run.start_epoch if meta is None else int(meta["epoch"]) + 1
 
-    opt_args = argparse.Namespace(**vars(args))
-    opt_args.lr = lr
-    optimizer = optim_factory.create_optimizer(opt_args, model)
-    amp_dtype = utils.amp_dtype_for(device, args.amp, args.amp_dtype)
-    loss_scaler = utils.NativeScalerWithGradNormCount(enabled=amp_dtype == torch.float16,
-                                                      device=device.type)
-    lr_schedule = utils.cosine_scheduler(lr, min_lr, args.epochs, steps_per_epoch,
-                                         warmup_epochs=args.warmup_epochs,
-                                         start_warmup_value=warmup_lr,
-                                         warmup_steps=args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
-
-    model_without_ddp = model
-    train_model: Any = model
-    if args.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    resume_checkpoint(args, model_without_ddp, optimizer, loss_scaler)
-
-    log_writer = None
-    log_dir = args.log_dir or args.output_dir
-    if rank == 0 and log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        log_writer = utils.TensorboardLogger(log_dir)
-    log_txt = os.path.join(args.output_dir, "log.txt") if args.output_dir else None
-    if args.output_dir and rank == 0:
-        with open(os.path.join(args.output_dir, "args.json"), "w", encoding="utf-8") as f:
-            json.dump(utils.args_to_dict(args), f, indent=2)
+    records = RunRecords(cfg.run.output_dir, cfg.run.tensorboard_dir, rank)
+    records.write_json("args.json", {**cfg.flags, **shape_flags})
     tracker = loader.dataset.make_bad_video_tracker()
     tracker.update(loader.dataset.preload_bad)  # --cache_videos: stops now if too many
-
     probe = None
-    if args.probe_data_path and rank == 0:
-        import engine_for_probe
-        probe_train, probe_val, probe_classes = engine_for_probe.build_probe_loaders(
-            args.probe_data_path, args, args.batch_size)
+    if cfg.probe.probe_data_path and rank == 0:
+        probe = make_probe(cfg, model.encoder, device, records)
+        if start_epoch == 0:  # the untrained encoder: where the curve starts
+            records.log({"epoch": -1, "step": 0, **probe(-1)})
 
-        def probe(epoch: int) -> Dict[str, float]:
-            result = engine_for_probe.knn_probe(model_without_ddp.encoder, probe_train,
-                                                probe_val, device, probe_classes, args.probe_k)
-            logger.info("k-NN probe after epoch %d: top-1 %.1f%% (%d val videos, k=%d)", epoch,
-                        result["knn_top1"], int(result["knn_test_clips"]), args.probe_k)
-            if log_writer is not None:
-                log_writer.update(knn_top1=result["knn_top1"], head="probe", step=epoch + 1)
-            return result
-
-        if args.start_epoch == 0:  # the untrained encoder: where the curve starts
-            first = probe(-1)
-            if log_txt:
-                utils.append_json_line(log_txt, {"epoch": -1, "step": 0, **first})
-
-    logger.info("pre-training epochs %d..%d", args.start_epoch, args.epochs - 1)
+    step_fn = engine_for_pretraining.reconstruction_step(patch_size, cfg.model.tubelet_size,
+                                                         cfg.model.normlize_target)
+    logger.info("pre-training epochs %d..%d", start_epoch, cfg.optim.epochs - 1)
     start_time = time.time()
     train_stats: Dict[str, float] = {}
     last_path = None
-    for epoch in range(args.start_epoch, args.epochs):
+    for epoch in range(start_epoch, cfg.optim.epochs):
         loader.sampler.set_epoch(epoch)
-        utils.seed_everything(_epoch_seed(args.seed, epoch, rank))  # resumable randomness
-        train_stats = engine_for_pretraining.train_one_epoch(
-            train_model, loader, optimizer, device, epoch, loss_scaler, args.clip_grad,
-            patch_size=patch_size, tubelet_size=args.tubelet_size,
-            normlize_target=args.normlize_target, log_writer=log_writer,
-            start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule,
-            wd_schedule_values=wd_schedule, num_training_steps_per_epoch=steps_per_epoch,
-            amp_dtype=amp_dtype, bad_tracker=tracker, print_freq=args.log_every)
+        seed_epoch(cfg.run.seed, epoch, rank)  # resumable randomness
+        train_stats = engine.train_one_epoch(
+            backend, step_fn, loader, epoch, sched.lr_values, sched.wd_values,
+            start_steps=epoch * steps_per_epoch, steps=steps_per_epoch, bad_tracker=tracker,
+            records=records, print_freq=cfg.run.log_every)
         step = (epoch + 1) * steps_per_epoch
-        if args.output_dir:
-            last_path = save_checkpoint(args, "last", epoch, step, model_without_ddp, optimizer,
-                                        loss_scaler)
-            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-                save_checkpoint(args, str(epoch), epoch, step, model_without_ddp, optimizer,
-                                loss_scaler)
+        if cfg.run.output_dir:
+            last_path = checkpoints.save("last", epoch, step, backend)
+            if (epoch + 1) % cfg.run.save_ckpt_freq == 0 or epoch + 1 == cfg.optim.epochs:
+                checkpoints.save(str(epoch), epoch, step, backend)
         record: Dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
         record.update({"epoch": epoch, "step": step, "n_parameters": n_parameters})
-        if probe is not None and ((epoch + 1) % args.probe_freq == 0 or epoch + 1 == args.epochs):
+        if probe is not None and ((epoch + 1) % cfg.probe.probe_freq == 0
+                                  or epoch + 1 == cfg.optim.epochs):
             record.update(probe(epoch))
-        if log_txt:
-            utils.append_json_line(log_txt, record)
-        if log_writer is not None:
-            log_writer.update(loss=train_stats.get("loss"), head="epoch", step=epoch)
-            log_writer.flush()
+        records.log(record)
+        records.scalars("epoch", epoch, loss=train_stats.get("loss"))
+        records.flush()
         utils.barrier()  # no rank starts the next epoch before the checkpoint is complete
 
     total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     logger.info("pre-training time %s; backbone for run_class_apt.py --finetune: %s", total,
                 last_path or "(no --output_dir, nothing saved)")
-    if log_writer is not None:
-        log_writer.close()
+    records.close()
     return {"stats": train_stats, "checkpoint": last_path, "n_parameters": n_parameters}
 
 

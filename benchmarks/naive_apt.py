@@ -119,7 +119,7 @@ def naive_from(model: nn.Module, frozen_requires_grad: bool = True) -> NaiveAPT:
     n = model.patch_embed.num_patches
     naive = NaiveAPT(model.embed_dim, len(model.blocks), attn.num_heads, model.head.out_features,
                      model.prompt_embeddings_k.shape[1], n, model.tubelet_size,
-                     frozen_requires_grad, model.transfer.config["prompt_dropout"])
+                     frozen_requires_grad, model.transfer.config.prompt_dropout)
     sd = {k: v for k, v in model.state_dict().items()}
     missing, unexpected = naive.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "pos_embed"]

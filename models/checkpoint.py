@@ -1,4 +1,7 @@
-"""Loading every published checkpoint layout into the one backbone (SPEC §4).
+"""Checkpoints, in two halves.
+
+**Foreign weights** (``load_pretrained``): every published layout loads into the one backbone
+(SPEC §4).
 
 Formats recognised by their keys:
 
@@ -13,19 +16,41 @@ Formats recognised by their keys:
 ``torch.load`` runs with ``weights_only=True``; the only non-tensor classes VideoMAE files hold
 (``argparse.Namespace`` and plain containers) are allow-listed. Anything else is refused with a
 message naming ``--unsafe_load``, which permits full unpickling of a file the user trusts.
+
+**This project's checkpoints** (``TrainingCheckpoints``, ``save_method``/``load_method``): a
+frozen-backbone run keeps only what it trained (prompts, scales, adapters, LoRA factors,
+``fc_norm``, ``head``) and a reference to the backbone file (path and sha256), a few MB instead of
+the 300+ MB backbone; ``random``/``end2end`` and pre-training keep every tensor. A checkpoint is a
+dict of tensors and plain types only (it loads with ``weights_only=True``)::
+
+    {"model": the kept tensors, "optimizer", "scaler", "epoch": last finished epoch,
+     "step": optimizer steps done, "args": the run's flags, "transfer_type",
+     "backbone": {"path", "sha256"} of --finetune, "best_acc", "model_ema": EMA of the kept
+     tensors or None}
+
+Plain runs write ``checkpoint-<tag>.pth`` (tag: epoch number, ``best`` or ``last``) to a
+temporary name first and rename it, so a crash mid-write never replaces a good file. DeepSpeed
+runs write the engine's own folders ``checkpoint-<tag>/`` (``mp_rank_00_model_states.pt`` holds
+``module`` plus the same keys); frozen parameters are left out, and the folder is written under
+``<tag>.tmp`` then renamed.
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import json
 import logging
 import math
 import os
 import pickle
+import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .vit import interpolate_pos_embed
@@ -325,8 +350,6 @@ def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: State
                              source: str, unsafe: bool) -> LoadReport:
     """This project's format (SPEC §8). A frozen-backbone checkpoint holds only the trained
     tensors, so the backbone it names is loaded first (its sha256 checked), then those tensors."""
-    from .method_io import verify_backbone
-
     needs_backbone = bool(_missing_backbone_keys(model, sd))
     base: Optional[LoadReport] = None
     if needs_backbone:
@@ -363,3 +386,325 @@ def _match_hf_layernorm_eps(model: nn.Module, config: dict, path: str) -> None:
     if changed:
         logger.info("%s: set LayerNorm eps to %g as its config.json says (%d norms)", path, eps,
                     changed)
+
+
+# =============================================================================================
+# This project's checkpoints
+# =============================================================================================
+DS_MODEL_FILE = "mp_rank_00_model_states.pt"
+_TAG_RE = re.compile(r"^checkpoint-(\d+)(\.pth)?$")
+_HASH_CACHE: Dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file (or of the files of a folder, in sorted order); cached by size and mtime."""
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    key = tuple((f, os.path.getsize(f), os.path.getmtime(f)) for f in files)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        for f in files:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def backbone_reference(path: Optional[str]) -> Dict[str, Optional[str]]:
+    """``{"path": ..., "sha256": ...}`` for a ``--finetune`` file (both None without one)."""
+    if not path:
+        return {"path": None, "sha256": None}
+    return {"path": os.path.abspath(path), "sha256": file_sha256(path)}
+
+
+def trains_whole_model(model: nn.Module) -> bool:
+    method = getattr(model, "transfer", None)
+    return method is None or method.trains_backbone
+
+
+def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Every tensor for whole-model types; otherwise only the parameters that train."""
+    if trains_whole_model(model):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_method(path: str, model: nn.Module, backbone: Optional[Mapping[str, Any]] = None,
+                **extra: Any) -> None:
+    """Write ``{"model", "transfer_type", "backbone", ...extra}`` atomically (tmp + rename)."""
+    method = getattr(model, "transfer", None)
+    obj = {"model": trainable_state_dict(model),
+           "transfer_type": method.name if method is not None else "end2end",
+           "backbone": dict(backbone or {"path": None, "sha256": None}), **extra}
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def verify_backbone(ref: Mapping[str, Any], source: str, path: Optional[str] = None) -> None:
+    """Raise if a backbone file differs from the one a checkpoint was trained on.
+
+    Args:
+        ref: the checkpoint's ``backbone`` entry (``path``, ``sha256``).
+        source: the checkpoint's name, for the message.
+        path: the backbone file to check (e.g. ``--finetune``); default: the recorded path,
+            checked only while it still exists.
+    """
+    path, expected = path or ref.get("path"), ref.get("sha256")
+    if path and expected and os.path.exists(path):
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CheckpointError(f"{source} was trained on the backbone {ref.get('path')} "
+                                  f"(sha256 {expected[:12]}...), but {path} has sha256 "
+                                  f"{actual[:12]}...: pass the backbone it was trained on")
+
+
+def load_method(model: nn.Module, checkpoint: Any, check_backbone: bool = True) -> Dict[str, Any]:
+    """Load the trainable tensors of ``checkpoint`` (a path or a loaded dict) into ``model``.
+
+    The backbone must already be loaded. With ``check_backbone``, the sha256 recorded in the
+    checkpoint must match the backbone file, when that file is still at the recorded path.
+    Every trainable tensor of the model must be present; extra keys are an error.
+    """
+    source = checkpoint if isinstance(checkpoint, str) else "<checkpoint>"
+    obj = torch_load(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    if check_backbone:
+        verify_backbone(obj.get("backbone") or {}, source)
+    method = getattr(model, "transfer", None)
+    if method is not None and obj.get("transfer_type") not in (None, method.name):
+        raise CheckpointError(f"{source} holds a '{obj['transfer_type']}' model, but the model "
+                              f"was built with --transfer_type {method.name}")
+    state = obj["model"]
+    expected = trainable_state_dict(model).keys()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit the model: missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}")
+    model.load_state_dict(state, strict=False)
+    return obj
+
+
+def load_method_state(model: nn.Module, ckpt: Dict[str, Any]) -> None:
+    """Load a training checkpoint's tensors into ``model`` (its backbone already loaded)."""
+    load_method(model, ckpt, check_backbone=not trains_whole_model(model))
+
+
+def check_backbone(ckpt: Dict[str, Any], finetune: Optional[str], source: str) -> None:
+    """Refuse a checkpoint trained on another backbone file than ``--finetune``."""
+    if finetune:
+        verify_backbone(ckpt.get("backbone") or {}, source, path=finetune)
+
+
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary file is flushed to disk before the rename, so at any moment ``path`` is either
+    the previous complete file or the new complete file, never a partial one.
+    """
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _epoch_of(name: str) -> Optional[int]:
+    m = _TAG_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _is_checkpoint(path: str) -> bool:
+    return os.path.isfile(path) or os.path.isfile(os.path.join(path, DS_MODEL_FILE))
+
+
+def resume_candidates(output_dir: str) -> List[str]:
+    """Checkpoints to auto-resume from in ``output_dir``, newest first: ``checkpoint-last``
+    (file or DeepSpeed folder, or its ``.old`` left by a crash mid-rename), then by epoch.
+    Temporary files are never taken."""
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    last = [os.path.join(output_dir, n) for n in
+            ("checkpoint-last.pth", "checkpoint-last", "checkpoint-last.old")]
+    numbered = sorted(((e, n) for n in os.listdir(output_dir)
+                       if (e := _epoch_of(n)) is not None), reverse=True)
+    return [p for p in last + [os.path.join(output_dir, n) for _, n in numbered]
+            if _is_checkpoint(p)]
+
+
+def find_resume_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest checkpoint in ``output_dir`` (``resume_candidates``), or None."""
+    candidates = resume_candidates(output_dir)
+    return candidates[0] if candidates else None
+
+
+def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
+    """Load a checkpoint of this project (file, or DeepSpeed folder/file) as a dict with
+    ``model`` (and ``deepspeed`` for DeepSpeed's layout, ``source`` = the file read)."""
+    if os.path.isdir(path):
+        model_file = os.path.join(path, DS_MODEL_FILE)
+        if not os.path.isfile(model_file):
+            raise FileNotFoundError(f"{path} is a folder without {DS_MODEL_FILE}: not a "
+                                    f"DeepSpeed checkpoint of this project")
+        path = model_file
+    obj = torch_load(path, unsafe=unsafe)
+    if not isinstance(obj, dict) or ("model" not in obj and "module" not in obj):
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' or 'module')")
+    if "model" not in obj:  # DeepSpeed layout: the module under 'module', client keys on top
+        obj = dict(obj)
+        obj["model"] = obj.pop("module")
+        obj["deepspeed"] = True
+    obj["source"] = path
+    return obj
+
+
+class TrainingCheckpoints:
+    """The ``checkpoint-<tag>`` files of one run: writing them and resuming from them.
+
+    Args:
+        output_dir: ``--output_dir``.
+        flags: the run's flags (saved as ``args``; VideoMAE's pre-training layout also keeps
+            ``patch_size``/``window_size`` there).
+        backbone_path: the backbone file the model was built on (None: none, or not needed).
+        unsafe: ``--unsafe_load``.
+        check_resumed: called with a read checkpoint before it is loaded (pre-training refuses
+            one of another architecture); raises to refuse it.
+    """
+
+    def __init__(self, output_dir: str, flags: Mapping[str, Any],
+                 backbone_path: Optional[str] = None, unsafe: bool = False,
+                 check_resumed: Optional[Any] = None) -> None:
+        self.output_dir = output_dir
+        self.flags = dict(flags)
+        self.backbone_path = backbone_path
+        self.unsafe = unsafe
+        self.check_resumed = check_resumed
+
+    # --- writing -------------------------------------------------------------------------------
+    def metadata(self, model: nn.Module, epoch: int, step: int, best_acc: Optional[float],
+                 model_ema: Any = None) -> Dict[str, Any]:
+        """Everything of a checkpoint except the model, optimizer and scaler states."""
+        method = getattr(model, "transfer", None)
+        if method is None:  # pre-training: VideoMAE's layout, which --finetune reads as such
+            return {"epoch": int(epoch), "step": int(step), "args": self.flags}
+        loads = method.loads_pretrained
+        return {"epoch": int(epoch), "step": int(step), "args": self.flags,
+                "transfer_type": method.name,
+                "backbone": backbone_reference(self.backbone_path if loads else None),
+                "best_acc": None if best_acc is None else float(best_acc),
+                "model_ema": _ema_state(model_ema, model)}
+
+    def save(self, tag: str, epoch: int, step: int, backend: Any, model_ema: Any = None,
+             best_acc: Optional[float] = None) -> str:
+        """Write ``checkpoint-<tag>``; call on every rank (DeepSpeed saves collectively, plain
+        runs write on rank 0). Returns the path written (a file, or a DeepSpeed folder)."""
+        meta = self.metadata(backend.module, epoch, step, best_acc, model_ema)
+        if backend.is_deepspeed:
+            return self._save_deepspeed(backend.model, tag, meta)
+        path = os.path.join(self.output_dir, f"checkpoint-{tag}.pth")
+        if _is_main_process():
+            atomic_torch_save({"model": trainable_state_dict(backend.module),
+                               **backend.state_dict(), **meta}, path)
+            logger.info("saved %s (%.2f MB)", path, os.path.getsize(path) / 2 ** 20)
+        return path
+
+    def _save_deepspeed(self, engine: Any, tag: str, meta: Dict[str, Any]) -> str:
+        final = os.path.join(self.output_dir, f"checkpoint-{tag}")
+        tmp_tag = f"checkpoint-{tag}.tmp"
+        engine.save_checkpoint(self.output_dir, tag=tmp_tag, client_state=meta,
+                               save_latest=False,
+                               exclude_frozen_parameters=not trains_whole_model(engine.module))
+        _barrier()
+        if _is_main_process():
+            tmp, old = os.path.join(self.output_dir, tmp_tag), f"{final}.old"
+            if os.path.exists(final):
+                if os.path.exists(old):
+                    shutil.rmtree(old)
+                os.replace(final, old)  # a crash from here on leaves `.old`; resume takes it
+            os.replace(tmp, final)
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(final, "*")))
+            logger.info("saved DeepSpeed checkpoint %s (%.2f MB)", final, size / 2 ** 20)
+        _barrier()
+        return final
+
+    # --- reading -------------------------------------------------------------------------------
+    def resume(self, resume: str, auto_resume: bool, backend: Any,
+               model_ema: Any = None) -> Optional[Dict[str, Any]]:
+        """Resume from ``--resume``, or with ``--auto_resume`` the newest checkpoint of the
+        output folder: model, optimizer, scaler, EMA. Returns the checkpoint's metadata
+        (``epoch``, ``step``, ``best_acc``, ...; training continues at ``epoch + 1``) or None
+        when there is nothing to resume from."""
+        path = resume or (find_resume_checkpoint(self.output_dir) if auto_resume else None)
+        if not path:
+            return None
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+        if backend.is_deepspeed:
+            meta = self._resume_deepspeed(backend.model, path)
+        else:
+            ckpt = read_checkpoint(path, unsafe=self.unsafe)
+            self._check(ckpt, backend.module, path)
+            load_method_state(backend.module, ckpt)
+            backend.load_state_dict(ckpt)
+            meta = ckpt
+        if model_ema is not None and meta.get("model_ema"):
+            model_ema.module.load_state_dict(meta["model_ema"], strict=False)
+        logger.info("resumed from %s (epoch %s, step %s); training continues at epoch %s", path,
+                    meta.get("epoch"), meta.get("step"), int(meta.get("epoch", -1)) + 1)
+        return meta
+
+    def _check(self, ckpt: Dict[str, Any], model: nn.Module, path: str) -> None:
+        if self.check_resumed is not None:
+            self.check_resumed(ckpt, path)
+        if not trains_whole_model(model):  # a frozen backbone must be the one trained on
+            check_backbone(ckpt, self.backbone_path, path)
+
+    def _resume_deepspeed(self, engine: Any, path: str) -> Dict[str, Any]:
+        ckpt_dir = path[:-len(DS_MODEL_FILE) - 1] if path.endswith(DS_MODEL_FILE) else path
+        ckpt_dir = ckpt_dir.rstrip(os.sep)
+        if os.path.isfile(ckpt_dir):
+            raise ValueError(f"--resume {path}: DeepSpeed runs resume from a DeepSpeed "
+                             f"checkpoint folder (checkpoint-<tag>/), not a .pth file")
+        self._check(read_checkpoint(ckpt_dir, self.unsafe), engine.module, ckpt_dir)
+        load_dir, tag = os.path.split(ckpt_dir)
+        _, client = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False,
+                                           load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)
+        if client is None:
+            raise RuntimeError(f"DeepSpeed could not load {ckpt_dir}")
+        return client
+
+    def load_best(self, model: nn.Module) -> bool:
+        """Load ``checkpoint-best``'s tensors into ``model``; False when there is none."""
+        for name in ("checkpoint-best.pth", "checkpoint-best"):
+            path = os.path.join(self.output_dir or ".", name)
+            if _is_checkpoint(path):
+                load_method_state(model, read_checkpoint(path, self.unsafe))
+                return True
+        return False
+
+
+def _ema_state(model_ema: Any, model: nn.Module) -> Optional[Dict[str, torch.Tensor]]:
+    """The EMA's copies of the tensors the checkpoint keeps for ``model``."""
+    if model_ema is None:
+        return None
+    ema_sd = model_ema.module.state_dict()
+    return {k: ema_sd[k].detach().clone() for k in trainable_state_dict(model) if k in ema_sd}

@@ -10,9 +10,17 @@ from models import create_model
 TINY = dict(num_classes=7, all_frames=4, img_size=32, embed_dim=64, depth=4, num_heads=4)
 
 
+def its_settings(transfer_type: str, kwargs: dict) -> dict:
+    """``kwargs`` without the settings of other transfer types (``create_model`` refuses
+    those), so one set of method keywords can be shared by tests of every type."""
+    from models.transfer import all_setting_fields, setting_fields
+    own, every = setting_fields(transfer_type), all_setting_fields()
+    return {k: v for k, v in kwargs.items() if k in own or k not in every}
+
+
 def tiny_model(transfer_type: str = "end2end", **kwargs):
     cfg = dict(TINY)
-    cfg.update(kwargs)
+    cfg.update(its_settings(transfer_type, kwargs))
     return create_model("vit_micro_patch16", transfer_type=transfer_type, **cfg)
 
 

@@ -6,6 +6,7 @@ import os
 import pytest
 
 import utils
+from models import read_checkpoint
 from tests.engine_helpers import final_record, make_data, read_log, run_cli, run_main, tiny_argv
 
 pytest.importorskip("deepspeed")
@@ -32,7 +33,7 @@ def test_deepspeed_trains_saves_and_resumes(tmp_path, data, nproc):
     assert config["zero_optimization"]["stage"] == 0 and not config["bf16"]["enabled"]
     last = os.path.join(out, "checkpoint-last", "mp_rank_00_model_states.pt")
     assert os.path.isfile(last)
-    saved = utils.read_checkpoint(os.path.join(out, "checkpoint-last"))
+    saved = read_checkpoint(os.path.join(out, "checkpoint-last"))
     assert saved["epoch"] == 0 and saved["transfer_type"] == "lora"
     # frozen backbone left out: only LoRA factors, fc_norm and head
     assert all(".qkv_delta." in k or k.startswith(("fc_norm.", "head.")) for k in saved["model"])
@@ -42,7 +43,7 @@ def test_deepspeed_trains_saves_and_resumes(tmp_path, data, nproc):
     with open(os.path.join(out, "run.log")) as f:
         assert "resumed from" in f.read()
     assert [r["epoch"] for r in read_log(out) if "epoch" in r] == [0, 1]
-    resumed = utils.read_checkpoint(os.path.join(out, "checkpoint-last"))
+    resumed = read_checkpoint(os.path.join(out, "checkpoint-last"))
     assert resumed["epoch"] == 1 and resumed["step"] == 2 * saved["step"]
     assert not os.path.exists(ext) or not os.listdir(ext), "a DeepSpeed op was compiled"
 

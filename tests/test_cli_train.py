@@ -112,7 +112,7 @@ def test_resume_reaches_the_same_parameters_and_learning_rates(tmp_path, data, b
     real = engine.train_one_epoch
 
     def stop_at_epoch_1(*args, **kwargs):
-        if args[5] == 1:  # the epoch argument
+        if args[3] == 1:  # the epoch argument
             raise KeyboardInterrupt("stopped after epoch 0")
         return real(*args, **kwargs)
 
@@ -177,10 +177,10 @@ def test_bad_videos_are_counted_and_left_out(tmp_path, data):
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, data, monkeypatch):
-    real = run_class_apt.build_criterion
+    real = engine.build_criterion
 
-    def nan_on_third_step(args, mixup_active):
-        base = real(args, mixup_active)
+    def nan_on_third_step(smoothing, mixup_active):
+        base = real(smoothing, mixup_active)
         calls = []
 
         def criterion(output, target):
@@ -189,7 +189,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, data, monkeypat
             return loss * float("nan") if len(calls) == 3 else loss
         return criterion
 
-    monkeypatch.setattr(run_class_apt, "build_criterion", nan_on_third_step)
+    monkeypatch.setattr(engine, "build_criterion", nan_on_third_step)
     with pytest.raises(engine.NonFiniteLossError, match=r"global step 2\b"):
         run_main(tiny_argv(data, str(tmp_path / "run"), "linear"))
 

@@ -19,12 +19,16 @@ import engine
 import optim_factory
 import utils
 from models import create_model
+from models.checkpoint import find_resume_checkpoint, read_checkpoint
 from tests.engine_helpers import ROOT, subprocess_env
 
 
 def _micro(transfer_type="prompt", **kw):
+    from models.transfer import setting_fields
+    if "prompt_num_tokens" in setting_fields(transfer_type):
+        kw.setdefault("prompt_num_tokens", 2)
     return create_model("vit_micro_patch16", transfer_type=transfer_type, num_classes=3,
-                        all_frames=4, img_size=32, prompt_num_tokens=2, **kw)
+                        all_frames=4, img_size=32, **kw)
 
 
 # ----------------------------------------------------------------------------------- schedules
@@ -113,16 +117,19 @@ def _batches(n, size=2, seed=0):
             for _ in range(n)]
 
 
-def _train(model, batches, update_freq, lrs):
+def _train(model, batches, update_freq, lrs, distributed=False, criterion=None, epoch=0,
+           start_steps=0):
+    """One epoch of ``engine.train_one_epoch`` with SGD (lr from ``lrs``) on the plain engine."""
+    from utils.backend import PlainBackend
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     for group in optimizer.param_groups:
         group["lr_scale"] = 1.0
-    steps = len(batches) // update_freq
-    return engine.train_one_epoch(
-        model, nn.CrossEntropyLoss(), batches, optimizer, torch.device("cpu"), 0,
-        utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-        lr_schedule_values=lrs, wd_schedule_values=None, num_training_steps_per_epoch=steps,
-        update_freq=update_freq, print_freq=100)
+    backend = PlainBackend(model, optimizer, torch.device("cpu"), None, distributed,
+                           update_freq=update_freq)
+    step_fn = engine.classification_step(criterion or nn.CrossEntropyLoss())
+    return engine.train_one_epoch(backend, step_fn, batches, epoch, lr_values=lrs,
+                                  start_steps=start_steps, steps=len(batches) // update_freq,
+                                  update_freq=update_freq, print_freq=100)
 
 
 def test_gradient_accumulation_equals_the_large_batch_step():
@@ -142,7 +149,6 @@ def test_gradient_accumulation_equals_the_large_batch_step():
 def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
-        ddp = nn.parallel.DistributedDataParallel(_Linear())
         entered = []
         original = nn.parallel.DistributedDataParallel.no_sync
 
@@ -151,7 +157,7 @@ def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
             return original(self)
 
         monkeypatch.setattr(nn.parallel.DistributedDataParallel, "no_sync", counting_no_sync)
-        _train(ddp, _batches(6), update_freq=3, lrs=[0.1, 0.1])
+        _train(_Linear(), _batches(6), update_freq=3, lrs=[0.1, 0.1], distributed=True)
         assert len(entered) == 4  # micro-batches 0, 1 and 3, 4: two per optimizer step
     finally:
         dist.destroy_process_group()
@@ -165,13 +171,9 @@ def test_non_finite_loss_names_the_global_step():
         loss = nn.functional.cross_entropy(out, target)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    model = _Linear()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(engine.NonFiniteLossError, match=r"global step 7\b"):
-        engine.train_one_epoch(model, criterion, _batches(4), optimizer, torch.device("cpu"), 1,
-                               utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-                               start_steps=5, lr_schedule_values=[0.1] * 10,
-                               num_training_steps_per_epoch=4, print_freq=100)
+        _train(_Linear(), _batches(4), update_freq=1, lrs=[0.1] * 10, criterion=criterion,
+               epoch=1, start_steps=5)
 
 
 # ----------------------------------------------------------------------------------- merging
@@ -201,10 +203,21 @@ def _save_args(tmp_path):
                               opt_betas=(0.9, 0.999), lr=float("inf"))
 
 
+def _save(args, model, tag, epoch, step=0, optimizer=None):
+    """Write checkpoint-<tag> of ``model`` as a training run does."""
+    from models import TrainingCheckpoints
+    from utils.backend import PlainBackend
+    from utils.config import plain_dict
+    optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                             lr=0.1)
+    backend = PlainBackend(model, optimizer, torch.device("cpu"), None, distributed=False)
+    return TrainingCheckpoints(args.output_dir, plain_dict(args)).save(tag, epoch, step, backend)
+
+
 def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
     model = _micro("prompt")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    path = utils.save_model(_save_args(tmp_path), 3, model, model, optimizer, None, step=12)
+    path = _save(_save_args(tmp_path), model, "3", 3, step=12, optimizer=optimizer)
     obj = torch.load(path, weights_only=True)
     assert obj["epoch"] == 3 and obj["step"] == 12 and obj["transfer_type"] == "prompt"
     assert obj["args"]["opt_betas"] == [0.9, 0.999] and obj["args"]["lr"] == "inf"
@@ -217,12 +230,12 @@ def test_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys, argparse, torch
         sys.path.insert(0, {ROOT!r})
-        import utils
         from models import create_model
+        from tests.test_engine_units import _save
         model = create_model("vit_micro_patch16", transfer_type="linear", num_classes=3,
                              all_frames=4, img_size=32)
         args = argparse.Namespace(output_dir={str(tmp_path)!r}, finetune="")
-        utils.save_model(args, 0, model, model, None, None, tag="last", step=1)
+        _save(args, model, "last", 0, step=1)
         real_save = torch.save
         def dying_save(obj, f, *a, **k):
             real_save(obj, f, *a, **k)
@@ -232,23 +245,23 @@ def test_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path):
         torch.save = dying_save
         with torch.no_grad():
             model.head.weight.add_(1.0)
-        utils.save_model(args, 1, model, model, None, None, tag="last", step=2)
+        _save(args, model, "last", 1, step=2)
     """)
     proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), timeout=120,
                           capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     leftovers = [n for n in os.listdir(tmp_path) if ".tmp" in n]
     assert leftovers, "the simulated kill should leave a partial temporary file"
-    path = utils.find_resume_checkpoint(str(tmp_path))
+    path = find_resume_checkpoint(str(tmp_path))
     assert path == os.path.join(str(tmp_path), "checkpoint-last.pth")
-    good = utils.read_checkpoint(path)
+    good = read_checkpoint(path)
     assert good["epoch"] == 0 and good["step"] == 1  # the previous, complete checkpoint
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     model = _micro("linear")
     args = _save_args(tmp_path)
-    utils.save_model(args, 0, model, model, None, None, tag="last")
+    _save(args, model, "last", 0)
     before = open(os.path.join(tmp_path, "checkpoint-last.pth"), "rb").read()
 
     def failing_save(obj, f, *a, **k):
@@ -257,7 +270,7 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        utils.save_model(args, 1, model, model, None, None, tag="last")
+        _save(args, model, "last", 1)
     assert open(os.path.join(tmp_path, "checkpoint-last.pth"), "rb").read() == before
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.pth"]
 
@@ -266,10 +279,10 @@ def test_find_resume_prefers_last_then_highest_epoch(tmp_path):
     for name in ("checkpoint-2.pth", "checkpoint-10.pth", "checkpoint-best.pth",
                  "checkpoint-11.pth.tmp.5"):
         (tmp_path / name).write_bytes(b"x")
-    assert utils.find_resume_checkpoint(str(tmp_path)).endswith("checkpoint-10.pth")
+    assert find_resume_checkpoint(str(tmp_path)).endswith("checkpoint-10.pth")
     (tmp_path / "checkpoint-last.pth").write_bytes(b"x")
-    assert utils.find_resume_checkpoint(str(tmp_path)).endswith("checkpoint-last.pth")
-    assert utils.find_resume_checkpoint(str(tmp_path / "missing")) is None
+    assert find_resume_checkpoint(str(tmp_path)).endswith("checkpoint-last.pth")
+    assert find_resume_checkpoint(str(tmp_path / "missing")) is None
 
 
 # ------------------------------------------------------------------------------- launchers

@@ -23,7 +23,7 @@ import optim_factory
 import utils
 from datasets.transforms import normalize
 from models import create_model, load_pretrained
-from run_class_apt import build_criterion
+from utils.backend import PlainBackend
 from tools.demo import BACKBONE_DIR, BACKBONE_FILE, DemoConfig
 from tools.make_synthetic import render_clip_batch
 
@@ -66,7 +66,8 @@ def adapt(transfer_type: str, train, steps: int, lr: float, pretrained: bool = T
     args = argparse.Namespace(opt="adamw", lr=lr, weight_decay=1e-4, opt_eps=1e-8,
                               opt_betas=None, momentum=0.9, decay_prompts=False, smoothing=0.0)
     optimizer = optim_factory.create_optimizer(args, model)
-    criterion = build_criterion(args, mixup_active=False)
+    backend = PlainBackend(model, optimizer, torch.device("cpu"), None, distributed=False)
+    step_fn = engine.classification_step(engine.build_criterion(args.smoothing, False))
     x, y = train
     batch = 16
     # One "epoch" of ``steps`` steps, 10% of them warm-up.
@@ -77,9 +78,7 @@ def adapt(transfer_type: str, train, steps: int, lr: float, pretrained: bool = T
     for _ in range(steps):
         idx = torch.randint(0, len(x), (batch,), generator=g)
         loader.append((x[idx], y[idx], []))
-    engine.train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0,
-                           utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-                           lr_schedule_values=schedule, num_training_steps_per_epoch=steps,
+    engine.train_one_epoch(backend, step_fn, loader, 0, lr_values=schedule, steps=steps,
                            print_freq=10 ** 6)
     return model
 

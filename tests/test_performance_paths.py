@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models import TRANSFER_TYPES, count_train_step_flops, create_model
+from tests.helpers import its_settings
 from models.transfer import folded_for_inference
 from tests.helpers import tiny_clip, tiny_model
 
@@ -27,7 +28,7 @@ COMPILE_TOL = dict(rtol=1e-4, atol=1e-5)
 def _micro(transfer_type, **kw):
     """vit_micro_patch16 at 4x32x32 (8 tokens), 2 blocks: the cheapest model to compile."""
     cfg = dict(num_classes=5, all_frames=4, img_size=32, init_scale=1.0)
-    cfg.update(kw)
+    cfg.update(its_settings(transfer_type, kw))
     return create_model("vit_micro_patch16", transfer_type=transfer_type, **cfg)
 
 

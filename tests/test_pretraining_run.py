@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 import engine_for_pretraining
 import run_mae_pretraining
 import utils
+from utils.backend import PlainBackend
 from datasets.pretrain_dataset import build_pretraining_dataset, collate_pretrain
 from models import TRANSFER_TYPES, create_model, load_pretrained
+from tests.helpers import its_settings
 from tests.pretrain_helpers import synthetic_videos  # noqa: F401  (fixture)
 from tests.pretrain_helpers import pretrain_argv, run_pretraining_cli, tiny_pretrain_model
 
@@ -25,12 +28,9 @@ class _Recorder:
     def __init__(self):
         self.losses = {}
 
-    def update(self, head="scalar", step=None, **kwargs):
+    def scalars(self, head, step, **kwargs):
         if head == "loss":
             self.losses[step] = kwargs["loss"]
-
-    def set_step(self, step=None):
-        pass
 
 
 def _run(argv):
@@ -52,10 +52,10 @@ def test_loss_decreases_over_steps_on_synthetic_videos(synthetic_videos):
     # 40 steps: the synthetic videos' flat backgrounds normalise to noise, which leaves less of
     # each clip to learn than the earlier gradient backgrounds did (0.94 after 20 steps).
     steps = 40
-    engine_for_pretraining.train_one_epoch(
-        model, [(videos, masks, [])] * steps, optimizer, torch.device("cpu"), epoch=0,
-        loss_scaler=utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-        log_writer=recorder, lr_schedule_values=[3e-3] * steps, print_freq=100)
+    backend = PlainBackend(model, optimizer, torch.device("cpu"), None, distributed=False)
+    step_fn = engine_for_pretraining.reconstruction_step(16, 2)
+    engine.train_one_epoch(backend, step_fn, [(videos, masks, [])] * steps, epoch=0,
+                           lr_values=[3e-3] * steps, records=recorder, print_freq=100)
     losses = [recorder.losses[i] for i in range(steps)]
     assert all(np.isfinite(losses))
     # Normalised targets: predicting nothing costs ~1; the model must do clearly better.
@@ -92,7 +92,8 @@ def test_pretraining_writes_videomae_checkpoints_that_load_into_every_transfer_t
 
     for transfer_type in sorted(TRANSFER_TYPES):
         model = create_model("vit_micro_patch16", transfer_type=transfer_type, num_classes=3,
-                             img_size=32, all_frames=4, **METHOD_KW)
+                             img_size=32, all_frames=4,
+                             **its_settings(transfer_type, METHOD_KW))
         report = load_pretrained(model, path)
         assert report.format == "videomae-pretrain"
         own = model.state_dict()

@@ -323,13 +323,16 @@ def write_backbone_readme(cfg: DemoConfig, digest: str, seconds: float, log_rows
 def flops_report(cfg: DemoConfig, method: Method) -> Dict:
     """What ``run_class_apt.py --flops`` prints, computed in-process (same function, no start-up)."""
     from models import cost_report, create_model
+    from models.transfer import setting_fields
 
     flags = method.flags
     kwargs = dict(prompt_num_tokens=cfg.num_prompts, prompt_reparam="--prompt_reparam" in flags)
     if "--vpt_mode" in flags:
         kwargs["vpt_mode"] = flags[flags.index("--vpt_mode") + 1]
+    own = setting_fields(method.transfer_type)  # only the settings this type declares
     model = create_model(cfg.model, num_classes=cfg.num_classes, all_frames=cfg.num_frames,
-                         img_size=cfg.input_size, transfer_type=method.transfer_type, **kwargs)
+                         img_size=cfg.input_size, transfer_type=method.transfer_type,
+                         **{k: v for k, v in kwargs.items() if k in own})
     return cost_report(model, cfg.num_frames, cfg.input_size, cfg.model)
 
 

@@ -5,28 +5,27 @@
   ``log.txt``.
 * :mod:`utils.schedule`: per-step cosine schedules, learning-rate scaling.
 * :mod:`utils.amp`: mixed-precision dtype choice and the loss scaler.
-* :mod:`utils.checkpoint`: atomic checkpoints, auto-resume, reading a checkpoint for evaluation.
+* :mod:`utils.config`: the immutable settings a command line becomes.
+* :mod:`utils.run`: what every training script does around its loop (start, seeds, records).
+* :mod:`utils.backend`: the plain/DDP and DeepSpeed training engines behind one interface.
 * :mod:`utils.ds`: DeepSpeed config and engine.
+
+Checkpoints live in :mod:`models.checkpoint`.
 """
 from .amp import NativeScalerWithGradNormCount, amp_dtype_for, autocast, get_grad_norm_
-from .checkpoint import (args_to_dict, atomic_torch_save, auto_load_model, check_backbone,
-                         find_resume_checkpoint, load_model_state, read_checkpoint, save_model)
 from .dist import (all_gather_object, all_ranks_ok, barrier, default_device_name,
                    destroy_process_group, free_port, get_rank, get_world_size,
                    init_distributed_mode, is_dist_avail_and_initialized, is_main_process,
-                   save_on_master, seed_everything)
+                   seed_everything, DistState)
 from .logs import (MetricLogger, SmoothedValue, TensorboardLogger, append_json_line,
-                   setup_logging, start_run_outputs)
+                   setup_logging)
 from .schedule import cosine_scheduler, scale_lr
 
 __all__ = [
     "NativeScalerWithGradNormCount", "amp_dtype_for", "autocast", "get_grad_norm_",
-    "args_to_dict", "atomic_torch_save", "auto_load_model", "check_backbone",
-    "find_resume_checkpoint", "load_model_state", "read_checkpoint", "save_model",
     "all_gather_object", "all_ranks_ok", "barrier", "default_device_name",
     "destroy_process_group", "free_port", "get_rank", "get_world_size", "init_distributed_mode",
-    "is_dist_avail_and_initialized", "is_main_process", "save_on_master", "seed_everything",
+    "is_dist_avail_and_initialized", "is_main_process", "seed_everything", "DistState",
     "MetricLogger", "SmoothedValue", "TensorboardLogger", "append_json_line", "setup_logging",
-    "start_run_outputs",
     "cosine_scheduler", "scale_lr",
 ]

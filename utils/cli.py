@@ -8,12 +8,93 @@ every flag keeps the default, type, choices and help it had.
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+import logging
+import typing
+from dataclasses import MISSING, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "custom")
 VIDEO_BACKENDS = ("decord", "pyav")
 
 ArgumentGroup = argparse._ArgumentGroup  # argparse does not export the class under a public name
+
+logger = logging.getLogger(__name__)
+
+
+def add_method_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
+    """The "transfer type" group: ``--transfer_type`` and one flag per setting that the
+    registered types declare (``models/transfer``), with the declared default, type and help.
+
+    A setting shared by several types (``--prompt_num_tokens``) is one flag; its help names the
+    types that read it. Booleans are switches (``--prompt_reparam``).
+    """
+    from models.transfer import TRANSFER_TYPES, all_setting_fields
+    g = parser.add_argument_group("transfer type (flags from each type's settings dataclass)")
+    g.add_argument("--transfer_type", default="prompt", choices=sorted(TRANSFER_TYPES),
+                   help="how the backbone is adapted: " + ", ".join(
+                       f"{n} ({TRANSFER_TYPES[n].__name__})" for n in sorted(TRANSFER_TYPES)))
+    for name, (f, types) in all_setting_fields().items():
+        hints = typing.get_type_hints(TRANSFER_TYPES[types[0]].config_class)
+        kind = _flag_type(hints[name])
+        help_text = f"{f.metadata.get('help', '')} [{', '.join(types)}]"
+        default = None if f.default is MISSING else f.default
+        if kind is bool:
+            if default:
+                raise TypeError(f"setting {name!r}: a boolean setting must default to False "
+                                f"(it becomes the switch --{name})")
+            g.add_argument(f"--{name}", action="store_true", default=False, help=help_text)
+        else:
+            g.add_argument(f"--{name}", type=kind, default=default, help=help_text,
+                           choices=f.metadata.get("choices"))
+    return g
+
+
+def _flag_type(hint: Any) -> Callable:
+    """``int`` for ``int`` and ``Optional[int]``; the same for float, str and bool."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+    if base not in (int, float, str, bool):
+        raise TypeError(f"a transfer-type setting must be int, float, str or bool (or Optional "
+                        f"of one), got {hint!r}")
+    return base
+
+
+@dataclass(frozen=True)
+class CompatFlag:
+    """A flag the original scripts pass that means nothing for this code: accepted, and a
+    one-line warning says why it is ignored; ``check`` may refuse values that would matter."""
+
+    flag: str
+    why: str
+    kind: Any = None  # argparse type; None: a switch
+    check: Optional[Callable[[Any], Optional[str]]] = None  # an error message, or None
+
+
+def add_compat_args(parser: argparse.ArgumentParser, flags: Sequence[CompatFlag]) -> None:
+    g = parser.add_argument_group("accepted for compatibility with the original scripts (no "
+                                  "effect)")
+    for c in flags:
+        kwargs: Dict[str, Any] = {"action": "store_true"} if c.kind is None else {"type": c.kind}
+        g.add_argument(c.flag, default=argparse.SUPPRESS, help=f"ignored: {c.why}", **kwargs)
+
+
+def pop_compat_args(args: argparse.Namespace, flags: Sequence[CompatFlag]) -> List[str]:
+    """Remove the compatibility flags that were given from ``args`` (the parse result, before
+    any settings are made from it), warning once per flag; returns the error messages of
+    values that cannot be ignored."""
+    errors: List[str] = []
+    for c in flags:
+        dest = c.flag.lstrip("-")
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        delattr(args, dest)
+        problem = c.check(value) if c.check is not None else None
+        if problem:
+            errors.append(problem)
+        else:
+            logger.warning("%s is accepted for compatibility and ignored: %s", c.flag, c.why)
+    return errors
 
 
 def add_optimizer_args(parser: argparse.ArgumentParser, *, opt: str = "adamw",
@@ -56,15 +137,13 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                         data_set: str = "custom", data_set_help: Optional[str] = None,
                         data_sets: Sequence[str] = DATA_SETS,
                         video_backends: Sequence[str] = VIDEO_BACKENDS) -> ArgumentGroup:
-    """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``,
-    ``--imagenet_default_mean_and_std``, ``--num_frames``, ``--sampling_rate``,
-    ``--video_backend``, ``--max_bad_fraction``."""
+    """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``, ``--num_frames``,
+    ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", default=None, type=str, help=data_path_help)
     g.add_argument("--data_root", default="", type=str, help=data_root_help)
     g.add_argument("--data_set", default=data_set, choices=tuple(data_sets), type=str,
                    help=data_set_help)
-    g.add_argument("--imagenet_default_mean_and_std", default=True, action="store_true")
     g.add_argument("--num_frames", type=int, default=16)
     g.add_argument("--sampling_rate", type=int, default=4)
     g.add_argument("--video_backend", default="decord", choices=tuple(video_backends), help="new")
@@ -114,3 +193,9 @@ def add_distributed_args(parser: argparse.ArgumentParser, *,
     g.add_argument("--dist_on_itp", action="store_true")
     g.add_argument("--dist_url", default="env://")
     return g
+
+
+# Flags of VideoMAE's and APT's scripts that this code accepts but does not use.
+IMAGENET_STATS = CompatFlag("--imagenet_default_mean_and_std",
+                            "clips are always normalised with the ImageNet mean and std")
+COLOR_JITTER = CompatFlag("--color_jitter", "the video pipeline has no colour jitter", float)

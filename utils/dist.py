@@ -1,13 +1,11 @@
 """Distributed set-up: torchrun, SLURM ``srun``, Open MPI (``--dist_on_itp``) or one plain process.
 
-``init_distributed_mode(args)`` reads the launcher's environment, picks NCCL on GPU and gloo on
-CPU, sets ``args.rank``, ``args.world_size``, ``args.gpu`` (local rank), ``args.distributed`` and
-``args.dist_backend``, and returns the ``torch.device`` to run on. A single process without a
+``init_distributed_mode(run)`` reads the launcher's environment, picks NCCL on GPU and gloo on
+CPU, and returns a ``DistState`` (rank, world size, local rank, device). A single process without a
 launcher is not distributed, unless ``force`` asks for a one-process group (DeepSpeed needs one).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import os
@@ -15,7 +13,8 @@ import random
 import re
 import socket
 import subprocess
-from typing import Any, List
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,11 +37,6 @@ def get_rank() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
-
-
-def save_on_master(*args: Any, **kwargs: Any) -> None:
-    if is_main_process():
-        torch.save(*args, **kwargs)
 
 
 def barrier() -> None:
@@ -113,7 +107,7 @@ def _slurm_master_addr() -> str:
     return _first_host(nodelist)
 
 
-def _launcher_env(args: argparse.Namespace) -> str:
+def _launcher_env(args: Any) -> str:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK from the launcher; returns its name ('' for none)."""
     env = os.environ
     if getattr(args, "dist_on_itp", False) and "OMPI_COMM_WORLD_RANK" in env:
@@ -135,66 +129,71 @@ def _launcher_env(args: argparse.Namespace) -> str:
     return ""
 
 
-def init_distributed_mode(args: argparse.Namespace, force: bool = False) -> torch.device:
-    """Set up the process group (if any) and return the device to use.
+@dataclass(frozen=True)
+class DistState:
+    """What the distributed set-up found: this process's place and the device it runs on."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+    backend: Optional[str] = None
+    owns_group: bool = False  # this run created the process group (and destroys it)
+    env_set: Tuple[str, ...] = ()  # environment variables it set (and removes again)
+
+
+def init_distributed_mode(run: Any, force: bool = False) -> DistState:
+    """Set up the process group (if any) and return where this process runs.
 
     Args:
-        args: reads ``device``, ``dist_url``, ``dist_on_itp``, ``local_rank``; sets ``rank``,
-            ``world_size``, ``gpu``, ``distributed``, ``dist_backend`` (and private ``_owns_process_group``).
+        run: the run settings (``RunConfig`` or a namespace): reads ``device``, ``dist_url``,
+            ``dist_on_itp``, ``local_rank``; nothing is written into it.
         force: create a one-process group even without a launcher (DeepSpeed needs one);
             MASTER_ADDR/MASTER_PORT default to localhost and a free port.
     """
-    device_name = getattr(args, "device", None) or default_device_name()
+    device_name = getattr(run, "device", None) or default_device_name()
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device_name} was asked for but CUDA is not available; "
                            f"use --device cpu")
-    launcher = _launcher_env(args)
-    args._owns_process_group = False
+    launcher = _launcher_env(run)
     if not launcher and not force:
-        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
-        args.dist_backend = None
-        if device_name == "cuda":
-            device_name = "cuda:0"
-        return torch.device(device_name)
-    args._env_set = []
+        return DistState(device=torch.device("cuda:0" if device_name == "cuda" else device_name))
+    env_set: List[str] = []
     if not launcher:  # one process, but a group is wanted
         defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         for key, value in defaults.items():
             if key not in os.environ:
                 os.environ[key] = value
-                args._env_set.append(key)  # removed again by destroy_process_group
+                env_set.append(key)  # removed again by destroy_process_group
         launcher = "single process"
-    args.rank = int(os.environ["RANK"])
-    args.world_size = int(os.environ["WORLD_SIZE"])
-    args.gpu = int(os.environ.get("LOCAL_RANK", "0"))
-    args.distributed = True
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     on_gpu = device_name.startswith("cuda")
     if on_gpu:
-        torch.cuda.set_device(args.gpu)
-        device = torch.device("cuda", args.gpu)
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
     else:
         device = torch.device(device_name)
-    args.dist_backend = "nccl" if on_gpu else "gloo"
+    backend = "nccl" if on_gpu else "gloo"
+    owns = False
+    init_method = getattr(run, "dist_url", None) or "env://"
     if not dist.is_initialized():
-        init_method = getattr(args, "dist_url", None) or "env://"
         kwargs = {"device_id": device} if on_gpu else {}
-        dist.init_process_group(backend=args.dist_backend, init_method=init_method,
-                                world_size=args.world_size, rank=args.rank,
-                                timeout=datetime.timedelta(minutes=int(getattr(args, "dist_timeout", 30))),
-                                **kwargs)
-        args._owns_process_group = True
+        dist.init_process_group(backend=backend, init_method=init_method, world_size=world,
+                                rank=rank, timeout=datetime.timedelta(
+                                    minutes=int(getattr(run, "dist_timeout", 30))), **kwargs)
+        owns = True
     logging.getLogger(__name__).info(
-        "distributed (%s): rank %d of %d, local rank %d, backend %s, init %s", launcher,
-        args.rank, args.world_size, args.gpu, args.dist_backend, getattr(args, "dist_url", "env://"))
-    return device
+        "distributed (%s): rank %d of %d, local rank %d, backend %s, init %s", launcher, rank,
+        world, local_rank, backend, init_method)
+    return DistState(device, rank, world, local_rank, True, backend, owns, tuple(env_set))
 
 
-def destroy_process_group(args: argparse.Namespace) -> None:
+def destroy_process_group(state: DistState) -> None:
     """Tear down the group this run created (so ``main`` can be called again in one process)."""
-    if getattr(args, "_owns_process_group", False) and is_dist_avail_and_initialized():
+    if state.owns_group and is_dist_avail_and_initialized():
         dist.destroy_process_group()
-        args._owns_process_group = False
-    for key in getattr(args, "_env_set", []):
+    for key in state.env_set:
         os.environ.pop(key, None)
-    args._env_set = []

@@ -11,7 +11,6 @@ On CPU, DeepSpeed's communication layer would JIT-compile its shared-memory all-
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -36,26 +35,32 @@ def import_deepspeed(device: torch.device) -> Any:
     return deepspeed
 
 
-def create_ds_config(args: argparse.Namespace, amp_dtype: Optional[torch.dtype],
-                     world_size: int) -> Dict[str, Any]:
+def create_ds_config(optim: Any, user_file: Optional[str], output_dir: str,
+                     amp_dtype: Optional[torch.dtype], world_size: int) -> Dict[str, Any]:
     """The DeepSpeed config of this run, written to ``<output_dir>/deepspeed_config.json``.
 
     A user file given with ``--deepspeed_config`` is the base; the batch sizes, accumulation,
     clipping and precision always follow the command-line flags (the flags are honoured the
     same way with or without DeepSpeed).
+
+    Args:
+        optim: ``OptimConfig`` (``batch_size``, ``update_freq``, ``clip_grad``).
+        user_file: ``--deepspeed_config`` or None.
+        output_dir: where this run's config is written.
+        amp_dtype: fp16 or bf16 turn DeepSpeed's precision on.
+        world_size: processes.
     """
     config: Dict[str, Any] = {}
-    user_file = getattr(args, "deepspeed_config", None)
-    if user_file and os.path.abspath(user_file) != os.path.abspath(ds_config_path(args)):
+    if user_file and os.path.abspath(user_file) != os.path.abspath(ds_config_path(output_dir)):
         with open(user_file, encoding="utf-8") as f:
             config = json.load(f)
     fp16 = amp_dtype == torch.float16
     bf16 = amp_dtype == torch.bfloat16
     config.update({
-        "train_batch_size": args.batch_size * args.update_freq * world_size,
-        "train_micro_batch_size_per_gpu": args.batch_size,
-        "gradient_accumulation_steps": args.update_freq,
-        "gradient_clipping": float(args.clip_grad) if args.clip_grad else 0.0,
+        "train_batch_size": optim.batch_size * optim.update_freq * world_size,
+        "train_micro_batch_size_per_gpu": optim.batch_size,
+        "gradient_accumulation_steps": optim.update_freq,
+        "gradient_clipping": float(optim.clip_grad) if optim.clip_grad else 0.0,
         "steps_per_print": 10 ** 9,  # progress is logged by the engine loop
         "wall_clock_breakdown": False,
         "prescale_gradients": False,
@@ -73,12 +78,12 @@ def create_ds_config(args: argparse.Namespace, amp_dtype: Optional[torch.dtype],
     return config
 
 
-def ds_config_path(args: argparse.Namespace) -> str:
-    return os.path.join(args.output_dir or ".", "deepspeed_config.json")
+def ds_config_path(output_dir: str) -> str:
+    return os.path.join(output_dir or ".", "deepspeed_config.json")
 
 
-def write_ds_config(args: argparse.Namespace, config: Dict[str, Any], rank: int) -> str:
-    path = ds_config_path(args)
+def write_ds_config(output_dir: str, config: Dict[str, Any], rank: int) -> str:
+    path = ds_config_path(output_dir)
     if rank == 0:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp"
@@ -88,23 +93,24 @@ def write_ds_config(args: argparse.Namespace, config: Dict[str, Any], rank: int)
     return path
 
 
-def initialize(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               config: Dict[str, Any], device: torch.device) -> Tuple[Any, Any]:
+def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               config: Dict[str, Any], device: torch.device, update_freq: int,
+               output_dir: str) -> Tuple[Any, Any]:
     """Wrap ``model`` and the client ``optimizer`` in a DeepSpeed engine.
 
-    The process group must already exist (``init_distributed_mode(args, force=True)``).
+    The process group must already exist (``init_distributed_mode(run, force=True)``).
     """
     deepspeed = import_deepspeed(device)
     engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                       config=config, dist_init_required=False)
-    if engine.gradient_accumulation_steps() != args.update_freq:
+    if engine.gradient_accumulation_steps() != update_freq:
         raise RuntimeError(f"DeepSpeed accumulates {engine.gradient_accumulation_steps()} steps "
-                           f"but --update_freq is {args.update_freq}")
+                           f"but --update_freq is {update_freq}")
     logger.info("DeepSpeed %s engine: ZeRO stage %d, fp16 %s, bf16 %s, clipping %s, "
                 "accumulation %d, config %s", deepspeed.__version__,
                 engine.zero_optimization_stage(), engine.fp16_enabled(), engine.bfloat16_enabled(),
                 config.get("gradient_clipping"), engine.gradient_accumulation_steps(),
-                ds_config_path(args))
+                ds_config_path(output_dir))
     return engine, ds_optimizer
 
 

@@ -200,18 +200,3 @@ def append_json_line(path: str, record: Dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def start_run_outputs(args) -> int:
-    """The start every CLI shares: make ``--output_dir``, log to its ``run.log`` (rank 0), and
-    refuse a ``--resume`` file that does not exist. Returns this process's rank."""
-    import os
-
-    from .dist import get_rank
-    rank = get_rank()
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-    setup_logging(rank, os.path.join(args.output_dir, "run.log") if args.output_dir else None)
-    if args.resume and not os.path.exists(args.resume):
-        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint")
-    return rank

@@ -1,19 +1,24 @@
 """Transfer types: how a pre-trained backbone is adapted (``--transfer_type``).
 
-Each type lives in its own small module and registers itself by name; ``create_model`` builds the
-backbone and attaches the chosen type. Adding a type = one new file + an import here.
+Each type lives in its own small module of this folder, declares its settings (a ``MethodConfig``
+dataclass) and registers itself by name; every module here is imported, so adding a type is
+adding one file. The settings become flags, ``create_model`` keywords and checkpoint entries
+without any other edit (``models/transfer/base.py``).
 """
-from . import adapter, approx, full, lora, prompt, vpt  # noqa: F401  (registration side effects)
-from .base import (TRANSFER_TYPES, TransferMethod, classifier_modules, folded_for_inference,
-                   get_transfer_class, register_transfer, resolve_block_range)
+import importlib
+import pkgutil
 
-# Keyword arguments of create_model that configure a transfer type rather than the backbone.
-TRANSFER_KWARGS = (
-    "prompt_num_tokens", "prompt_start", "prompt_end", "prompt_dropout", "prompt_reparam",
-    "prompt_per_head", "prompt_init", "vpt_mode", "approx_rank", "adapter_dim", "adapter_scale",
-    "lora_rank", "lora_alpha",
-)
+from .base import (TRANSFER_TYPES, BlockRange, MethodConfig, PromptSettings, TransferMethod,
+                   all_setting_fields, classifier_modules, folded_for_inference,
+                   get_transfer_class, make_config, register_transfer, resolve_block_range,
+                   setting, setting_fields)
 
-__all__ = ["TRANSFER_TYPES", "TRANSFER_KWARGS", "TransferMethod", "classifier_modules",
-           "folded_for_inference", "get_transfer_class", "register_transfer",
-           "resolve_block_range"]
+# Import every module of the folder for its registration side effect, in a fixed order.
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["TRANSFER_TYPES", "BlockRange", "MethodConfig", "PromptSettings", "TransferMethod",
+           "all_setting_fields", "classifier_modules", "folded_for_inference",
+           "get_transfer_class", "make_config", "register_transfer", "resolve_block_range",
+           "setting", "setting_fields"]

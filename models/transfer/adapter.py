@@ -5,12 +5,13 @@ model starts as the frozen one.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.nn as nn
 
-from .base import TransferMethod, register_transfer, resolve_block_range
+from .base import BlockRange, TransferMethod, register_transfer, setting
 
 
 class Adapter(nn.Module):
@@ -29,25 +30,32 @@ class Adapter(nn.Module):
         return self.scale * self.up(torch.relu(self.down(h)))
 
 
+@dataclass(frozen=True)
+class AdapterConfig(BlockRange):
+    """Settings: the block range, the bottleneck width and the output scale."""
+
+    adapter_dim: int = setting(64, "new: AdaptFormer bottleneck")
+    adapter_scale: float = setting(0.1, "new: AdaptFormer scale")
+
+    def validate(self) -> None:
+        super().validate()
+        if int(self.adapter_dim) < 1:
+            raise ValueError(f"--adapter_dim must be >= 1, got {self.adapter_dim}")
+
+
 @register_transfer("adapter")
 class AdaptFormer(TransferMethod):
-    """Args: adapter_dim (bottleneck, 64), adapter_scale (0.1), prompt_start/prompt_end."""
+    """AdaptFormer (``--transfer_type adapter``); settings in ``AdapterConfig``."""
 
-    def __init__(self, adapter_dim: int = 64, adapter_scale: float = 0.1,
-                 prompt_start: Optional[int] = None, prompt_end: Optional[int] = None,
-                 **_: object) -> None:
-        super().__init__(adapter_dim=adapter_dim, adapter_scale=adapter_scale,
-                         prompt_start=prompt_start, prompt_end=prompt_end)
-        if int(adapter_dim) < 1:
-            raise ValueError(f"--adapter_dim must be >= 1, got {adapter_dim}")
+    config_class = AdapterConfig
+    config: AdapterConfig
 
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
-        start, end = resolve_block_range(model.depth, self.config["prompt_start"],
-                                         self.config["prompt_end"])
+        start, end = self.config.blocks(model.depth)
         own: List[nn.Parameter] = []
         for i in range(start, end + 1):
-            module = Adapter(model.embed_dim, int(self.config["adapter_dim"]),
-                             float(self.config["adapter_scale"]))
+            module = Adapter(model.embed_dim, int(self.config.adapter_dim),
+                             float(self.config.adapter_scale))
             model.blocks[i].mlp_adapter = module
             own.extend(module.parameters())
         return own

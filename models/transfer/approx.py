@@ -8,12 +8,13 @@ so the frozen attention is untouched and the extra cost is ``O(N M D)``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
-from .base import TransferMethod, check_num_tokens, register_transfer, resolve_block_range
+from .base import PromptSettings, TransferMethod, register_transfer, setting
 
 
 class ApproxPrompt(nn.Module):
@@ -37,25 +38,39 @@ class ApproxPrompt(nn.Module):
         return (attn_out + diffused * strength) * self.gate.exp()
 
 
+@dataclass(frozen=True)
+class ApproxConfig(PromptSettings):
+    """Settings: M (``--prompt_num_tokens``), the block range, dropout, and the bottleneck rank."""
+
+    approx_rank: int = setting(4, "new: Approximated Prompt Tuning bottleneck rank")
+
+    def validate(self) -> None:
+        super().validate()
+        if int(self.approx_rank) < 1:
+            raise ValueError(f"--approx_rank must be >= 1, got {self.approx_rank}")
+
+
 @register_transfer("approx")
 class ApproximatedPromptTuning(TransferMethod):
-    """Args: prompt_num_tokens (M), approx_rank (4), prompt_start/prompt_end, prompt_dropout."""
+    """Approximated Prompt Tuning (``--transfer_type approx``); settings in ``ApproxConfig``."""
 
-    def __init__(self, prompt_num_tokens: int = 5, approx_rank: int = 4,
-                 prompt_start: Optional[int] = None, prompt_end: Optional[int] = None,
-                 prompt_dropout: float = 0.0, **_: object) -> None:
-        super().__init__(prompt_num_tokens=prompt_num_tokens, approx_rank=approx_rank,
-                         prompt_start=prompt_start, prompt_end=prompt_end,
-                         prompt_dropout=prompt_dropout)
-        self.num_tokens = check_num_tokens(prompt_num_tokens)
+    config_class = ApproxConfig
+    config: ApproxConfig
+
+    def __init__(self, config: Optional[ApproxConfig] = None, **settings: object) -> None:
+        super().__init__(config, **settings)
+        self.num_tokens = int(self.config.prompt_num_tokens)
 
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
-        start, end = resolve_block_range(model.depth, self.config["prompt_start"],
-                                         self.config["prompt_end"])
+        start, end = self.config.blocks(model.depth)
         own: List[nn.Parameter] = []
         for i in range(start, end + 1):
-            module = ApproxPrompt(model.embed_dim, self.num_tokens, self.config["approx_rank"],
-                                  self.config["prompt_dropout"])
+            module = ApproxPrompt(model.embed_dim, self.num_tokens, int(self.config.approx_rank),
+                                  float(self.config.prompt_dropout))
             model.blocks[i].attn_adapter = module
             own.extend(module.parameters())
         return own
+
+    def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
+        return [blk.attn_adapter.prompts for blk in model.blocks
+                if isinstance(blk.attn_adapter, ApproxPrompt)]

@@ -1,19 +1,85 @@
-"""The interface every transfer type implements, and the registry that names them.
+"""The interface every transfer type implements, its settings, and the registry that names them.
 
-A transfer type is a small object that, given a built backbone, adds its own modules or parameters
-(``inject``) and answers the backbone's per-block questions (``before_block``, ``extra_kv``). Which
-tensors train is decided by structure: the parameters ``inject`` returns plus the classifier's
-norm and head; everything else is frozen. No parameter name is ever matched against a pattern.
+A transfer type is one file holding two things:
+
+* a frozen dataclass of its settings (``MethodConfig`` subclass): each field, declared with
+  ``setting(default, help)``, is the command-line flag ``--<field>``, the ``create_model`` keyword
+  and an architecture setting saved in checkpoints (``--eval`` restores it); ``validate`` checks
+  values that need no model;
+* a ``TransferMethod`` subclass, registered by name, that adds its modules or parameters to a built
+  backbone (``inject``) and answers the backbone's per-block questions (``before_block``,
+  ``extra_kv``).
+
+Which tensors train is decided by structure: the parameters ``inject`` returns plus the
+classifier's norm and head; everything else is frozen. Which of them take no weight decay is
+decided the same way (``no_weight_decay``). No parameter name is ever matched against a pattern.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Tuple, Type
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
 TRANSFER_TYPES: Dict[str, Type["TransferMethod"]] = {}
+
+
+def setting(default: Any, help: str, choices: Optional[Sequence[Any]] = None) -> Any:
+    """A transfer-type setting: a dataclass field whose metadata makes it a flag ``--<name>``."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings of a transfer type (none for this base). Values are checked on construction."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag for a value no model could take."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BlockRange(MethodConfig):
+    """Settings of types that adapt a range of blocks (flags named after APT's, as in its code)."""
+
+    prompt_start: Optional[int] = setting(None, "first block adapted (default: 0)")
+    prompt_end: Optional[int] = setting(None, "last block adapted, inclusive (default: the last)")
+
+    def validate(self) -> None:
+        for name in ("prompt_start", "prompt_end"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 0:
+                raise ValueError(f"--{name} {value}: block indices must be >= 0")
+        if self.prompt_start is not None and self.prompt_end is not None and \
+                self.prompt_start > self.prompt_end:
+            raise ValueError(f"--prompt_start {self.prompt_start} is greater than --prompt_end "
+                             f"{self.prompt_end}")
+
+    def blocks(self, depth: int) -> Tuple[int, int]:
+        """The inclusive block range in a model of ``depth`` blocks."""
+        return resolve_block_range(depth, self.prompt_start, self.prompt_end)
+
+
+@dataclass(frozen=True)
+class PromptSettings(BlockRange):
+    """Settings shared by the prompt types (APT, VPT, Approximated Prompt Tuning)."""
+
+    prompt_num_tokens: int = setting(5, "prompt tokens per adapted block (P)")
+    prompt_dropout: float = setting(0.0, "dropout on the prompt tokens while training")
+
+    def validate(self) -> None:
+        super().validate()
+        check_num_tokens(self.prompt_num_tokens)
+        if not 0.0 <= float(self.prompt_dropout) < 1.0:
+            raise ValueError(f"--prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
 
 
 def register_transfer(name: str):
@@ -61,22 +127,37 @@ def classifier_modules(model: nn.Module) -> List[nn.Module]:
 class TransferMethod:
     """Base class: the identity adaptation (no extra parameters, no hooks).
 
-    Subclasses set ``trains_backbone``/``loads_pretrained`` and override ``inject`` and, where they
-    change the forward pass, ``before_block``, ``extra_kv`` and ``num_prefix_tokens``.
+    Subclasses set ``config_class`` (their settings), ``trains_backbone``/``loads_pretrained``, and
+    override ``inject`` and, where they change the forward pass, ``before_block``, ``extra_kv`` and
+    ``num_prefix_tokens``.
+
+    Args:
+        config: the settings; or, instead, ``**settings`` to build ``config_class(**settings)``.
     """
 
     name: str = ""
+    config_class: Type[MethodConfig] = MethodConfig
     trains_backbone: bool = False  # end2end / random: every parameter trains
     loads_pretrained: bool = True  # random: --finetune is ignored
     num_prefix_tokens: int = 0  # tokens prepended to the sequence, dropped before pooling
 
-    def __init__(self, **kwargs) -> None:
-        self.config = dict(kwargs)
+    def __init__(self, config: Optional[MethodConfig] = None, **settings: Any) -> None:
+        if config is None:
+            config = make_config(self.name, settings)
+        elif settings or not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes one {self.config_class.__name__}")
+        self.config = config
         self.owned_names: set = set()
+        self.no_decay_ids: set = set()
 
     # --- building ----------------------------------------------------------------------------
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
         """Add this method's modules/parameters to ``model``; return the parameters it added."""
+        return []
+
+    def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
+        """The injected tensors that take no weight decay (prompts: they are inputs, not
+        weights). 1-D tensors, biases and norms never take it anyway (``optim_factory``)."""
         return []
 
     def attach(self, model: nn.Module) -> "TransferMethod":
@@ -85,6 +166,7 @@ class TransferMethod:
         own_ids = {id(p) for p in own}
         # Names of the tensors this method added: not backbone weights, never in a backbone file.
         self.owned_names = {n for n, p in model.named_parameters() if id(p) in own_ids}
+        self.no_decay_ids = {id(p) for p in self.no_weight_decay(model)}
         model.transfer = self
         if self.trains_backbone:
             model.requires_grad_(True)
@@ -115,8 +197,42 @@ class TransferMethod:
         """Undo ``fold`` so training can continue (no-op by default)."""
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.config.items()))
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.config.to_dict().items()))
         return f"{type(self).__name__}({args})"
+
+
+def setting_fields(name: str) -> Dict[str, dataclasses.Field]:
+    """The settings of transfer type ``name``: field name -> dataclass field."""
+    return {f.name: f for f in dataclasses.fields(get_transfer_class(name).config_class)}
+
+
+def all_setting_fields() -> Dict[str, Tuple[dataclasses.Field, List[str]]]:
+    """Every registered type's settings: name -> (its one declaration, the types that use it).
+
+    A setting shared by several types must be one declaration (a common base dataclass such as
+    ``PromptSettings``), so its default and help exist once; two different declarations of one
+    name are an error.
+    """
+    out: Dict[str, Tuple[dataclasses.Field, List[str]]] = {}
+    for type_name in sorted(TRANSFER_TYPES):
+        for f in dataclasses.fields(TRANSFER_TYPES[type_name].config_class):
+            if f.name in out and out[f.name][0] is not f:
+                raise TypeError(f"transfer types {out[f.name][1][0]!r} and {type_name!r} declare "
+                                f"the setting {f.name!r} twice: declare it once in a shared base "
+                                f"dataclass")
+            out.setdefault(f.name, (f, []))[1].append(type_name)
+    return out
+
+
+def make_config(name: str, settings: Dict[str, Any]) -> MethodConfig:
+    """``config_class(**settings)`` of type ``name``; a setting it does not have is an error
+    that names the type and its settings."""
+    fields = setting_fields(name)
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ValueError(f"--transfer_type {name} has no setting {', '.join(unknown)} (its "
+                         f"settings: {', '.join(sorted(fields)) or 'none'})")
+    return get_transfer_class(name).config_class(**settings)
 
 
 @contextlib.contextmanager

@@ -7,13 +7,14 @@ for inference (no extra work per forward) and ``unfold`` restores the exact orig
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TransferMethod, register_transfer, resolve_block_range
+from .base import BlockRange, TransferMethod, register_transfer, setting
 
 
 class LoRAQKV(nn.Module):
@@ -47,27 +48,37 @@ class LoRAQKV(nn.Module):
                           v_out + self.scaling * F.linear(v, self.lora_B_v)), dim=-1)
 
 
+@dataclass(frozen=True)
+class LoRAConfig(BlockRange):
+    """Settings: the block range, the rank and alpha (the update is scaled by alpha / rank)."""
+
+    lora_rank: int = setting(8, "new: LoRA rank")
+    lora_alpha: float = setting(16.0, "new: LoRA alpha (scale alpha / rank)")
+
+    def validate(self) -> None:
+        super().validate()
+        if int(self.lora_rank) < 1:
+            raise ValueError(f"--lora_rank must be >= 1, got {self.lora_rank}")
+
+
 @register_transfer("lora")
 class LoRA(TransferMethod):
-    """Args: lora_rank (8), lora_alpha (16), prompt_start/prompt_end (blocks adapted)."""
+    """LoRA on q and v (``--transfer_type lora``); settings in ``LoRAConfig``."""
 
-    def __init__(self, lora_rank: int = 8, lora_alpha: float = 16.0,
-                 prompt_start: Optional[int] = None, prompt_end: Optional[int] = None,
-                 **_: object) -> None:
-        super().__init__(lora_rank=lora_rank, lora_alpha=lora_alpha, prompt_start=prompt_start,
-                         prompt_end=prompt_end)
-        if int(lora_rank) < 1:
-            raise ValueError(f"--lora_rank must be >= 1, got {lora_rank}")
+    config_class = LoRAConfig
+    config: LoRAConfig
+
+    def __init__(self, config: Optional[LoRAConfig] = None, **settings: object) -> None:
+        super().__init__(config, **settings)
         self._original: dict = {}
 
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
-        start, end = resolve_block_range(model.depth, self.config["prompt_start"],
-                                         self.config["prompt_end"])
+        start, end = self.config.blocks(model.depth)
         own: List[nn.Parameter] = []
         for i in range(start, end + 1):
             attn = model.blocks[i].attn
             module = LoRAQKV(model.embed_dim, attn.num_heads * attn.head_dim,
-                             int(self.config["lora_rank"]), float(self.config["lora_alpha"]))
+                             int(self.config.lora_rank), float(self.config.lora_alpha))
             attn.qkv_delta = module
             own.extend(module.parameters())
         return own

@@ -13,13 +13,14 @@ checkpoints load unchanged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TransferMethod, check_num_tokens, register_transfer, resolve_block_range
+from .base import PromptSettings, TransferMethod, register_transfer, setting
 
 
 def prompt_init_bound(patch_size: int, width: int) -> float:
@@ -27,28 +28,33 @@ def prompt_init_bound(patch_size: int, width: int) -> float:
     return math.sqrt(6.0 / float(3 * patch_size * patch_size + width))
 
 
+@dataclass(frozen=True)
+class APTConfig(PromptSettings):
+    """APT's settings: P, the block range and dropout (``PromptSettings``) and these two."""
+
+    prompt_reparam: bool = setting(False, "learned per-prompt scales s = max(scale, 1)")
+    prompt_per_head: bool = setting(False, "new: one APT prompt set per head instead of one "
+                                           "shared by all heads")
+
+
 @register_transfer("prompt")
 class AttentionPromptTuning(TransferMethod):
-    """APT. Args: prompt_num_tokens (P), prompt_start/prompt_end (inclusive block range),
-    prompt_dropout, prompt_reparam (learned per-prompt scales), prompt_per_head (one prompt set per
-    head instead of one shared by all heads; not in the original code)."""
+    """APT (``--transfer_type prompt``); settings in ``APTConfig``."""
 
-    def __init__(self, prompt_num_tokens: int = 5, prompt_start: Optional[int] = None,
-                 prompt_end: Optional[int] = None, prompt_dropout: float = 0.0,
-                 prompt_reparam: bool = False, prompt_per_head: bool = False, **_: object) -> None:
-        super().__init__(prompt_num_tokens=prompt_num_tokens, prompt_start=prompt_start,
-                         prompt_end=prompt_end, prompt_dropout=prompt_dropout,
-                         prompt_reparam=prompt_reparam, prompt_per_head=prompt_per_head)
-        self.num_tokens = check_num_tokens(prompt_num_tokens)
-        self.reparam = bool(prompt_reparam)
-        self.per_head = bool(prompt_per_head)
+    config_class = APTConfig
+    config: APTConfig
+
+    def __init__(self, config: Optional[APTConfig] = None, **settings: object) -> None:
+        super().__init__(config, **settings)
+        self.num_tokens = int(self.config.prompt_num_tokens)
+        self.reparam = bool(self.config.prompt_reparam)
+        self.per_head = bool(self.config.prompt_per_head)
         self.start = self.end = 0
         self.folded = False
         self._unfolded: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
-        self.start, self.end = resolve_block_range(model.depth, self.config["prompt_start"],
-                                                   self.config["prompt_end"])
+        self.start, self.end = self.config.blocks(model.depth)
         layers = self.end - self.start + 1
         attn = model.blocks[0].attn
         shape = (layers, self.num_tokens, attn.head_dim)
@@ -63,6 +69,10 @@ class AttentionPromptTuning(TransferMethod):
             own.append(model.prompt_scale)
         return own
 
+    def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
+        own = [model.prompt_embeddings_k, model.prompt_embeddings_v]
+        return own + ([model.prompt_scale] if self.reparam else [])
+
     def extra_kv(self, model: nn.Module) -> List[Optional[Tuple[torch.Tensor, torch.Tensor]]]:
         """Dropout and scales applied once to the whole (L, P, hd) tensors, then split per block.
 
@@ -71,7 +81,7 @@ class AttentionPromptTuning(TransferMethod):
         one ``unbind`` gathers the L blocks' gradients into a single (L, P, hd) tensor, where
         per-block indexing would zero-fill and accumulate a full-size gradient for every block.
         """
-        p, train = self.config["prompt_dropout"], model.training
+        p, train = self.config.prompt_dropout, model.training
         pk = F.dropout(model.prompt_embeddings_k, p, train)  # (L, P, hd) or (L, H, P, hd)
         pv = F.dropout(model.prompt_embeddings_v, p, train)
         if self.reparam and not self.folded:

@@ -8,36 +8,46 @@ and, for deep, ``deep_prompt_embeddings`` (L - 1, P, D).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TransferMethod, check_num_tokens, register_transfer, resolve_block_range
+from .base import PromptSettings, TransferMethod, register_transfer, setting
 from .prompt import prompt_init_bound
+
+
+@dataclass(frozen=True)
+class VPTConfig(PromptSettings):
+    """VPT's settings: P, the block range and dropout (``PromptSettings``) and the mode."""
+
+    vpt_mode: str = setting("deep", "new: shallow (prompts before the first block of the range) "
+                                    "or deep (fresh prompts before every block of it)",
+                            choices=("shallow", "deep"))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vpt_mode not in ("shallow", "deep"):
+            raise ValueError(f"--vpt_mode must be 'shallow' or 'deep', got {self.vpt_mode!r}")
 
 
 @register_transfer("vpt")
 class VisualPromptTuning(TransferMethod):
-    """VPT. Args: prompt_num_tokens (P), vpt_mode ('shallow' | 'deep'), prompt_start/prompt_end,
-    prompt_dropout."""
+    """VPT (``--transfer_type vpt``); settings in ``VPTConfig``."""
 
-    def __init__(self, prompt_num_tokens: int = 5, vpt_mode: str = "deep",
-                 prompt_start: Optional[int] = None, prompt_end: Optional[int] = None,
-                 prompt_dropout: float = 0.0, **_: object) -> None:
-        super().__init__(prompt_num_tokens=prompt_num_tokens, vpt_mode=vpt_mode,
-                         prompt_start=prompt_start, prompt_end=prompt_end,
-                         prompt_dropout=prompt_dropout)
-        if vpt_mode not in ("shallow", "deep"):
-            raise ValueError(f"--vpt_mode must be 'shallow' or 'deep', got {vpt_mode!r}")
-        self.num_tokens = self.num_prefix_tokens = check_num_tokens(prompt_num_tokens)
-        self.deep = vpt_mode == "deep"
+    config_class = VPTConfig
+    config: VPTConfig
+
+    def __init__(self, config: Optional[VPTConfig] = None, **settings: object) -> None:
+        super().__init__(config, **settings)
+        self.num_tokens = self.num_prefix_tokens = int(self.config.prompt_num_tokens)
+        self.deep = self.config.vpt_mode == "deep"
         self.start = self.end = 0
 
     def inject(self, model: nn.Module) -> List[nn.Parameter]:
-        self.start, self.end = resolve_block_range(model.depth, self.config["prompt_start"],
-                                                   self.config["prompt_end"])
+        self.start, self.end = self.config.blocks(model.depth)
         if not self.deep:
             self.end = self.start
         bound = prompt_init_bound(model.patch_embed.patch_size[0], model.embed_dim)
@@ -50,10 +60,14 @@ class VisualPromptTuning(TransferMethod):
             own.append(model.deep_prompt_embeddings)
         return own
 
+    def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
+        return [p for name, p in model.named_parameters(recurse=False)
+                if name in ("prompt_embeddings", "deep_prompt_embeddings")]
+
     def before_block(self, model: nn.Module, index: int, x: torch.Tensor) -> torch.Tensor:
         if index < self.start or index > self.end:
             return x
-        B, p, train = x.shape[0], self.config["prompt_dropout"], model.training
+        B, p, train = x.shape[0], self.config.prompt_dropout, model.training
         if index == self.start:  # (B, N, D) -> (B, P + N, D)
             prompts = F.dropout(model.prompt_embeddings, p, train).expand(B, -1, -1)
             return torch.cat((prompts.to(x.dtype), x), dim=1)

@@ -1,0 +1,142 @@
+"""The two training engines behind one small interface, so the training loop has no branches.
+
+``PlainBackend``: one process or DDP (``torch.compile`` optional), torch autocast, and a loss
+scaler for fp16. ``DeepSpeedBackend``: a DeepSpeed engine (ZeRO stage 0-2 through
+``--deepspeed_config``) that runs its module in its own precision and scales and steps itself.
+
+A training step is::
+
+    with backend.accumulating(last_micro):     # DDP: no all-reduce on accumulation micro-batches
+        with backend.autocast():
+            loss = criterion(backend.model(backend.cast_input(x)).float(), y)
+        grad_norm = backend.backward(loss, last_micro)   # steps at the end of an accumulation
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from .amp import NativeScalerWithGradNormCount, autocast, get_grad_norm_
+
+
+class PlainBackend:
+    """Plain PyTorch (one process or DDP).
+
+    Args:
+        model: the unwrapped model (its trainable parameters are the optimizer's).
+        optimizer: the optimizer over the trainable parameters.
+        device: the run's device.
+        amp_dtype: autocast dtype, or None for float32; fp16 turns the loss scaler on.
+        distributed: wrap in DistributedDataParallel.
+        update_freq: micro-batches per optimizer step (the loss is divided by it).
+        clip_grad: gradient-norm clipping (None or 0: off).
+        compile: ``torch.compile`` the model before wrapping it.
+    """
+
+    is_deepspeed = False
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], distributed: bool, update_freq: int = 1,
+                 clip_grad: Optional[float] = None, compile: bool = False) -> None:
+        self.module = model
+        net: Any = torch.compile(model) if compile else model
+        if distributed:
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = net
+        self.optimizer = optimizer
+        self.device, self.amp_dtype = device, amp_dtype
+        self.update_freq, self.clip_grad = int(update_freq), clip_grad or None
+        self.scaler = NativeScalerWithGradNormCount(enabled=amp_dtype == torch.float16,
+                                                    device=device.type)
+        self.trainable: List[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
+
+    def start_epoch(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def accumulating(self, last_micro: bool) -> ContextManager:
+        """DDP decides at the forward whether the backward all-reduces: skip it on micro-batches
+        that only accumulate."""
+        if last_micro or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def autocast(self) -> ContextManager:
+        return autocast(self.device, self.amp_dtype)
+
+    def cast_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> Optional[float]:
+        """Backward; at the end of an accumulation also unscale, clip, step and zero the
+        gradients. Returns the gradient norm before clipping at a step, else None."""
+        self.scaler(loss / self.update_freq, self.optimizer, parameters=self.trainable,
+                    update_grad=False)
+        if not last_micro:
+            return None
+        norm = self.scaler.step(self.optimizer, clip_grad=self.clip_grad,
+                                parameters=self.trainable)
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def loss_scale(self) -> float:
+        return self.scaler.get_scale()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Optimizer and scaler state for a checkpoint."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, ckpt: Dict[str, Any]) -> None:
+        if ckpt.get("optimizer") is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+
+
+class DeepSpeedBackend:
+    """A DeepSpeed engine (``utils.ds.initialize``); it accumulates, clips and scales itself.
+
+    Args:
+        engine: the DeepSpeed engine wrapping the model.
+        optimizer: the engine's optimizer (for the learning-rate schedule).
+    """
+
+    is_deepspeed = True
+
+    def __init__(self, engine: Any, optimizer: Any) -> None:
+        from .ds import input_dtype
+        self.model = engine
+        self.module = engine.module
+        self.device = next(self.module.parameters()).device
+        self.optimizer = optimizer
+        self.input_dtype = input_dtype(engine)
+        self.trainable = [p for p in self.module.parameters() if p.requires_grad]
+
+    def start_epoch(self) -> None:
+        """DeepSpeed zeroes the gradients itself after each step."""
+
+    def accumulating(self, last_micro: bool) -> ContextManager:
+        return contextlib.nullcontext()  # the engine all-reduces only at the boundary
+
+    def autocast(self) -> ContextManager:
+        return contextlib.nullcontext()  # the module runs in the engine's dtype
+
+    def cast_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.input_dtype) if self.input_dtype is not None else x
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> Optional[float]:
+        self.model.backward(loss)
+        norm: Optional[float] = None
+        if last_micro and self.input_dtype != torch.float16:
+            norm = float(get_grad_norm_(self.trainable))  # before step() clears them
+        self.model.step()
+        if last_micro and self.input_dtype == torch.float16:
+            value = self.model.get_global_grad_norm()  # grads are loss-scaled: ask DeepSpeed
+            norm = float(value) if value is not None else None
+        return norm
+
+    def loss_scale(self) -> float:
+        return float(getattr(self.model.optimizer, "cur_scale", 1.0) or 1.0)
