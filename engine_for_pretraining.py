@@ -1,4 +1,4 @@
-"""One epoch of VideoMAE pre-training (SPEC §10): masked reconstruction of tubelet pixels.
+"""One epoch of VideoMAE pre-training: masked reconstruction of tubelet pixels.
 
 The target of each masked token is its ``tubelet x 16 x 16`` cube of pixels, un-normalised back
 to [0, 1] (the loader feeds ImageNet-normalised clips) and, with ``--normlize_target`` (default,

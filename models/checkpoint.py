@@ -1,4 +1,4 @@
-"""Loading every published checkpoint layout into the one backbone (SPEC §4).
+"""Loading every published checkpoint layout into the one backbone (docs/FORMATS.md).
 
 Formats recognised by their keys:
 
@@ -323,8 +323,9 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, Mapping[str
 
 def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: StateDict,
                              source: str, unsafe: bool) -> LoadReport:
-    """This project's format (SPEC §8). A frozen-backbone checkpoint holds only the trained
-    tensors, so the backbone it names is loaded first (its sha256 checked), then those tensors."""
+    """This project's format (docs/FORMATS.md, 'Training checkpoints'). A frozen-backbone
+    checkpoint holds only the trained tensors, so the backbone it names is loaded first (its
+    sha256 checked), then those tensors."""
     from .method_io import verify_backbone
 
     needs_backbone = bool(_missing_backbone_keys(model, sd))

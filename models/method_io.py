@@ -1,4 +1,4 @@
-"""Saving and loading one trained method on its own (SPEC §8).
+"""Saving and loading one trained method on its own (docs/FORMATS.md, 'Single-method files').
 
 A frozen-backbone run only needs to keep what it trained: the trainable tensors (prompts, scales,
 adapters, LoRA factors, ``fc_norm``, ``head``) and a reference to the backbone file (path and

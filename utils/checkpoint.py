@@ -1,4 +1,4 @@
-"""Checkpoints of training runs (SPEC §8): atomic writes, small files for frozen backbones,
+"""Checkpoints of training runs (docs/FORMATS.md): atomic writes, small files for frozen backbones,
 auto-resume, and reading a checkpoint back for evaluation.
 
 A checkpoint is a dict of tensors and plain types only (it loads with ``weights_only=True``)::
@@ -180,7 +180,7 @@ def find_resume_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
-    """Load a checkpoint of this project (file, or DeepSpeed folder/file) as the §8 dict."""
+    """Load a checkpoint of this project (file, or DeepSpeed folder/file) as the dict above."""
     from models import torch_load
     if os.path.isdir(path):
         model_file = os.path.join(path, DS_MODEL_FILE)
