@@ -118,7 +118,7 @@ def final_test(data_loader: Iterable, model: nn.Module, device: torch.device, fi
     """Multi-view test of this rank's share of the videos.
 
     Each item holds all ``V = test_num_segment * test_num_crop`` views of one video; the views'
-    softmax scores are averaged into the video's score (SPEC §6).
+    softmax scores are averaged into the video's score (docs/DATA.md, 'Test views').
 
     Args:
         data_loader: yields ``(views (B,V,3,T,H,W), labels, indices, bad_paths)``.

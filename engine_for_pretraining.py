@@ -1,5 +1,5 @@
-"""VideoMAE pre-training's step (SPEC §10): masked reconstruction of tubelet pixels. The epoch
-loop is fine-tuning's (``engine.train_one_epoch``).
+"""VideoMAE pre-training's step: masked reconstruction of tubelet pixels (docs/PRETRAINING.md).
+The epoch loop is fine-tuning's (``engine.train_one_epoch``).
 
 The target of each masked token is its ``tubelet x 16 x 16`` cube of pixels, un-normalised back
 to [0, 1] (the loader feeds ImageNet-normalised clips) and, with ``--normlize_target`` (default,

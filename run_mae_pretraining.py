@@ -1,4 +1,4 @@
-"""Self-supervised VideoMAE pre-training on unlabelled videos (SPEC §10).
+"""Self-supervised VideoMAE pre-training on unlabelled videos (docs/PRETRAINING.md).
 
 Tube masking at ``--mask_ratio`` (default 0.9), an encoder on the visible tokens only, a narrow
 decoder, and the loss on per-patch normalised pixels of the masked tokens. The flags are those of
@@ -63,8 +63,8 @@ def str2bool(value: str) -> bool:
 
 # ------------------------------------------------------------------------------------- flags
 def get_args_parser() -> argparse.ArgumentParser:
-    """VideoMAE's pre-training flags with its defaults (except ``--mask_ratio`` 0.9, SPEC §10),
-    plus this project's additions (marked "new")."""
+    """VideoMAE's pre-training flags with its defaults (except ``--mask_ratio``, 0.9 as in its
+    Kinetics/SSv2 scripts; docs/PRETRAINING.md), plus this project's additions (marked "new")."""
     parser = argparse.ArgumentParser("VideoMAE pre-training", add_help=True)
     parser.add_argument("--batch_size", default=64, type=int, help="videos per GPU/process")
     parser.add_argument("--epochs", default=800, type=int)

@@ -1,4 +1,4 @@
-"""Video data pipeline (SPEC §6): list files, decoding, clip sampling, augmentation, bad videos.
+"""Video data pipeline (docs/DATA.md): list files, decoding, sampling, augmentation, bad videos.
 
 Public entry points:
 

@@ -1,4 +1,5 @@
-"""Counting bad videos per split and stopping the run past ``--max_bad_fraction`` (SPEC §6).
+"""Counting bad videos per split and stopping the run past ``--max_bad_fraction``
+(docs/DATA.md, 'Bad videos').
 
 The datasets report the bad videos they met in each item (``bad_paths``); the engine feeds them,
 batch by batch, to a :class:`BadVideoTracker`, which de-duplicates them and raises

@@ -1,4 +1,4 @@
-"""``build_dataset(is_train, test_mode, args)``: the entry point used by the engine (SPEC §6)."""
+"""``build_dataset(is_train, test_mode, args)``: the entry point used by the engine."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Video readers behind one small interface: ``len(reader)`` and ``reader.get_batch(indices)``.
 
-Three sources are supported (SPEC §6): decord (default), PyAV (``--video_backend pyav``) and
+Three sources are supported (docs/DATA.md): decord (default), PyAV (``--video_backend pyav``) and
 frame folders (a directory of ``img_%05d.jpg`` files). Every reader returns RGB ``uint8`` arrays
 of shape ``(T, H, W, 3)``. Any failure to open or decode is raised as :class:`VideoDecodeError`,
 which carries the path and a short reason, so the dataset can log, count and replace the video.

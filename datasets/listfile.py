@@ -1,4 +1,4 @@
-"""Parsing of the ``train.csv`` / ``val.csv`` / ``test.csv`` list files (SPEC §6).
+"""Parsing of the ``train.csv`` / ``val.csv`` / ``test.csv`` list files (docs/FORMATS.md).
 
 One video per line: ``<path> <label>``. Fields are separated by any run of spaces or a tab; the
 label is the last field, so a path may itself contain spaces. Blank lines and lines starting with

@@ -1,4 +1,4 @@
-"""Token masks for VideoMAE pre-training (SPEC §10).
+"""Token masks for VideoMAE pre-training (docs/PRETRAINING.md, 'Masking').
 
 A mask is a NumPy bool vector over the ``t * h * w`` tokens of a clip, flattened in the encoder's
 ``(t, h, w)`` order, True where the token is hidden from the encoder. Tube masking hides the same

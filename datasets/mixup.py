@@ -1,4 +1,4 @@
-"""Mixup / CutMix for video batches (SPEC §6: the CutMix box spans all frames).
+"""Mixup / CutMix for video batches, the CutMix box spanning all frames (docs/DATA.md).
 
 timm's :class:`timm.data.Mixup` indexes the box on the last two axes of a 4-D batch
 ``(B, C, H, W)``. A video batch ``(B, C, T, H, W)`` is viewed as ``(B, C*T, H, W)``, so timm's

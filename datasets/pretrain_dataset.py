@@ -1,4 +1,4 @@
-"""Unlabelled clips and token masks for VideoMAE pre-training (SPEC §10).
+"""Unlabelled clips and token masks for VideoMAE pre-training (docs/PRETRAINING.md).
 
 As VideoMAE's pre-training ``VideoMAE`` dataset: one random dense window per video
 (``num_frames`` frames ``sampling_rate`` apart), a multi-scale corner/centre crop

@@ -1,5 +1,5 @@
-"""Pure frame-index and crop-offset functions (SPEC §6), kept free of I/O so tests can check the
-exact indices.
+"""Pure frame-index and crop-offset functions (docs/DATA.md, 'Clip sampling', 'Test views'),
+kept free of I/O so tests can check the exact indices.
 
 Two temporal schemes:
 

@@ -211,7 +211,7 @@ class ClipRandomErasing:
 
 
 class TrainTransform:
-    """Training augmentation of one clip (SPEC §6): RandAugment (same ops for all frames) ->
+    """Training augmentation of one clip (docs/DATA.md): RandAugment (same ops for all frames) ->
     random resized crop (scale 0.08-1, ratio 3/4-4/3) to ``input_size`` -> horizontal flip
     (unless ``flip`` is False, e.g. SSV2) -> ImageNet normalisation -> random erasing.
 

@@ -1,4 +1,4 @@
-"""The video classification dataset (SPEC §6): training, validation and multi-view test items.
+"""The video classification dataset (docs/DATA.md): training, validation, multi-view test items.
 
 Item formats (the engine relies on them):
 

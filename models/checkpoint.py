@@ -1,7 +1,7 @@
 """Checkpoints, in two halves.
 
 **Foreign weights** (``load_pretrained``): every published layout loads into the one backbone
-(SPEC §4).
+(docs/FORMATS.md).
 
 Formats recognised by their keys:
 
@@ -348,8 +348,9 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, Mapping[str
 
 def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: StateDict,
                              source: str, unsafe: bool) -> LoadReport:
-    """This project's format (SPEC §8). A frozen-backbone checkpoint holds only the trained
-    tensors, so the backbone it names is loaded first (its sha256 checked), then those tensors."""
+    """This project's format (docs/FORMATS.md, 'Training checkpoints'). A frozen-backbone
+    checkpoint holds only the trained tensors, so the backbone it names is loaded first (its
+    sha256 checked), then those tensors."""
     needs_backbone = bool(_missing_backbone_keys(model, sd))
     base: Optional[LoadReport] = None
     if needs_backbone:

@@ -1,8 +1,8 @@
-"""VideoMAE masked-autoencoder pre-training model (SPEC §10).
+"""VideoMAE masked-autoencoder pre-training model (docs/PRETRAINING.md, 'Model').
 
 Layout and parameter names follow VideoMAE's ``modeling_pretrain.py`` (MCG-NJU/VideoMAE), so a
-checkpoint written here has the pre-training layout of SPEC §4.1 and ``load_pretrained`` (i.e.
-``--finetune``) loads its encoder into any fine-tuning backbone::
+checkpoint written here has VideoMAE's pre-training layout (docs/FORMATS.md) and
+``load_pretrained`` (i.e. ``--finetune``) loads its encoder into any fine-tuning backbone::
 
     encoder.patch_embed.proj.{weight,bias}    encoder.blocks.N.*    encoder.norm.{weight,bias}
     encoder_to_decoder.weight    mask_token    decoder.blocks.N.*    decoder.{norm,head}.*

@@ -1,4 +1,4 @@
-"""Loading every published checkpoint layout (SPEC §4)."""
+"""Loading every published checkpoint layout (docs/FORMATS.md)."""
 import argparse
 import os
 

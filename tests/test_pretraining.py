@@ -1,4 +1,5 @@
-"""VideoMAE pre-training pieces (SPEC §10): tube masks, the masked encoder, targets, the data."""
+"""VideoMAE pre-training pieces (docs/PRETRAINING.md): tube masks, the masked encoder, targets,
+the data."""
 import argparse
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Transfer types (SPEC §5): what trains, what stays frozen, equations, folding, costs."""
+"""Transfer types (docs/METHODS.md): what trains, what stays frozen, equations, folding, costs."""
 import copy
 import math
 
@@ -15,7 +15,7 @@ ALL_TYPES = sorted(TRANSFER_TYPES)
 METHOD_KW = dict(prompt_num_tokens=3, prompt_reparam=True, lora_rank=2, adapter_dim=8)
 
 
-def test_every_spec_type_is_registered():
+def test_every_documented_type_is_registered():
     assert set(ALL_TYPES) == {"random", "end2end", "linear", "prompt", "vpt", "approx", "adapter", "lora"}
 
 
@@ -115,7 +115,7 @@ def test_reparam_with_unit_scales_equals_no_reparam():
         assert torch.equal(a(x), b(x))
 
 
-# --- APT against an independent reference written from the SPEC §5 equations -----------------
+# --- APT against an independent reference written from the equations (docs/METHODS.md, APT) --
 def reference_apt_forward(sd, x, num_heads, start, end, eps=1e-6):
     """VideoMAE ViT + APT from a state dict in the original APT layout, written out by hand."""
     B = x.shape[0]

@@ -1,4 +1,4 @@
-"""Build ``train.csv`` / ``val.csv`` / ``test.csv`` list files from official split files (SPEC §6).
+"""Build ``train.csv`` / ``val.csv`` / ``test.csv`` list files from official split files.
 
 Each line is ``<path> <label>``. Paths are written relative to the video folder unless
 ``--video_root`` is given (then they are prefixed with it); train with ``--data_root`` pointing

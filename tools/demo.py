@@ -1,6 +1,6 @@
 """The end-to-end demo (``make demo``): adapt a frozen pre-trained video ViT with few parameters.
 
-Stages, all on the built-in synthetic data set (SPEC §9: classes told apart only by motion):
+Stages, all on the built-in synthetic data set (classes told apart only by motion):
 
 1. generate a small labelled data set (``tools/make_synthetic.py``);
 2. take the committed demo backbone (``assets/demo_backbone``: VideoMAE pre-training of

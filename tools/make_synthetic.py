@@ -1,4 +1,4 @@
-"""Synthetic action data set of real video files (SPEC §9), deterministic from a seed.
+"""Synthetic action data set of real video files, deterministic from a seed.
 
 Each class is a kind of motion done by a few random bright shapes on a dark background: moving
 in one of eight directions, rotating clockwise or anticlockwise, growing or shrinking.
@@ -47,7 +47,7 @@ _DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
                "up_right": (1, -1), "down_left": (-1, 1), "down_right": (1, 1), "up_left": (-1, -1)}
 DEFAULT_SPLITS: Dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 
-# Codec per container extension (SPEC §6 formats).
+# Codec per container extension, as the data sets ship them (mp4 h264, avi mpeg4, webm vp9).
 # x264's macroblock-tree rate control reads memory outside the picture and makes the output
 # vary from run to run; without it (mbtree=0) and with one thread the files are reproducible.
 _X264 = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
