@@ -200,13 +200,18 @@ def resume_checkpoint(args: argparse.Namespace, model_without_ddp: torch.nn.Modu
     Restores the model, optimizer, loss scaler and epoch; sets ``args.start_epoch``.
     """
     from models import torch_load
-    path = args.resume or (utils.find_resume_checkpoint(args.output_dir)
-                           if args.auto_resume and args.output_dir else None)
-    if not path:
-        return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
-    ckpt = torch_load(path)
+    from utils.checkpoint import load_newest_readable
+    if args.resume:
+        path = args.resume
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
+        ckpt = torch_load(path)
+    else:  # the newest checkpoint that can be read; unreadable newer ones are skipped, warned of
+        found = load_newest_readable(args.output_dir, torch_load) \
+            if args.auto_resume and args.output_dir else None
+        if found is None:
+            return None
+        path, ckpt = found
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.startswith("encoder.") for k in state):
         raise ConfigError(f"--resume {path} is not a pre-training checkpoint (no 'model' with "

@@ -1,5 +1,7 @@
-"""Damaged and mistaken checkpoint files: a file that is no checkpoint at all is described
-(size, first bytes, what it is) instead of answered with advice to unpickle it."""
+"""Damaged and mistaken checkpoint files: auto-resume falls back to the newest readable
+checkpoint, and a file that is no checkpoint at all is described (size, first bytes, what it is)
+instead of answered with advice to unpickle it."""
+import argparse
 import io
 import logging
 import os
@@ -9,12 +11,150 @@ import pytest
 import torch
 
 import run_class_apt
-from models import CheckpointError, load_pretrained, torch_load
-from tests.engine_helpers import make_data, tiny_argv
+import run_mae_pretraining
+import utils
+from models import CheckpointError, create_model, load_pretrained, torch_load
+from tests.engine_helpers import make_data, read_log, tiny_argv
 from tests.helpers import tiny_model
+from tests.pretrain_helpers import tiny_pretrain_model
 
 HTML = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
         b"<body>Google Drive can't scan this file for viruses.</body></html>\n")
+
+
+def _micro(transfer_type: str = "linear"):
+    return create_model("vit_micro_patch16", transfer_type=transfer_type, num_classes=3,
+                        all_frames=4, img_size=32)
+
+
+def _args(out, **kw) -> argparse.Namespace:
+    base = dict(output_dir=str(out), finetune="", resume="", auto_resume=True, eval=False,
+                unsafe_load=False, start_epoch=0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _damage(path: str, how: str) -> None:
+    """Replace a good file by its first half, or by as many random bytes."""
+    data = open(path, "rb").read()
+    damaged = data[:len(data) // 2] if how == "truncated" else os.urandom(len(data))
+    with open(path, "wb") as f:
+        f.write(damaged)
+
+
+def _two_checkpoints(out, transfer_type: str = "linear"):
+    """checkpoint-1.pth (epoch 1) and checkpoint-last.pth (epoch 2) of another model state."""
+    model = _micro(transfer_type)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    utils.save_model(_args(out), 1, model, model, optimizer, None, step=4)
+    epoch1 = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    utils.save_model(_args(out), 2, model, model, optimizer, None, tag="last", step=8)
+    return epoch1
+
+
+# --------------------------------------------------------------------- auto-resume fallback
+@pytest.mark.parametrize("transfer_type", ["linear", "end2end"])  # files under/over 64 KiB
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_auto_resume_skips_an_unreadable_checkpoint_last(tmp_path, caplog, how, transfer_type):
+    epoch1 = _two_checkpoints(tmp_path, transfer_type)
+    last = os.path.join(tmp_path, "checkpoint-last.pth")
+    _damage(last, how)
+
+    model = _micro(transfer_type)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    args = _args(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        meta = utils.auto_load_model(args, model, model, optimizer, None)
+
+    first = os.path.join(tmp_path, "checkpoint-1.pth")
+    assert meta["epoch"] == 1 and meta["step"] == 4
+    assert args.resumed_from == first and args.start_epoch == 2
+    torch.testing.assert_close(model.head.weight, epoch1["head.weight"], rtol=0, atol=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    why = "truncated or corrupt" if how == "truncated" else "not a PyTorch checkpoint"
+    assert last in warnings[0] and first in warnings[0] and why in warnings[0]
+
+
+def test_each_candidate_is_read_once(tmp_path, monkeypatch):
+    _two_checkpoints(tmp_path)
+    _damage(os.path.join(tmp_path, "checkpoint-last.pth"), "truncated")
+    import models
+    reads = []
+    real = models.torch_load
+
+    def counting(path, unsafe=False):
+        reads.append(os.path.basename(path))
+        return real(path, unsafe=unsafe)
+
+    monkeypatch.setattr(models, "torch_load", counting)
+    model = _micro()
+    utils.auto_load_model(_args(tmp_path), model, model, None, None)
+    assert reads == ["checkpoint-last.pth", "checkpoint-1.pth"]
+
+
+def test_newest_readable_in_order_with_deepspeed_folders(tmp_path, caplog):
+    """checkpoint-last (a DeepSpeed folder here), then checkpoint-N by descending N."""
+    from utils.checkpoint import load_newest_readable
+    good = {"model": {"w": torch.ones(2)}, "epoch": 2}
+    ds_last = tmp_path / "checkpoint-last"
+    ds_last.mkdir()
+    (ds_last / utils.checkpoint.DS_MODEL_FILE).write_bytes(b"")
+    (tmp_path / "checkpoint-3.pth").write_bytes(HTML)
+    torch.save(good, tmp_path / "checkpoint-2.pth")
+    torch.save({**good, "epoch": 1}, tmp_path / "checkpoint-1.pth")
+    with caplog.at_level(logging.WARNING):
+        path, ckpt = load_newest_readable(str(tmp_path), utils.read_checkpoint)
+    assert path == str(tmp_path / "checkpoint-2.pth") and ckpt["epoch"] == 2
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(ds_last / utils.checkpoint.DS_MODEL_FILE) in message and "empty file" in message
+    assert str(tmp_path / "checkpoint-3.pth") in message and "HTML page" in message
+    assert str(tmp_path / "checkpoint-2.pth") in message
+    assert load_newest_readable(str(tmp_path / "nothing_here"), utils.read_checkpoint) is None
+
+
+def test_no_readable_checkpoint_is_an_error_listing_the_files(tmp_path):
+    _two_checkpoints(tmp_path)
+    for name in ("checkpoint-last.pth", "checkpoint-1.pth"):
+        _damage(os.path.join(tmp_path, name), "truncated")
+    model = _micro()
+    with pytest.raises(CheckpointError) as err:
+        utils.auto_load_model(_args(tmp_path), model, model, None, None)
+    msg = str(err.value)
+    assert "no readable checkpoint" in msg and str(tmp_path) in msg
+    assert "checkpoint-last.pth" in msg and "checkpoint-1.pth" in msg
+    assert "truncated or corrupt" in msg and "unsafe_load" not in msg
+
+
+def test_explicit_resume_of_an_unreadable_file_fails_naming_it(tmp_path, caplog):
+    _two_checkpoints(tmp_path)
+    last = os.path.join(tmp_path, "checkpoint-last.pth")
+    _damage(last, "truncated")
+    model = _micro()
+    args = _args(tmp_path, resume=last)
+    with pytest.raises(CheckpointError) as err:
+        utils.auto_load_model(args, model, model, None, None)
+    assert f"--resume {last}" in str(err.value) and "truncated or corrupt" in str(err.value)
+    assert args.resumed_from is None
+    assert not [r for r in caplog.records if "checkpoint-1.pth" in r.getMessage()]
+
+
+def test_pretraining_resume_skips_an_unreadable_checkpoint_last(tmp_path, caplog):
+    model = tiny_pretrain_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1,
+                "step": 3}, tmp_path / "checkpoint-1.pth")
+    (tmp_path / "checkpoint-last.pth").write_bytes(b"")
+    args = argparse.Namespace(resume="", auto_resume=True, output_dir=str(tmp_path),
+                              start_epoch=0, model="pretrain_videomae_micro_patch16")
+    with caplog.at_level(logging.WARNING):
+        ckpt = run_mae_pretraining.resume_checkpoint(args, tiny_pretrain_model(),
+                                                     torch.optim.AdamW(model.parameters()), None)
+    assert ckpt["epoch"] == 1 and args.start_epoch == 2
+    assert any("checkpoint-last.pth" in r.getMessage() and "checkpoint-1.pth" in r.getMessage()
+               and "empty file" in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------ files that are no checkpoint
@@ -108,6 +248,30 @@ def test_a_checkpoint_with_a_custom_class_still_names_unsafe_load(tmp_path, lega
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_data(str(tmp_path_factory.mktemp("synthetic")))
+
+
+def test_cli_auto_resumes_past_a_truncated_checkpoint_last(tmp_path, data, caplog):
+    out = str(tmp_path / "run")
+    assert run_class_apt.cli(tiny_argv(data, out, "linear", epochs=1,
+                                       disable_eval_during_finetuning=True)) == 0
+    last, first = os.path.join(out, "checkpoint-last.pth"), os.path.join(out, "checkpoint-0.pth")
+    _damage(last, "truncated")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert run_class_apt.cli(tiny_argv(data, out, "linear", epochs=2,
+                                           disable_eval_during_finetuning=True)) == 0
+    assert any(last in r.getMessage() and first in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
+    assert [r["epoch"] for r in read_log(out) if "epoch" in r] == [0, 1]
+    assert utils.read_checkpoint(last)["epoch"] == 1
+
+    # Nothing readable left: exit status 2 with a message listing the files tried.
+    for name in ("checkpoint-last.pth", "checkpoint-0.pth", "checkpoint-1.pth"):
+        _damage(os.path.join(out, name), "garbage")
+    caplog.clear()
+    assert run_class_apt.cli(tiny_argv(data, out, "linear", epochs=3)) == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "no readable checkpoint" in error and "checkpoint-0.pth" in error
 
 
 def test_cli_finetune_html_page_exits_2_with_the_diagnosis(tmp_path, data, caplog):

@@ -23,7 +23,7 @@ import math
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 _PLAIN = (str, int, float, bool, type(None))
 DS_MODEL_FILE = "mp_rank_00_model_states.pt"
 _TAG_RE = re.compile(r"^checkpoint-(\d+)(\.pth)?$")
+Loaded = TypeVar("Loaded")
 
 
 def args_to_dict(args: argparse.Namespace) -> Dict[str, Any]:
@@ -162,21 +163,72 @@ def _epoch_of(name: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def resume_candidates(output_dir: str) -> List[str]:
+    """Every checkpoint auto-resume may take in ``output_dir``, newest first: ``checkpoint-last``
+    (file or DeepSpeed folder), then ``checkpoint-N`` by descending N. Temporary files are never
+    taken; a DeepSpeed folder counts only with its model-states file."""
+    if not output_dir or not os.path.isdir(output_dir):
+        return []
+    numbered = sorted(((e, n) for n in os.listdir(output_dir) if (e := _epoch_of(n)) is not None),
+                      reverse=True)
+    names = ["checkpoint-last.pth", "checkpoint-last", "checkpoint-last.old"]
+    paths = [os.path.join(output_dir, n) for n in names + [n for _, n in numbered]]
+    return [p for p in paths if os.path.isfile(p) or os.path.isfile(os.path.join(p, DS_MODEL_FILE))]
+
+
 def find_resume_checkpoint(output_dir: str) -> Optional[str]:
     """The checkpoint to auto-resume from in ``output_dir``: ``checkpoint-last`` (file or
-    DeepSpeed folder), else the one of the highest epoch. Temporary files are never taken."""
-    if not output_dir or not os.path.isdir(output_dir):
-        return None
-    for name in ("checkpoint-last.pth", "checkpoint-last", "checkpoint-last.old"):
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(path) or os.path.isfile(os.path.join(path, DS_MODEL_FILE)):
-            return path
-    numbered = [(e, n) for n in os.listdir(output_dir) if (e := _epoch_of(n)) is not None]
-    for _, name in sorted(numbered, reverse=True):
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(path) or os.path.isfile(os.path.join(path, DS_MODEL_FILE)):
-            return path
+    DeepSpeed folder), else the one of the highest epoch. Temporary files are never taken.
+    The file is not read: ``load_newest_readable`` also skips one that cannot be loaded."""
+    candidates = resume_candidates(output_dir)
+    return candidates[0] if candidates else None
+
+
+def load_newest_readable(output_dir: str, load: Callable[[str], Loaded]
+                         ) -> Optional[Tuple[str, Loaded]]:
+    """``(path, load(path))`` for the newest checkpoint in ``output_dir`` that ``load`` can read.
+
+    A crash, a full disk or an interrupted copy can leave ``checkpoint-last`` unreadable while an
+    older ``checkpoint-N`` is intact; resuming from that one loses a few epochs instead of the
+    run. Each candidate is read once, and the object is returned, so a big file is not read again
+    to load it. Unreadable newer files are named in one warning together with the one taken.
+
+    Returns:
+        None when ``output_dir`` holds no checkpoint.
+
+    Raises:
+        CheckpointError: there are checkpoints but none can be read; the message lists each file
+            and why it failed.
+    """
+    from models import CheckpointError
+    failed: List[str] = []
+    for path in resume_candidates(output_dir):
+        try:
+            loaded = load(path)
+        # torch_load turns any bad content into a CheckpointError; read_checkpoint raises
+        # ValueError for a dict of another layout; OSError: no permission, I/O error, removed.
+        except (CheckpointError, ValueError, OSError) as err:
+            failed.append(_why_unreadable(err, path))
+            continue
+        if failed:
+            logger.warning("auto-resume: skipping unreadable %s; resuming from %s instead",
+                           "; ".join(failed), path)
+        return path, loaded
+    if failed:
+        raise CheckpointError(f"--auto_resume: no readable checkpoint in {output_dir}; tried "
+                              f"{'; '.join(failed)}. Move the damaged files away, pass --resume "
+                              f"PATH, or start afresh with --no_auto_resume or another "
+                              f"--output_dir")
     return None
+
+
+def _why_unreadable(err: BaseException, path: str) -> str:
+    """``<file> (<reason>)`` of a failed read, brief: one line of the message."""
+    # UnreadableCheckpointError names the file itself (for a DeepSpeed folder: the file in it)
+    # and keeps the reason apart; other errors are summed up by their first line.
+    reason = getattr(err, "reason", None) or \
+        f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+    return f"{getattr(err, 'path', None) or path} ({reason})"
 
 
 def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
@@ -223,17 +275,32 @@ def auto_load_model(args: argparse.Namespace, model: Any, model_without_ddp: nn.
     Returns:
         The checkpoint's metadata (``epoch``, ``step``, ``best_acc``, ...) or None if none.
     """
-    path = args.resume or (find_resume_checkpoint(args.output_dir)
-                           if getattr(args, "auto_resume", False) else None)
+    unsafe = getattr(args, "unsafe_load", False)
+    deepspeed = is_deepspeed_engine(model)
     args.resumed_from = None
-    if not path:
-        return None
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    if is_deepspeed_engine(model):
-        meta = _load_deepspeed(args, model, path)
+
+    def read(candidate: str) -> Dict[str, Any]:
+        ckpt = read_checkpoint(candidate, unsafe=unsafe)
+        # A DeepSpeed engine reads its own files: keep only what the backbone check needs.
+        return {"backbone": ckpt.get("backbone")} if deepspeed else ckpt
+
+    ckpt: Optional[Dict[str, Any]] = None
+    if args.resume:  # named by the user: used or refused, never replaced by another file
+        path = args.resume
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    elif getattr(args, "auto_resume", False):
+        found = load_newest_readable(args.output_dir, read)
+        if found is None:
+            return None
+        path, ckpt = found
     else:
-        ckpt = read_checkpoint(path, unsafe=getattr(args, "unsafe_load", False))
+        return None
+    if deepspeed:
+        meta = _load_deepspeed(args, model, path, ckpt)
+    else:
+        if ckpt is None:
+            ckpt = _read_named_resume(path, unsafe)
         if not _whole(model_without_ddp):  # a frozen backbone must be the one trained on
             check_backbone(ckpt, getattr(args, "finetune", ""), path)
         load_model_state(model_without_ddp, ckpt)
@@ -253,15 +320,29 @@ def auto_load_model(args: argparse.Namespace, model: Any, model_without_ddp: nn.
     return meta
 
 
-def _load_deepspeed(args: argparse.Namespace, engine: Any, path: str) -> Dict[str, Any]:
+def _read_named_resume(path: str, unsafe: bool) -> Dict[str, Any]:
+    """``read_checkpoint`` of the file ``--resume`` names; an unreadable one is an error that
+    names the flag (an older checkpoint is never taken in its place)."""
+    from models.checkpoint import CheckpointError, UnreadableCheckpointError
+    try:
+        return read_checkpoint(path, unsafe=unsafe)
+    except UnreadableCheckpointError as err:
+        raise CheckpointError(f"--resume {err}") from err
+
+
+def _load_deepspeed(args: argparse.Namespace, engine: Any, path: str,
+                    ckpt: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Load a DeepSpeed checkpoint folder into ``engine``. ``ckpt``: what auto-resume already
+    read of it (at least ``backbone``), so the backbone check does not read it again."""
     ckpt_dir = path[:-len(DS_MODEL_FILE) - 1] if path.endswith(DS_MODEL_FILE) else path
     ckpt_dir = ckpt_dir.rstrip(os.sep)
     if os.path.isfile(ckpt_dir):
         raise ValueError(f"--resume {path}: DeepSpeed runs resume from a DeepSpeed checkpoint "
                          f"folder (checkpoint-<tag>/), not a .pth file")
     if not _whole(engine.module):
-        check_backbone(read_checkpoint(ckpt_dir, getattr(args, "unsafe_load", False)),
-                       getattr(args, "finetune", ""), ckpt_dir)
+        if ckpt is None:
+            ckpt = _read_named_resume(ckpt_dir, getattr(args, "unsafe_load", False))
+        check_backbone(ckpt, getattr(args, "finetune", ""), ckpt_dir)
     load_dir, tag = os.path.split(ckpt_dir)
     _, client = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False,
                                        load_optimizer_states=not args.eval,
