@@ -25,7 +25,8 @@ import torch
 
 import engine
 import utils
-from models.checkpoint import check_backbone, find_resume_checkpoint, read_checkpoint
+from models.checkpoint import (check_backbone, load_newest_readable, read_checkpoint,
+                               read_named_checkpoint)
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
                        add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
                        add_schedule_args, add_video_data_args, pop_compat_args)
@@ -245,15 +246,20 @@ def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], Fine
     the settings with the checkpoint's architecture (the command line's, where it differs, are
     overruled with a warning)."""
     run = cfg.run
-    path = run.resume or (find_resume_checkpoint(run.output_dir) if run.auto_resume else None)
-    if not path:
+    found = None
+    if run.resume:
+        if not os.path.exists(run.resume):
+            raise FileNotFoundError(f"--resume {run.resume}: no such checkpoint")
+        found = run.resume, read_named_checkpoint(run.resume, "--resume", run.unsafe_load)
+    elif run.auto_resume:  # the newest readable one; unreadable newer ones are named
+        found = load_newest_readable(run.output_dir,
+                                     lambda p: read_checkpoint(p, unsafe=run.unsafe_load))
+    if found is None:
         where = f"no checkpoint-last or checkpoint-N in --output_dir {run.output_dir!r}" \
             if run.output_dir and run.auto_resume else "no --resume given"
         raise ConfigError(f"--eval needs a trained checkpoint to evaluate ({where}); pass "
                           f"--resume PATH. The untrained model is never evaluated.")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    ckpt = read_checkpoint(path, unsafe=run.unsafe_load)
+    path, ckpt = found
     model_cfg, changes = cfg.model.with_architecture(ckpt.get("args") or {})
     for change in changes:
         logger.warning("--eval: using the checkpoint's %s", change)

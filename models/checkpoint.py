@@ -15,7 +15,9 @@ Formats recognised by their keys:
 
 ``torch.load`` runs with ``weights_only=True``; the only non-tensor classes VideoMAE files hold
 (``argparse.Namespace`` and plain containers) are allow-listed. Anything else is refused with a
-message naming ``--unsafe_load``, which permits full unpickling of a file the user trusts.
+message naming ``--unsafe_load``, which permits full unpickling of a file the user trusts. A file
+that is no complete PyTorch checkpoint (an HTML page from a failed download, an empty or
+truncated file) is described instead: its size, first bytes and what it seems to be.
 
 **This project's checkpoints** (``TrainingCheckpoints``, ``save_method``/``load_method``): a
 frozen-backbone run keeps only what it trained (prompts, scales, adapters, LoRA factors,
@@ -44,10 +46,12 @@ import logging
 import math
 import os
 import pickle
+import pickletools
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import torch
 import torch.distributed as dist
@@ -58,6 +62,7 @@ from .vit import interpolate_pos_embed
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
+Loaded = TypeVar("Loaded")
 
 # Classes that VideoMAE / APT / DeepSpeed checkpoints pickle besides tensors and builtins.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -68,6 +73,15 @@ _ENCODER_PREFIXES = ("patch_embed.", "blocks.", "pos_embed")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded into the model; the message names the file and keys."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A file ``torch.load`` cannot read; ``reason`` says what the file is (size, first bytes)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} cannot be loaded: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass
@@ -89,21 +103,112 @@ class LoadReport:
 
 
 def torch_load(path: str, unsafe: bool = False) -> Any:
-    """``torch.load`` on CPU with ``weights_only=True`` and the VideoMAE allow-list."""
+    """``torch.load`` on CPU with ``weights_only=True`` and the VideoMAE allow-list.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnreadableCheckpointError: the file is no complete PyTorch checkpoint (the message says
+            what it is instead).
+        CheckpointError: a complete checkpoint whose pickle holds classes outside the allow-list
+            (the message names ``--unsafe_load``).
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if unsafe:
         logger.warning("loading %s with full unpickling (--unsafe_load): only for trusted files",
                        path)
-        return torch.load(path, map_location="cpu", weights_only=False)
     try:
+        if unsafe:
+            return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds objects that are not tensors or allow-listed types, so it was not "
-            f"unpickled ({str(err).splitlines()[0]}). If you trust the file, pass --unsafe_load "
-            f"(or unsafe=True) to permit full unpickling.") from err
+    except (MemoryError, IsADirectoryError, PermissionError):
+        raise  # about the machine or the path, not the file's content: torch's message is clear
+    except Exception as err:  # torch reports bad content as RuntimeError, OSError, EOFError, ...
+        problem = diagnose_file(path)
+        if problem is None and isinstance(err, pickle.UnpicklingError) and not unsafe:
+            # A complete checkpoint whose pickle the weights_only unpickler refused: only here
+            # can full unpickling help.
+            raise CheckpointError(
+                f"{path} holds objects that are not tensors or allow-listed types, so it was not "
+                f"unpickled ({str(err).splitlines()[0]}). If you trust the file, pass "
+                f"--unsafe_load (or unsafe=True) to permit full unpickling.") from err
+        if problem is None:
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            problem = f"corrupt PyTorch checkpoint ({type(err).__name__}: {first_line})"
+        raise UnreadableCheckpointError(path, f"{problem}; {_describe_bytes(path)}") from err
+
+
+_HEAD_BYTES = 48
+
+
+def _describe_bytes(path: str) -> str:
+    """Size and first bytes of a file, printable: ``1,234 bytes, starting b'<!DOCTYPE ...'``."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "0 bytes"
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    return f"{size:,} bytes, starting {head!r}{'...' if size > len(head) else ''}"
+
+
+def diagnose_file(path: str) -> Optional[str]:
+    """What a file that ``torch.load`` failed on is, or None when it looks like a complete
+    PyTorch checkpoint (zip archive with ``data.pkl``, or legacy pickles that end properly).
+
+    Only the start of the file, a zip's directory and its ``data.pkl`` are read, never the
+    tensor data.
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not head:
+        return "empty file"
+    if text.startswith(b"<!doctype html") or b"<html" in text:
+        return "an HTML page, not a PyTorch checkpoint (a failed download?)"
+    if text.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the checkpoint itself (run `git lfs pull`?)"
+    if head.startswith(b"PK\x03\x04"):  # torch >= 1.6 writes zip archives
+        return _zip_problem(path)
+    if head[0] == 0x80:  # a pickle: torch < 1.6 wrote raw pickles
+        return None if _legacy_pickles_complete(path) else \
+            "truncated or corrupt PyTorch checkpoint (legacy pickle incomplete)"
+    return "not a PyTorch checkpoint"
+
+
+def _zip_problem(path: str) -> Optional[str]:
+    """What is wrong with a zip file as a PyTorch checkpoint, or None: a complete archive whose
+    ``data.pkl`` (small: tensors are separate entries) passes its CRC check."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:  # no end-of-archive directory: cut off or overwritten
+        return "truncated or corrupt PyTorch checkpoint (zip archive incomplete)"
+    except Exception:  # a garbled directory (undecodable names, bad offsets)
+        return "corrupt PyTorch checkpoint (zip directory unreadable)"
+    with archive:
+        pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+        if not pickles:
+            return "a zip archive, not a PyTorch checkpoint (no data.pkl)"
+        try:
+            # torch does not check CRCs: a damaged pickle must not pass for a refused class
+            archive.read(pickles[0])
+        except Exception:  # a bad CRC or local header
+            return "corrupt PyTorch checkpoint (data.pkl damaged)"
+    return None
+
+
+def _legacy_pickles_complete(path: str) -> bool:
+    """Legacy torch files start with four pickles (magic number, protocol version, system info,
+    the object) before the raw tensor bytes; all four must parse up to their STOP opcode.
+    ``pickletools.genops`` only reads opcodes, it never builds objects."""
+    with open(path, "rb") as f:
+        try:
+            for _ in range(4):
+                for _ in pickletools.genops(f):
+                    pass
+        except Exception:  # genops raises ValueError on truncation, others on garbage
+            return False
+    return True
 
 
 # --- Hugging Face transformers VideoMAE ------------------------------------------------------
@@ -550,9 +655,65 @@ def resume_candidates(output_dir: str) -> List[str]:
 
 
 def find_resume_checkpoint(output_dir: str) -> Optional[str]:
-    """The newest checkpoint in ``output_dir`` (``resume_candidates``), or None."""
+    """The newest checkpoint in ``output_dir`` (``resume_candidates``), or None. The file is not
+    read: ``load_newest_readable`` also skips one that cannot be loaded."""
     candidates = resume_candidates(output_dir)
     return candidates[0] if candidates else None
+
+
+def load_newest_readable(output_dir: str, load: Callable[[str], Loaded]
+                         ) -> Optional[Tuple[str, Loaded]]:
+    """``(path, load(path))`` for the newest checkpoint in ``output_dir`` that ``load`` can read.
+
+    A crash, a full disk or an interrupted copy can leave ``checkpoint-last`` unreadable while an
+    older ``checkpoint-N`` is intact; resuming from that one loses a few epochs instead of the
+    run. Each candidate is read once, and the object is returned, so a big file is not read again
+    to load it. Unreadable newer files are named in one warning together with the one taken.
+
+    Returns:
+        None when ``output_dir`` holds no checkpoint.
+
+    Raises:
+        CheckpointError: there are checkpoints but none can be read; the message lists each file
+            and why it failed.
+    """
+    failed: List[str] = []
+    for path in resume_candidates(output_dir):
+        try:
+            loaded = load(path)
+        # torch_load turns any bad content into a CheckpointError; read_checkpoint raises
+        # ValueError for a dict of another layout; OSError: no permission, I/O error, removed.
+        except (CheckpointError, ValueError, OSError) as err:
+            failed.append(_why_unreadable(err, path))
+            continue
+        if failed:
+            logger.warning("auto-resume: skipping unreadable %s; resuming from %s instead",
+                           "; ".join(failed), path)
+        return path, loaded
+    if failed:
+        raise CheckpointError(f"--auto_resume: no readable checkpoint in {output_dir}; tried "
+                              f"{'; '.join(failed)}. Move the damaged files away, pass --resume "
+                              f"PATH, or start afresh with --no_auto_resume or another "
+                              f"--output_dir")
+    return None
+
+
+def _why_unreadable(err: BaseException, path: str) -> str:
+    """``<file> (<reason>)`` of a failed read, brief: one line of the message."""
+    # UnreadableCheckpointError names the file itself (for a DeepSpeed folder: the file in it)
+    # and keeps the reason apart; other errors are summed up by their first line.
+    reason = getattr(err, "reason", None) or \
+        f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+    return f"{getattr(err, 'path', None) or path} ({reason})"
+
+
+def read_named_checkpoint(path: str, flag: str, unsafe: bool = False) -> Dict[str, Any]:
+    """``read_checkpoint`` of a file the user named (``--resume``): an unreadable one is an
+    error that names the flag (an older checkpoint is never taken in its place)."""
+    try:
+        return read_checkpoint(path, unsafe=unsafe)
+    except UnreadableCheckpointError as err:
+        raise CheckpointError(f"{flag} {err}") from err
 
 
 def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
@@ -653,15 +814,23 @@ class TrainingCheckpoints:
         output folder: model, optimizer, scaler, EMA. Returns the checkpoint's metadata
         (``epoch``, ``step``, ``best_acc``, ...; training continues at ``epoch + 1``) or None
         when there is nothing to resume from."""
-        path = resume or (find_resume_checkpoint(self.output_dir) if auto_resume else None)
-        if not path:
-            return None
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-        if backend.is_deepspeed:
-            meta = self._resume_deepspeed(backend.model, path)
+        ckpt: Optional[Dict[str, Any]] = None
+        if resume:  # named by the user: used or refused, never replaced by another file
+            path = resume
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+        elif auto_resume:
+            found = load_newest_readable(self.output_dir,
+                                         lambda p: read_checkpoint(p, unsafe=self.unsafe))
+            if found is None:
+                return None
+            path, ckpt = found
         else:
-            ckpt = read_checkpoint(path, unsafe=self.unsafe)
+            return None
+        if backend.is_deepspeed:
+            meta = self._resume_deepspeed(backend.model, path, ckpt)
+        else:
+            ckpt = ckpt or read_named_checkpoint(path, "--resume", self.unsafe)
             self._check(ckpt, backend.module, path)
             load_method_state(backend.module, ckpt)
             backend.load_state_dict(ckpt)
@@ -678,13 +847,16 @@ class TrainingCheckpoints:
         if not trains_whole_model(model):  # a frozen backbone must be the one trained on
             check_backbone(ckpt, self.backbone_path, path)
 
-    def _resume_deepspeed(self, engine: Any, path: str) -> Dict[str, Any]:
+    def _resume_deepspeed(self, engine: Any, path: str,
+                          ckpt: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """``ckpt``: what auto-resume already read of the folder (checked, not read again)."""
         ckpt_dir = path[:-len(DS_MODEL_FILE) - 1] if path.endswith(DS_MODEL_FILE) else path
         ckpt_dir = ckpt_dir.rstrip(os.sep)
         if os.path.isfile(ckpt_dir):
             raise ValueError(f"--resume {path}: DeepSpeed runs resume from a DeepSpeed "
                              f"checkpoint folder (checkpoint-<tag>/), not a .pth file")
-        self._check(read_checkpoint(ckpt_dir, self.unsafe), engine.module, ckpt_dir)
+        ckpt = ckpt or read_named_checkpoint(ckpt_dir, "--resume", self.unsafe)
+        self._check(ckpt, engine.module, ckpt_dir)
         load_dir, tag = os.path.split(ckpt_dir)
         _, client = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False,
                                            load_optimizer_states=True,
