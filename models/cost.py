@@ -35,6 +35,8 @@ def cost_report(model: nn.Module, num_frames: int, input_size: int,
             method.unfold(model)
     return {"model": model_name or getattr(model, "model_name", type(model).__name__),
             "transfer_type": method.name if method is not None else "end2end",
+            # The type's settings as its dataclass declares them (P, blocks, rank, ...).
+            "settings": method.config.to_dict() if method is not None else {},
             **parameter_counts(model),
             # 6 decimals: the tiny test/demo models cost a few MFLOPs.
             "gflops": round(flops / 1e9, 6), "gmacs": round(flops / 2e9, 6),

@@ -289,10 +289,6 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks:
             blk.attn.fused_attn = enabled
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
     def position_embedding(self, grid: Tuple[int, int, int], device: torch.device,
                            dtype: torch.dtype) -> torch.Tensor:
         """(1, N, D) position table for a token grid; cached so it is built once per shape."""

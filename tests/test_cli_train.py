@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,3 +232,36 @@ def test_flops_prints_one_json_line_without_data(tmp_path, capsys):
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
     assert len(lines) == 1 and json.loads(lines[0]) == report
     assert report["trainable_params"] < report["params"] and report["gflops"] > 0
+    assert report["settings"] == {"prompt_num_tokens": 2, "prompt_dropout": 0.1,
+                                  "prompt_reparam": True, "prompt_per_head": False,
+                                  "prompt_start": None, "prompt_end": None}
+
+
+def test_ema_weights_are_validated_and_tested(tmp_path, data, backbone):
+    """--model_ema: every validation and the final test also run on the EMA weights, and those
+    numbers are the EMA's: ``--eval`` of a checkpoint holding the EMA tensors as its model
+    predicts exactly what the run's EMA test wrote."""
+    out = str(tmp_path / "run")
+    run_main(tiny_argv(data, out, "prompt", finetune=backbone, model_ema=True,
+                       model_ema_decay=0.5, epochs=2, lr=0.5))
+    epochs = [r for r in read_log(out) if "epoch" in r]
+    assert [("val_ema_acc1" in r, "val_acc1" in r) for r in epochs] == [(True, True)] * 2
+    ema_final = [r for r in read_log(out) if "Final EMA top-1" in r]
+    assert len(ema_final) == 1 and ema_final[0]["tested"] == "ema"
+    ema_preds = engine.read_predictions(os.path.join(out, "predictions_ema_rank0.json"))
+    last_preds = engine.read_predictions(os.path.join(out, "predictions_rank0.json"))
+
+    ckpt = torch.load(os.path.join(out, "checkpoint-last.pth"), weights_only=True)
+    assert any(not torch.equal(ckpt["model"][k], ckpt["model_ema"][k]) for k in ckpt["model"])
+    ckpt["model"] = ckpt["model_ema"]
+    swapped = os.path.join(str(tmp_path), "ema_as_model.pth")
+    torch.save(ckpt, swapped)
+    again = str(tmp_path / "eval")
+    run_main(tiny_argv(data, again, "prompt", finetune=backbone, eval=True, resume=swapped))
+    eval_preds = engine.read_predictions(os.path.join(again, "predictions_rank0.json"))
+    for a, b in zip(sorted(ema_preds, key=lambda p: p["index"]),
+                    sorted(eval_preds, key=lambda p: p["index"])):
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a["scores"], b["scores"], atol=1e-6)
+               for a, b in zip(sorted(ema_preds, key=lambda p: p["index"]),
+                               sorted(last_preds, key=lambda p: p["index"])))
