@@ -30,10 +30,13 @@ from models.checkpoint import (check_backbone, load_newest_readable, read_checkp
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
                        add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
                        add_schedule_args, add_video_data_args, pop_compat_args)
+from datasets.video_dataset import VideoDataConfig
 from utils.config import ConfigError, FinetuneConfig
 from utils.run import RunRecords, started_run
 
 logger = logging.getLogger("run_class_apt")
+
+DATA = VideoDataConfig()  # the data options' defaults are declared there, once
 
 # Flags of the original scripts that mean nothing here (accepted with a warning).
 COMPAT_FLAGS = (
@@ -67,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="vit_base_patch16_224", type=str, metavar="MODEL")
     g.add_argument("--tubelet_size", type=int, default=2)
-    g.add_argument("--input_size", default=224, type=int, help="clip height and width")
+    g.add_argument("--input_size", default=DATA.input_size, type=int, help="clip height and width")
     g.add_argument("--fc_drop_rate", type=float, default=0.0, metavar="PCT")
     g.add_argument("--drop", type=float, default=0.0, metavar="PCT", help="dropout rate")
     g.add_argument("--attn_drop_rate", type=float, default=0.0, metavar="PCT")
@@ -96,24 +99,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_flip", action="store_true", default=False,
                    help="new: no horizontal flips in training, for data sets whose labels depend on "
                         "left/right (always off for SSV2)")
-    g.add_argument("--train_crop_scale", type=float, nargs=2, default=[0.08, 1.0],
+    g.add_argument("--train_crop_scale", type=float, nargs=2, default=list(DATA.crop_scale),
                    metavar=("MIN", "MAX"), help="new: area range of the training random resized crop")
-    g.add_argument("--num_sample", type=int, default=2, help="repeated augmentation: clips per video")
+    g.add_argument("--num_sample", type=int, default=DATA.num_sample, help="repeated augmentation: clips per video")
     g.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1", metavar="NAME")
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--train_interpolation", type=str, default="bicubic")
+    g.add_argument("--train_interpolation", type=str, default=DATA.train_interpolation)
 
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--short_side_size", type=int, default=224)
-    g.add_argument("--test_num_segment", type=int, default=5)
-    g.add_argument("--test_num_crop", type=int, default=3)
+    g.add_argument("--short_side_size", type=int, default=DATA.short_side_size)
+    g.add_argument("--test_num_segment", type=int, default=DATA.test_num_segment)
+    g.add_argument("--test_num_crop", type=int, default=DATA.test_num_crop)
     g.add_argument("--test_best", action="store_true", default=False,
                    help="new: run the final test on checkpoint-best (default: the last weights)")
 
     g = parser.add_argument_group("random erasing")
-    g.add_argument("--reprob", type=float, default=0.0, metavar="PCT")
-    g.add_argument("--remode", type=str, default="pixel")
-    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--reprob", type=float, default=DATA.reprob, metavar="PCT")
+    g.add_argument("--remode", type=str, default=DATA.remode)
+    g.add_argument("--recount", type=int, default=DATA.recount)
 
     g = parser.add_argument_group("mixup / cutmix (off unless --mixup or --cutmix > 0)")
     g.add_argument("--mixup", type=float, default=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .listfile import parse_list_file
 from .video_dataset import VideoClsDataset, VideoDataConfig
@@ -54,6 +54,12 @@ def config_from_args(args: argparse.Namespace, mode: str) -> VideoDataConfig:
         args: parsed flags.
         mode: 'train', 'val' or 'test'.
     """
+    default = VideoDataConfig()  # the one declaration of each option's default
+
+    def option(name: str, value_name: Optional[str] = None) -> Any:
+        value = getattr(args, name, None)
+        return getattr(default, value_name or name) if value is None else value
+
     data_set = getattr(args, "data_set", "custom")
     aa = getattr(args, "aa", None)
     use_aa = mode == "train" and bool(getattr(args, "is_aa", False)) and aa not in (None, "", "None", "none")
@@ -62,24 +68,24 @@ def config_from_args(args: argparse.Namespace, mode: str) -> VideoDataConfig:
         raise ValueError(f"--num_segments {num_segments} is not supported: clips have "
                          f"--num_frames frames from one window (use 1)")
     return VideoDataConfig(
-        num_frames=int(getattr(args, "num_frames", 16)),
-        sampling_rate=int(getattr(args, "sampling_rate", 4)),
+        num_frames=int(option("num_frames")),
+        sampling_rate=int(option("sampling_rate")),
         segment_sampling=data_set in SEGMENT_SAMPLED,
-        input_size=int(getattr(args, "input_size", 224)),
-        short_side_size=int(getattr(args, "short_side_size", 224)),
-        test_num_segment=int(getattr(args, "test_num_segment", 5)),
-        test_num_crop=int(getattr(args, "test_num_crop", 3)),
-        num_sample=int(getattr(args, "num_sample", 1) or 1),
+        input_size=int(option("input_size")),
+        short_side_size=int(option("short_side_size")),
+        test_num_segment=int(option("test_num_segment")),
+        test_num_crop=int(option("test_num_crop")),
+        num_sample=int(option("num_sample")),
         auto_augment=aa if use_aa else None,
-        train_interpolation=getattr(args, "train_interpolation", "bicubic") or "bicubic",
+        train_interpolation=option("train_interpolation"),
         # Never flip SSV2 (left/right are part of its labels); --no_flip for other such sets.
         flip=data_set not in SEGMENT_SAMPLED and not getattr(args, "no_flip", False),
-        crop_scale=tuple(getattr(args, "train_crop_scale", None) or (0.08, 1.0)),
-        reprob=float(getattr(args, "reprob", 0.0) or 0.0) if mode == "train" else 0.0,
-        remode=getattr(args, "remode", "pixel") or "pixel",
-        recount=int(getattr(args, "recount", 1) or 1),
-        video_backend=getattr(args, "video_backend", "decord") or "decord",
-        max_bad_fraction=float(getattr(args, "max_bad_fraction", 0.01)),
+        crop_scale=tuple(option("train_crop_scale", "crop_scale")),
+        reprob=float(option("reprob")) if mode == "train" else 0.0,
+        remode=option("remode"),
+        recount=int(option("recount")),
+        video_backend=option("video_backend"),
+        max_bad_fraction=float(option("max_bad_fraction")),
     )
 
 

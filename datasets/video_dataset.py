@@ -72,7 +72,7 @@ class VideoDataConfig:
     short_side_size: int = 224
     test_num_segment: int = 5
     test_num_crop: int = 3
-    num_sample: int = 1
+    num_sample: int = 2  # as the original scripts' default: two augmented clips per decode
     auto_augment: Optional[str] = None
     train_interpolation: str = "bicubic"
     flip: bool = True

@@ -139,15 +139,17 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                         video_backends: Sequence[str] = VIDEO_BACKENDS) -> ArgumentGroup:
     """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``, ``--num_frames``,
     ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``."""
+    from datasets.video_dataset import VideoDataConfig
+    defaults = VideoDataConfig()  # the data options' defaults are declared there, once
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", default=None, type=str, help=data_path_help)
     g.add_argument("--data_root", default="", type=str, help=data_root_help)
     g.add_argument("--data_set", default=data_set, choices=tuple(data_sets), type=str,
                    help=data_set_help)
-    g.add_argument("--num_frames", type=int, default=16)
-    g.add_argument("--sampling_rate", type=int, default=4)
-    g.add_argument("--video_backend", default="decord", choices=tuple(video_backends), help="new")
-    g.add_argument("--max_bad_fraction", type=float, default=0.01, help=max_bad_fraction_help)
+    g.add_argument("--num_frames", type=int, default=defaults.num_frames)
+    g.add_argument("--sampling_rate", type=int, default=defaults.sampling_rate)
+    g.add_argument("--video_backend", default=defaults.video_backend, choices=tuple(video_backends), help="new")
+    g.add_argument("--max_bad_fraction", type=float, default=defaults.max_bad_fraction, help=max_bad_fraction_help)
     return g
 
 
