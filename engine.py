@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple

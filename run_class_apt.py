@@ -32,7 +32,7 @@ from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args
                        add_schedule_args, add_video_data_args, pop_compat_args)
 from datasets.video_dataset import VideoDataConfig
 from utils.config import ConfigError, FinetuneConfig
-from utils.run import RunRecords, started_run
+from utils.run import RunRecords, run_facts, started_run
 
 logger = logging.getLogger("run_class_apt")
 
@@ -343,15 +343,16 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if cfg.eval and cfg.deepspeed:
         logger.info("--eval evaluates without the DeepSpeed engine (same numbers)")
     with started_run(cfg.run, force_group=cfg.deepspeed and not cfg.eval) as dist:
+        path, ckpt = "", None
         if cfg.eval:
             path, ckpt, cfg = read_eval_checkpoint(cfg)
-            run = prepare(cfg, dist, ckpt, path)
-            RunRecords(cfg.run.output_dir, None, dist.rank).write_json("eval_args.json",
-                                                                       cfg.flags)
-            return engine.evaluate(cfg, run, path)
-        run = prepare(cfg, dist)
-        RunRecords(cfg.run.output_dir, None, dist.rank).write_json("args.json", cfg.flags)
-        return engine.fit(cfg, run)
+        run = prepare(cfg, dist, ckpt, path)
+        # The flags as given, and what the run resolved from them.
+        resolved = {**cfg.flags, **cfg.model.architecture(), **run_facts(dist),
+                    "nb_classes": cfg.model.num_classes, "backbone_loaded": run.backbone_path}
+        RunRecords(cfg.run.output_dir, None, dist.rank).write_json(
+            "eval_args.json" if cfg.eval else "args.json", resolved)
+        return engine.evaluate(cfg, run, path) if cfg.eval else engine.fit(cfg, run)
 
 
 def cli(argv: Optional[List[str]] = None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
