@@ -101,3 +101,27 @@ def run_cli(argv: Sequence[str], nproc: int = 0, port: int = 0, timeout: int = 2
                              f"{(proc.stdout + proc.stderr)[-6000:]}")
     return proc
 
+
+
+def train_epoch(model, batches: Sequence, lrs: Sequence[float], update_freq: int = 1,
+                criterion=None, epoch: int = 0, start_steps: int = 0) -> Dict[str, float]:
+    """One ``engine.train_one_epoch`` on CPU with plain SGD (no momentum, no weight decay) and
+    the per-step learning rates ``lrs`` (indexed by global step), one optimizer step per
+    ``update_freq`` of ``batches`` (``(x, y, bad_paths)`` tuples); returns its stats.
+
+    The unit tests reach ``train_one_epoch`` only through here, so a change of its signature
+    is adapted in this one place.
+    """
+    import torch
+    import engine
+    import utils
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the schedule sets every step's lr
+    for group in optimizer.param_groups:
+        group["lr_scale"] = 1.0
+    return engine.train_one_epoch(
+        model, criterion or torch.nn.CrossEntropyLoss(), batches, optimizer,
+        torch.device("cpu"), epoch, utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
+        start_steps=start_steps, lr_schedule_values=lrs, wd_schedule_values=None,
+        num_training_steps_per_epoch=len(batches) // update_freq, update_freq=update_freq,
+        print_freq=100)

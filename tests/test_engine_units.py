@@ -19,7 +19,7 @@ import engine
 import optim_factory
 import utils
 from models import create_model
-from tests.engine_helpers import ROOT, subprocess_env
+from tests.engine_helpers import ROOT, subprocess_env, train_epoch
 
 
 def _micro(transfer_type="prompt", **kw):
@@ -113,30 +113,40 @@ def _batches(n, size=2, seed=0):
             for _ in range(n)]
 
 
-def _train(model, batches, update_freq, lrs):
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    for group in optimizer.param_groups:
-        group["lr_scale"] = 1.0
-    steps = len(batches) // update_freq
-    return engine.train_one_epoch(
-        model, nn.CrossEntropyLoss(), batches, optimizer, torch.device("cpu"), 0,
-        utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-        lr_schedule_values=lrs, wd_schedule_values=None, num_training_steps_per_epoch=steps,
-        update_freq=update_freq, print_freq=100)
+def _sgd_by_hand(model, batches, update_freq, lrs):
+    """The reference for the engine: plain mini-batch SGD, one step per ``update_freq``
+    micro-batches on their concatenation, with gradients from ``torch.autograd.grad`` (which
+    never reads or writes ``.grad``, so nothing accumulates across steps by construction)."""
+    params = list(model.parameters())
+    for step, lr in enumerate(lrs):
+        group = batches[step * update_freq:(step + 1) * update_freq]
+        x, y = torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group])
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
 
 
 def test_gradient_accumulation_equals_the_large_batch_step():
     torch.manual_seed(0)
-    a = _Linear()
-    b = _Linear()
-    b.load_state_dict(a.state_dict())
-    small = _batches(4)
+    accumulated, large_batch, reference = _Linear(), _Linear(), _Linear()
+    large_batch.load_state_dict(accumulated.state_dict())
+    reference.load_state_dict(accumulated.state_dict())
+    initial = [p.detach().clone() for p in reference.parameters()]
+    small = _batches(6)
     large = [(torch.cat([small[i][0], small[i + 1][0]]), torch.cat([small[i][1], small[i + 1][1]]), [])
-             for i in (0, 2)]
-    _train(a, small, update_freq=2, lrs=[0.3, 0.2])
-    _train(b, large, update_freq=1, lrs=[0.3, 0.2])
-    for pa, pb in zip(a.parameters(), b.parameters()):
+             for i in (0, 2, 4)]
+    # Three optimizer steps: gradients left over from one step (a missing zero_grad) would
+    # change the next ones, and the engine's two ways of running must agree with the reference.
+    lrs = [0.3, 0.2, 0.1]
+    train_epoch(accumulated, small, lrs, update_freq=2)
+    train_epoch(large_batch, large, lrs, update_freq=1)
+    _sgd_by_hand(reference, small, update_freq=2, lrs=lrs)
+    for pa, pb, pr, p0 in zip(accumulated.parameters(), large_batch.parameters(),
+                              reference.parameters(), initial):
+        assert not torch.equal(pr, p0)
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(pa, pr, rtol=1e-6, atol=1e-7)
 
 
 def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
@@ -151,7 +161,7 @@ def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
             return original(self)
 
         monkeypatch.setattr(nn.parallel.DistributedDataParallel, "no_sync", counting_no_sync)
-        _train(ddp, _batches(6), update_freq=3, lrs=[0.1, 0.1])
+        train_epoch(ddp, _batches(6), [0.1, 0.1], update_freq=3)
         assert len(entered) == 4  # micro-batches 0, 1 and 3, 4: two per optimizer step
     finally:
         dist.destroy_process_group()
@@ -165,13 +175,9 @@ def test_non_finite_loss_names_the_global_step():
         loss = nn.functional.cross_entropy(out, target)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    model = _Linear()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(engine.NonFiniteLossError, match=r"global step 7\b"):
-        engine.train_one_epoch(model, criterion, _batches(4), optimizer, torch.device("cpu"), 1,
-                               utils.NativeScalerWithGradNormCount(enabled=False, device="cpu"),
-                               start_steps=5, lr_schedule_values=[0.1] * 10,
-                               num_training_steps_per_epoch=4, print_freq=100)
+        train_epoch(_Linear(), _batches(4), [0.1] * 10, criterion=criterion, epoch=1,
+                    start_steps=5)
 
 
 # ----------------------------------------------------------------------------------- merging
