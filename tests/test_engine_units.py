@@ -20,6 +20,7 @@ import optim_factory
 import utils
 from models import create_model
 from tests.engine_helpers import ROOT, subprocess_env, train_epoch
+from tests.helpers import tiny_model
 
 
 def _micro(transfer_type="prompt", **kw):
@@ -198,6 +199,43 @@ def test_merge_counts_each_video_once(tmp_path):
         with open(engine.prediction_file(str(tmp_path), r), "w") as f:
             f.write("".join(json.dumps(p) + "\n" for p in part))
     assert engine.merge(str(tmp_path), 2) == (pytest.approx(50.0), pytest.approx(100.0))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3], ids=["one-pass", "chunks-of-3"])
+def test_final_test_scores_are_the_mean_of_softmax_over_views(tmp_path, chunk_size):
+    # APT with non-unit scales, so the test also runs the folded model against the unfolded one;
+    # a large head, so averaging logits (or taking the softmax of their mean) cannot pass as
+    # averaging probabilities within the tolerance.
+    model = tiny_model("prompt", prompt_num_tokens=2, prompt_reparam=True, init_scale=50.0)
+    with torch.no_grad():
+        model.prompt_scale.uniform_(0.5, 3.0)
+    num_views, num_videos = 4, 5  # 2 segments x 2 crops; video 4 is unreadable
+    views = torch.randn(num_videos, num_views, 3, 4, 32, 32)
+    views[4] = 0  # what the data set returns for a video it cannot decode
+    model.eval()
+    with torch.no_grad():  # one clip per forward, unfolded: independent of the engine's batching
+        expected = torch.stack([
+            torch.stack([model(clip[None])[0].softmax(-1) for clip in video]).mean(0)
+            for video in views[:4]])
+    # Labels from the expected scores: two top-1 hits, one top-5 hit (rank 2 of 7 classes), one
+    # miss (the lowest score), so the merge must give top-1 50% and top-5 75%.
+    ranked = expected.argsort(dim=-1, descending=True)
+    labels = [int(ranked[0, 0]), int(ranked[1, 0]), int(ranked[2, 1]), int(ranked[3, -1]), -1]
+    indices = [10, 11, 12, 13, 14]
+    loader = [(views[:2], torch.tensor(labels[:2]), torch.tensor(indices[:2]), []),
+              (views[2:], torch.tensor(labels[2:]), torch.tensor(indices[2:]), ["broken.mp4"])]
+    model.train()
+    file = engine.prediction_file(str(tmp_path), 0)
+    preds = engine.final_test(loader, model, torch.device("cpu"), file, chunk_size=chunk_size)
+    assert model.training  # final_test restores the mode it found
+    assert engine.read_predictions(file) == preds
+    assert [(p["index"], p["label"]) for p in preds] == list(zip(indices, labels))
+    assert preds[4]["scores"] is None and preds[4]["path"] == "broken.mp4"
+    scores = torch.tensor([p["scores"] for p in preds[:4]])
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    result = engine.merge_predictions([preds])
+    assert (result["videos"], result["bad_videos"], result["bad_paths"]) == (4, 1, ["broken.mp4"])
+    assert result["top1"] == pytest.approx(50.0) and result["top5"] == pytest.approx(75.0)
 
 
 # ------------------------------------------------------------------------------ checkpoints
