@@ -101,3 +101,28 @@ def run_cli(argv: Sequence[str], nproc: int = 0, port: int = 0, timeout: int = 2
                              f"{(proc.stdout + proc.stderr)[-6000:]}")
     return proc
 
+
+
+def train_epoch(model, batches: Sequence, lrs: Sequence[float], update_freq: int = 1,
+                criterion=None, epoch: int = 0, start_steps: int = 0,
+                distributed: bool = False) -> Dict[str, float]:
+    """One ``engine.train_one_epoch`` on CPU with plain SGD (no momentum, no weight decay) and
+    the per-step learning rates ``lrs`` (indexed by global step), one optimizer step per
+    ``update_freq`` of ``batches`` (``(x, y, bad_paths)`` tuples); returns its stats.
+
+    The unit tests reach ``train_one_epoch`` only through here, so a change of its signature
+    is adapted in this one place.
+    """
+    import torch
+    import engine
+    from utils.backend import PlainBackend
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the schedule sets every step's lr
+    for group in optimizer.param_groups:
+        group["lr_scale"] = 1.0
+    backend = PlainBackend(model, optimizer, torch.device("cpu"), None, distributed,
+                           update_freq=update_freq)
+    step_fn = engine.classification_step(criterion or torch.nn.CrossEntropyLoss())
+    return engine.train_one_epoch(backend, step_fn, batches, epoch, lr_values=lrs,
+                                  start_steps=start_steps, steps=len(batches) // update_freq,
+                                  update_freq=update_freq, print_freq=100)

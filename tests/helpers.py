@@ -7,7 +7,11 @@ import torch
 
 from models import create_model
 
-TINY = dict(num_classes=7, all_frames=4, img_size=32, embed_dim=64, depth=4, num_heads=4)
+# init_scale=1.0: VisionTransformer's default (0.0, as VideoMAE fine-tuning) multiplies the head
+# by zero, so every logit and every backbone gradient would be exactly zero and any comparison of
+# two models' outputs or gradients would compare zeros with zeros. Callers may still override it.
+TINY = dict(num_classes=7, all_frames=4, img_size=32, embed_dim=64, depth=4, num_heads=4,
+            init_scale=1.0)
 
 
 def its_settings(transfer_type: str, kwargs: dict) -> dict:
@@ -19,6 +23,7 @@ def its_settings(transfer_type: str, kwargs: dict) -> dict:
 
 
 def tiny_model(transfer_type: str = "end2end", **kwargs):
+    """A 4-block, 64-wide ViT on 4x32x32 clips (8 tokens) with a non-zero classifier head."""
     cfg = dict(TINY)
     cfg.update(its_settings(transfer_type, kwargs))
     return create_model("vit_micro_patch16", transfer_type=transfer_type, **cfg)

@@ -67,21 +67,30 @@ def test_sdpa_and_math_attention_agree(transfer_type):
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)
 
 
-def test_attention_math_path_is_the_textbook_formula():
+@pytest.mark.parametrize("fused", [False, True], ids=["math", "sdpa"])
+def test_attention_math_path_is_the_textbook_formula(fused):
     m = tiny_model().eval()
+    m.set_fused_attn(fused)  # SDPA is the default: the explicit-math path must be switched on
     attn = m.blocks[0].attn
+    assert attn.fused_attn is fused
+    with torch.no_grad():  # non-zero biases, so a bias in the wrong place shows
+        attn.q_bias.normal_(0, 0.5)
+        attn.v_bias.normal_(0, 0.5)
     x = torch.randn(2, 8, 64)
-    qkv = torch.nn.functional.linear(x, attn.qkv.weight, torch.cat((attn.q_bias, torch.zeros(64), attn.v_bias)))
-    q, k, v = qkv.view(2, 8, 3, 4, 16).permute(2, 0, 3, 1, 4)
-    ref = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v
-    ref = attn.proj(ref.transpose(1, 2).reshape(2, 8, 64))
     with torch.no_grad():
+        qkv = torch.nn.functional.linear(x, attn.qkv.weight, torch.cat((attn.q_bias, torch.zeros(64), attn.v_bias)))
+        q, k, v = qkv.view(2, 8, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        ref = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v  # 4 = sqrt(head_dim 16)
+        ref = attn.proj(ref.transpose(1, 2).reshape(2, 8, 64))
         torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("transfer_type", ["end2end", "prompt"])
 def test_gradient_checkpointing_gives_same_gradients(transfer_type):
     kwargs = dict(prompt_num_tokens=2, prompt_reparam=True) if transfer_type == "prompt" else {}
+    # Dropout and drop-path on: the recomputation in the backward must replay the forward's
+    # random masks, or checkpointing changes the gradients.
+    kwargs.update(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
     torch.manual_seed(1)
     a = tiny_model(transfer_type, **kwargs)
     b = tiny_model(transfer_type, use_checkpoint=True, **kwargs)
@@ -89,12 +98,18 @@ def test_gradient_checkpointing_gives_same_gradients(transfer_type):
     x = tiny_clip()
     for m in (a, b):
         m.train()
+        torch.manual_seed(2)  # the same masks in both forwards
         m(x).pow(2).sum().backward()
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         if pa.grad is None:
             assert pb.grad is None, name
         else:
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-7, msg=name)
+    # The comparison means something only if gradients reach the first checkpointed block (a
+    # zero head would make every gradient zero): block 0's trainable tensor must get one.
+    grads = {name: p.grad for name, p in a.named_parameters() if p.grad is not None}
+    block0 = grads["prompt_embeddings_k"][0] if transfer_type == "prompt" else grads["blocks.0.attn.qkv.weight"]
+    assert block0.abs().sum() > 0
 
 
 def test_layer_scale_drop_path_and_dropouts_run():

@@ -20,7 +20,8 @@ import optim_factory
 import utils
 from models import create_model
 from models.checkpoint import find_resume_checkpoint, read_checkpoint
-from tests.engine_helpers import ROOT, subprocess_env
+from tests.engine_helpers import ROOT, subprocess_env, train_epoch
+from tests.helpers import tiny_model
 
 
 def _micro(transfer_type="prompt", **kw):
@@ -117,33 +118,40 @@ def _batches(n, size=2, seed=0):
             for _ in range(n)]
 
 
-def _train(model, batches, update_freq, lrs, distributed=False, criterion=None, epoch=0,
-           start_steps=0):
-    """One epoch of ``engine.train_one_epoch`` with SGD (lr from ``lrs``) on the plain engine."""
-    from utils.backend import PlainBackend
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    for group in optimizer.param_groups:
-        group["lr_scale"] = 1.0
-    backend = PlainBackend(model, optimizer, torch.device("cpu"), None, distributed,
-                           update_freq=update_freq)
-    step_fn = engine.classification_step(criterion or nn.CrossEntropyLoss())
-    return engine.train_one_epoch(backend, step_fn, batches, epoch, lr_values=lrs,
-                                  start_steps=start_steps, steps=len(batches) // update_freq,
-                                  update_freq=update_freq, print_freq=100)
+def _sgd_by_hand(model, batches, update_freq, lrs):
+    """The reference for the engine: plain mini-batch SGD, one step per ``update_freq``
+    micro-batches on their concatenation, with gradients from ``torch.autograd.grad`` (which
+    never reads or writes ``.grad``, so nothing accumulates across steps by construction)."""
+    params = list(model.parameters())
+    for step, lr in enumerate(lrs):
+        group = batches[step * update_freq:(step + 1) * update_freq]
+        x, y = torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group])
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
 
 
 def test_gradient_accumulation_equals_the_large_batch_step():
     torch.manual_seed(0)
-    a = _Linear()
-    b = _Linear()
-    b.load_state_dict(a.state_dict())
-    small = _batches(4)
+    accumulated, large_batch, reference = _Linear(), _Linear(), _Linear()
+    large_batch.load_state_dict(accumulated.state_dict())
+    reference.load_state_dict(accumulated.state_dict())
+    initial = [p.detach().clone() for p in reference.parameters()]
+    small = _batches(6)
     large = [(torch.cat([small[i][0], small[i + 1][0]]), torch.cat([small[i][1], small[i + 1][1]]), [])
-             for i in (0, 2)]
-    _train(a, small, update_freq=2, lrs=[0.3, 0.2])
-    _train(b, large, update_freq=1, lrs=[0.3, 0.2])
-    for pa, pb in zip(a.parameters(), b.parameters()):
+             for i in (0, 2, 4)]
+    # Three optimizer steps: gradients left over from one step (a missing zero_grad) would
+    # change the next ones, and the engine's two ways of running must agree with the reference.
+    lrs = [0.3, 0.2, 0.1]
+    train_epoch(accumulated, small, lrs, update_freq=2)
+    train_epoch(large_batch, large, lrs, update_freq=1)
+    _sgd_by_hand(reference, small, update_freq=2, lrs=lrs)
+    for pa, pb, pr, p0 in zip(accumulated.parameters(), large_batch.parameters(),
+                              reference.parameters(), initial):
+        assert not torch.equal(pr, p0)
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(pa, pr, rtol=1e-6, atol=1e-7)
 
 
 def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
@@ -157,7 +165,7 @@ def test_no_gradient_allreduce_on_accumulation_steps(tmp_path, monkeypatch):
             return original(self)
 
         monkeypatch.setattr(nn.parallel.DistributedDataParallel, "no_sync", counting_no_sync)
-        _train(_Linear(), _batches(6), update_freq=3, lrs=[0.1, 0.1], distributed=True)
+        train_epoch(_Linear(), _batches(6), [0.1, 0.1], update_freq=3, distributed=True)
         assert len(entered) == 4  # micro-batches 0, 1 and 3, 4: two per optimizer step
     finally:
         dist.destroy_process_group()
@@ -172,8 +180,8 @@ def test_non_finite_loss_names_the_global_step():
         return loss * float("nan") if len(calls) == 3 else loss
 
     with pytest.raises(engine.NonFiniteLossError, match=r"global step 7\b"):
-        _train(_Linear(), _batches(4), update_freq=1, lrs=[0.1] * 10, criterion=criterion,
-               epoch=1, start_steps=5)
+        train_epoch(_Linear(), _batches(4), [0.1] * 10, criterion=criterion, epoch=1,
+                    start_steps=5)
 
 
 # ----------------------------------------------------------------------------------- merging
@@ -194,6 +202,43 @@ def test_merge_counts_each_video_once(tmp_path):
         with open(engine.prediction_file(str(tmp_path), r), "w") as f:
             f.write("".join(json.dumps(p) + "\n" for p in part))
     assert engine.merge(str(tmp_path), 2) == (pytest.approx(50.0), pytest.approx(100.0))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3], ids=["one-pass", "chunks-of-3"])
+def test_final_test_scores_are_the_mean_of_softmax_over_views(tmp_path, chunk_size):
+    # APT with non-unit scales, so the test also runs the folded model against the unfolded one;
+    # a large head, so averaging logits (or taking the softmax of their mean) cannot pass as
+    # averaging probabilities within the tolerance.
+    model = tiny_model("prompt", prompt_num_tokens=2, prompt_reparam=True, init_scale=50.0)
+    with torch.no_grad():
+        model.prompt_scale.uniform_(0.5, 3.0)
+    num_views, num_videos = 4, 5  # 2 segments x 2 crops; video 4 is unreadable
+    views = torch.randn(num_videos, num_views, 3, 4, 32, 32)
+    views[4] = 0  # what the data set returns for a video it cannot decode
+    model.eval()
+    with torch.no_grad():  # one clip per forward, unfolded: independent of the engine's batching
+        expected = torch.stack([
+            torch.stack([model(clip[None])[0].softmax(-1) for clip in video]).mean(0)
+            for video in views[:4]])
+    # Labels from the expected scores: two top-1 hits, one top-5 hit (rank 2 of 7 classes), one
+    # miss (the lowest score), so the merge must give top-1 50% and top-5 75%.
+    ranked = expected.argsort(dim=-1, descending=True)
+    labels = [int(ranked[0, 0]), int(ranked[1, 0]), int(ranked[2, 1]), int(ranked[3, -1]), -1]
+    indices = [10, 11, 12, 13, 14]
+    loader = [(views[:2], torch.tensor(labels[:2]), torch.tensor(indices[:2]), []),
+              (views[2:], torch.tensor(labels[2:]), torch.tensor(indices[2:]), ["broken.mp4"])]
+    model.train()
+    file = engine.prediction_file(str(tmp_path), 0)
+    preds = engine.final_test(loader, model, torch.device("cpu"), file, chunk_size=chunk_size)
+    assert model.training  # final_test restores the mode it found
+    assert engine.read_predictions(file) == preds
+    assert [(p["index"], p["label"]) for p in preds] == list(zip(indices, labels))
+    assert preds[4]["scores"] is None and preds[4]["path"] == "broken.mp4"
+    scores = torch.tensor([p["scores"] for p in preds[:4]])
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    result = engine.merge_predictions([preds])
+    assert (result["videos"], result["bad_videos"], result["bad_paths"]) == (4, 1, ["broken.mp4"])
+    assert result["top1"] == pytest.approx(50.0) and result["top5"] == pytest.approx(75.0)
 
 
 # ------------------------------------------------------------------------------ checkpoints

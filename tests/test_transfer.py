@@ -110,9 +110,13 @@ def test_reparam_with_unit_scales_equals_no_reparam():
     a = tiny_model("prompt", prompt_num_tokens=4, prompt_reparam=True).eval()
     b = tiny_model("prompt", prompt_num_tokens=4, prompt_reparam=False).eval()
     b.load_state_dict({k: v for k, v in a.state_dict().items() if k != "prompt_scale"})
+    assert torch.equal(a.prompt_scale, torch.ones_like(a.prompt_scale))  # the scales start at 1
     x = tiny_clip()
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+        # The equality means something only if the scales act: a scale above 1 changes the output.
+        a.prompt_scale[1, 1, 2] = 2.0  # one value prompt of block 1
+        assert not torch.allclose(a(x), b(x))
 
 
 # --- APT against an independent reference written from the equations (docs/METHODS.md, APT) --
@@ -208,6 +212,8 @@ def test_vpt_deep_replaces_prompts_before_every_block_and_pools_video_tokens():
     shallow = tiny_model("vpt", prompt_num_tokens=3, vpt_mode="shallow").eval()
     io = _block_io(shallow, x)
     assert torch.equal(io[1][0], io[0][1])  # shallow: prompts carried through, not replaced
+    with torch.no_grad():
+        torch.testing.assert_close(shallow(x), shallow.head(shallow.fc_norm(io[-1][1][:, 3:].mean(1))))
 
 
 def test_approx_block_output_follows_the_equation():
@@ -260,37 +266,54 @@ def test_adapter_and_lora_start_as_the_frozen_model_and_follow_their_equations()
 # --- inference folding ----------------------------------------------------------------------
 def test_apt_scales_fold_into_the_prompts_exactly():
     model = tiny_model("prompt", prompt_num_tokens=3, prompt_reparam=True).eval()
+    # Scales below (clamped to 1), at and above 1, different for every block and for keys and
+    # values, so a fold that skips the clamp, swaps keys and values or mixes up blocks shows.
+    scales = torch.tensor([0.5, 1.0, 2.5]).repeat(4, 2, 1)  # (L, 2, P)
+    scales[:, :, 2] += 0.5 * torch.arange(8.0).view(4, 2)
     with torch.no_grad():
-        model.prompt_scale.copy_(torch.tensor([0.5, 1.0, 2.5]).repeat(4, 2, 1))
+        model.prompt_scale.copy_(scales)
     x = tiny_clip()
     original_k = model.prompt_embeddings_k.detach().clone()
+    original_v = model.prompt_embeddings_v.detach().clone()
     with torch.no_grad():
         before = model(x)
         model.transfer.fold(model)
         folded = model(x)
+        clamped = torch.maximum(scales, torch.ones_like(scales))  # (L, 2, P)
+        torch.testing.assert_close(model.prompt_embeddings_k, original_k * clamped[:, 0, :, None])
+        torch.testing.assert_close(model.prompt_embeddings_v, original_v * clamped[:, 1, :, None])
         model.transfer.unfold(model)
         after = model(x)
     torch.testing.assert_close(folded, before, rtol=1e-6, atol=1e-7)
     assert torch.equal(after, before) and torch.equal(model.prompt_embeddings_k, original_k)
+    assert torch.equal(model.prompt_embeddings_v, original_v)
 
 
 def test_lora_merges_into_qkv_and_unmerges_exactly():
-    model = tiny_model("lora", lora_rank=2).eval()
-    with torch.no_grad():
+    rank, alpha = 2, 3.0  # scaling alpha / rank = 1.5: a merge that drops it shows
+    model = tiny_model("lora", lora_rank=rank, lora_alpha=alpha).eval()
+    with torch.no_grad():  # B starts at zero, which would make the merge an identity
         for blk in model.blocks:
             blk.attn.qkv_delta.lora_B_q.normal_(0, 0.1)
             blk.attn.qkv_delta.lora_B_v.normal_(0, 0.1)
     x = tiny_clip()
-    weight = model.blocks[0].attn.qkv.weight.detach().clone()
+    weights = [blk.attn.qkv.weight.detach().clone() for blk in model.blocks]
     with torch.no_grad():
         before = model(x)
         model.transfer.fold(model)
-        assert not torch.equal(model.blocks[0].attn.qkv.weight, weight)
+        for blk, w in zip(model.blocks, weights):
+            lora = blk.attn.qkv_delta
+            # W + (alpha / rank) [B_q A_q ; 0 ; B_v A_v], the keys' rows untouched
+            expected = w + alpha / rank * torch.cat((lora.lora_B_q @ lora.lora_A_q, torch.zeros(64, 64),
+                                                      lora.lora_B_v @ lora.lora_A_v))
+            torch.testing.assert_close(blk.attn.qkv.weight, expected)
         merged = model(x)
         model.transfer.unfold(model)
         after = model(x)
     torch.testing.assert_close(merged, before, rtol=1e-5, atol=1e-6)
-    assert torch.equal(model.blocks[0].attn.qkv.weight, weight) and torch.equal(after, before)
+    for blk, w in zip(model.blocks, weights):
+        assert torch.equal(blk.attn.qkv.weight, w)
+    assert torch.equal(after, before)
 
 
 # --- saving one method on its own ------------------------------------------------------------
