@@ -115,6 +115,11 @@ def torch_load(path: str, unsafe: bool = False) -> Any:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if unsafe:
+        # Full unpickling runs whatever the bytes say: look at the file first, so garbage (an
+        # HTML page, random bytes) is described instead of executed (or exhausting memory).
+        problem = diagnose_file(path)
+        if problem is not None:
+            raise UnreadableCheckpointError(path, f"{problem}; {_describe_bytes(path)}")
         logger.warning("loading %s with full unpickling (--unsafe_load): only for trusted files",
                        path)
     try:

@@ -3,6 +3,7 @@ checkpoint, and a file that is no checkpoint at all is described (size, first by
 instead of answered with advice to unpickle it."""
 import io
 import logging
+import random
 import os
 import zipfile
 
@@ -39,10 +40,16 @@ def _resume(out, model, resume="", optimizer=None):
     return TrainingCheckpoints(str(out), {}).resume(resume, True, _backend(model, optimizer))
 
 
+def _garbage(n: int) -> bytes:
+    """``n`` fixed pseudo-random bytes (seeded: a random first byte of 0x80 or b"P" would look
+    like the start of a pickle or a zip 1 time in 128 and change the diagnosis)."""
+    return random.Random(n).randbytes(n)
+
+
 def _damage(path: str, how: str) -> None:
     """Replace a good file by its first half, or by as many random bytes."""
     data = open(path, "rb").read()
-    damaged = data[:len(data) // 2] if how == "truncated" else os.urandom(len(data))
+    damaged = data[:len(data) // 2] if how == "truncated" else _garbage(len(data))
     with open(path, "wb") as f:
         f.write(damaged)
 
@@ -191,7 +198,7 @@ NOT_CHECKPOINTS = {
                   "truncated or corrupt PyTorch checkpoint (zip archive incomplete)"),
     "truncated_small": (lambda: _real_checkpoint_bytes()[:20_000],
                         "truncated or corrupt PyTorch checkpoint (zip archive incomplete)"),
-    "random": (lambda: os.urandom(4096), "not a PyTorch checkpoint"),
+    "random": (lambda: _garbage(4096), "not a PyTorch checkpoint"),
     "other_zip": (_not_a_zip_of_torch, "a zip archive, not a PyTorch checkpoint"),
     "legacy_truncated": (lambda: _legacy_checkpoint_bytes({"w": torch.ones(3)})[:60],
                          "truncated or corrupt PyTorch checkpoint (legacy pickle incomplete)"),
