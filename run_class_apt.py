@@ -289,7 +289,7 @@ def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
             raise FileNotFoundError(f"{eval_path} was trained on the backbone {path}, which is "
                                     f"no longer there: pass it with --finetune")
         if path:
-            logger.info("--eval: loading the backbone recorded in the checkpoint: %s", path)
+            logger.info("loading the backbone recorded in %s: %s", eval_path, path)
     if not path:
         logger.warning("no --finetune checkpoint: the %s backbone keeps its random "
                        "initialisation", cfg.model.model)
