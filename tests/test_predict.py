@@ -243,7 +243,7 @@ def test_script_entry_prints_the_table(tmp_path, data, trained):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "predict.py"), "--resume",
          os.path.join(trained, "checkpoint-last.pth"), video, "--device", "cpu",
-         "--num_workers", "0", "--topk", "2"],
+         "--topk", "2"],
         cwd=str(tmp_path), env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -85,7 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--batch_size", type=int, default=30, help="clips per forward pass")
-    g.add_argument("--num_workers", type=int, default=4, help="decoding processes")
+    g.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="decoding processes (default: up to 4, at most the CPU count)")
     g.add_argument("--amp", action="store_true", default=None,
                    help="mixed precision (default: the checkpoint's setting: on for CUDA)")
     g.add_argument("--no_amp", action="store_false", dest="amp")
@@ -271,8 +273,10 @@ def video_loader(videos: Sequence[str], cfg: FinetuneConfig, batch_size: int,
     # The label is unknown: 0 is a valid class for the dataset and is never read back.
     records = [datasets.VideoRecord(path=v, label=0, line=i) for i, v in enumerate(videos, 1)]
     dataset = datasets.VideoClsDataset(records, "test", data_cfg, INPUT_NAME)
+    videos_per_batch = max(1, batch_size // dataset.num_views)
+    num_workers = min(num_workers, math.ceil(len(dataset) / videos_per_batch))  # none idle
     return torch.utils.data.DataLoader(
-        dataset, batch_size=max(1, batch_size // dataset.num_views), shuffle=False,
+        dataset, batch_size=videos_per_batch, shuffle=False,
         num_workers=num_workers, collate_fn=datasets.collate_eval,
         pin_memory=device.type == "cuda",
         worker_init_fn=datasets.seed_worker if num_workers > 0 else None)
