@@ -70,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the backbone the checkpoint was trained on, when the file it recorded "
                         "is no longer there (checkpoints of frozen-backbone methods hold only "
                         "the trained tensors)")
-    p.add_argument("--topk", type=int, default=5, help="classes per video")
+    p.add_argument("--topk", type=int, default=5, help="classes per video (default 5)")
     p.add_argument("--class_names", default="", metavar="FILE",
                    help=f"'<label> <name>' per line (default: {CLASSES_FILE} next to the "
                         f"checkpoint's list files, else class indices)")
@@ -85,13 +85,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--video_backend", default=None, choices=VIDEO_BACKENDS)
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--batch_size", type=int, default=30, help="clips per forward pass")
+    g.add_argument("--batch_size", type=int, default=30,
+                   help="clips per forward pass (default 30: whole videos of 2x3, 5x3 or 10x3 "
+                        "views)")
     g.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="decoding processes (default: up to 4, at most the CPU count)")
     g.add_argument("--amp", action="store_true", default=None,
-                   help="mixed precision (default: the checkpoint's setting: on for CUDA)")
+                   help="mixed precision (default: the checkpoint's --amp/--no_amp; unset "
+                        "there: on for CUDA, off on CPU)")
     g.add_argument("--no_amp", action="store_false", dest="amp")
-    g.add_argument("--log_every", type=int, default=10, help="progress line every N batches")
+    g.add_argument("--log_every", type=int, default=10,
+                   help="progress line every N batches (default 10)")
     g.add_argument("--unsafe_load", action="store_true", default=False,
                    help="allow full unpickling of a checkpoint you trust")
     return p
