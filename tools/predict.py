@@ -262,7 +262,7 @@ def find_videos(inputs: Sequence[str]) -> List[str]:
 
 
 def video_loader(videos: Sequence[str], cfg: FinetuneConfig, batch_size: int,
-                num_workers: int, device: torch.device) -> torch.utils.data.DataLoader:
+                 num_workers: int, device: torch.device) -> torch.utils.data.DataLoader:
     """The engine's test items (all views of a video in one item) for ``videos``, in order.
 
     Args:
