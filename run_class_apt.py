@@ -289,7 +289,7 @@ def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
             raise FileNotFoundError(f"{eval_path} was trained on the backbone {path}, which is "
                                     f"no longer there: pass it with --finetune")
         if path:
-            logger.info("--eval: loading the backbone recorded in the checkpoint: %s", path)
+            logger.info("loading the backbone recorded in %s: %s", eval_path, path)
     if not path:
         logger.warning("no --finetune checkpoint: the %s backbone keeps its random "
                        "initialisation", cfg.model.model)
@@ -300,24 +300,51 @@ def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
     return path
 
 
-def prepare(cfg: FinetuneConfig, dist: utils.DistState,
-            eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = "") -> engine.Prepared:
-    """The model (backbone loaded, checkpoint applied for ``--eval``) and the loaders."""
+def build_model(cfg: FinetuneConfig) -> torch.nn.Module:
+    """The network of the settings, with its initial tensors seeded by ``--seed`` (the same
+    on every rank). Builds from the settings only: bad transfer flags fail here, before any
+    data or weights are read."""
+    utils.seed_everything(cfg.run.seed)
+    return cfg.model.build()
+
+
+def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device,
+                 eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = ""
+                 ) -> Tuple[Optional[str], Dict[str, int]]:
+    """Load the backbone into ``model`` (and, for a checkpoint to evaluate, its tensors, after
+    checking it was trained on that backbone), then move the model to ``device``.
+
+    Args:
+        cfg: the settings (``--finetune`` and how to read it).
+        model: from :func:`build_model`.
+        device: where the model runs.
+        eval_ckpt: a read training checkpoint to apply (``--eval``), or None.
+        eval_path: its path, for messages.
+
+    Returns:
+        The backbone file loaded (None when none was) and the parameter counts.
+    """
     from models import load_method_state, parameter_counts
-    utils.seed_everything(cfg.run.seed)  # the same initial model on every rank
-    model = cfg.model.build()  # before any data: bad transfer flags fail here
-    utils.seed_everything(cfg.run.seed + dist.rank)
-    check_data_paths(cfg)
     backbone_path = load_backbone(cfg, model, eval_ckpt, eval_path)
     if eval_ckpt is not None:
         check_backbone(eval_ckpt, backbone_path, eval_path)
         load_method_state(model, eval_ckpt)
         logger.info("evaluating %s (epoch %s)", eval_path, eval_ckpt.get("epoch"))
-    model.to(dist.device)
+    model.to(device)
     counts = parameter_counts(model)
     logger.info("model %s, transfer type %s: %d parameters, %d trainable (%.3f%%)",
                 cfg.model.model, model.transfer, counts["params"], counts["trainable_params"],
                 100.0 * counts["trainable_params"] / max(counts["params"], 1))
+    return backbone_path, counts
+
+
+def prepare(cfg: FinetuneConfig, dist: utils.DistState,
+            eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = "") -> engine.Prepared:
+    """The model (backbone loaded, checkpoint applied for ``--eval``) and the loaders."""
+    model = build_model(cfg)  # before any data: bad transfer flags fail here
+    utils.seed_everything(cfg.run.seed + dist.rank)
+    check_data_paths(cfg)
+    backbone_path, counts = load_weights(cfg, model, dist.device, eval_ckpt, eval_path)
     amp_dtype = utils.amp_dtype_for(dist.device, cfg.run.amp, cfg.run.amp_dtype)
     return engine.Prepared(model, build_loaders(cfg, dist), dist, amp_dtype, backbone_path,
                            counts)

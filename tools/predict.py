@@ -1,0 +1,468 @@
+"""What action is in this video? The top-k classes of video files from a trained checkpoint.
+
+Usage::
+
+    python tools/predict.py --resume OUT/checkpoint-best.pth VIDEO_OR_FOLDER [...] \\
+        [--finetune BACKBONE] [--topk 5] [--output predictions.json|.csv]
+
+The network (backbone, transfer type and its settings, class count), the clip shape and the
+test views come from the flags the checkpoint saved (``ckpt["args"]``); the clip and view flags
+below override them. Each video gets the multi-view test of the engine (``engine_eval.final_test``:
+``test_num_segment x test_num_crop`` views, decoded once, softmax averaged over the views), so the
+probabilities are those ``run_class_apt.py --eval`` writes to ``predictions_rank0.json``.
+
+Two halves, kept apart so that several checkpoints can share them: :func:`load_model` (a
+checkpoint -> a :class:`LoadedModel` on its device) and :func:`predict` (a model and video paths
+-> one :class:`Answer` per video).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402  (after the checkout is on sys.path, as the other tools)
+
+import utils  # noqa: E402
+from utils.config import ConfigError, FinetuneConfig  # noqa: E402
+
+logger = logging.getLogger("predict")
+
+# Containers a folder is searched for (case-insensitive); a file named on the command line is
+# taken whatever its extension.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".ogv")
+# Flags that override the checkpoint's saved ones (None: keep the saved value).
+CLIP_FLAGS = ("num_frames", "sampling_rate", "input_size", "short_side_size",
+              "test_num_segment", "test_num_crop", "video_backend")
+CLASSES_FILE = "classes.txt"
+# The dataset names a bad video by this "list file" and its 1-based position in the inputs.
+INPUT_NAME = "predict.py inputs"
+
+
+# ------------------------------------------------------------------------------------- flags
+def get_args_parser() -> argparse.ArgumentParser:
+    """The flags of ``tools/predict.py``."""
+    from datasets.build import DATA_SETS
+    from utils.cli import VIDEO_BACKENDS
+    p = argparse.ArgumentParser(
+        "tools/predict.py", description="Top-k action classes of video files, with the "
+        "multi-view test of a trained checkpoint.")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files, or folders searched recursively for "
+                        f"{', '.join(e[1:] for e in VIDEO_EXTENSIONS)} files")
+    p.add_argument("--resume", required=True, metavar="CKPT",
+                   help="training checkpoint of run_class_apt.py (checkpoint-*.pth or a "
+                        "DeepSpeed checkpoint-*/ folder)")
+    p.add_argument("--finetune", default="", metavar="BACKBONE",
+                   help="the backbone the checkpoint was trained on, when the file it recorded "
+                        "is no longer there (checkpoints of frozen-backbone methods hold only "
+                        "the trained tensors)")
+    p.add_argument("--topk", type=int, default=5, help="classes per video (default 5)")
+    p.add_argument("--class_names", default="", metavar="FILE",
+                   help=f"'<label> <name>' per line (default: {CLASSES_FILE} next to the "
+                        f"checkpoint's list files, else class indices)")
+    p.add_argument("--output", default="", metavar="FILE",
+                   help="also write the answers to FILE.json or FILE.csv")
+    g = p.add_argument_group("clip and views (default: the checkpoint's flags)")
+    for name in ("num_frames", "sampling_rate", "input_size", "short_side_size",
+                 "test_num_segment", "test_num_crop"):
+        g.add_argument(f"--{name}", type=int, default=None)
+    g.add_argument("--data_set", default=None, choices=DATA_SETS,
+                   help="sampling of the data set (SSV2: one frame per segment)")
+    g.add_argument("--video_backend", default=None, choices=VIDEO_BACKENDS)
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--batch_size", type=int, default=30,
+                   help="clips per forward pass (default 30: whole videos of 2x3, 5x3 or 10x3 "
+                        "views)")
+    g.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="decoding processes (default: up to 4, at most the CPU count)")
+    g.add_argument("--amp", action="store_true", default=None,
+                   help="mixed precision (default: the checkpoint's --amp/--no_amp; unset "
+                        "there: on for CUDA, off on CPU)")
+    g.add_argument("--no_amp", action="store_false", dest="amp")
+    g.add_argument("--log_every", type=int, default=10,
+                   help="progress line every N batches (default 10)")
+    g.add_argument("--unsafe_load", action="store_true", default=False,
+                   help="allow full unpickling of a checkpoint you trust")
+    return p
+
+
+# ------------------------------------------------------------------------- loading a model
+@dataclass(frozen=True)
+class LoadedModel:
+    """A trained network ready to test, with the settings it was trained with.
+
+    Args:
+        path: the checkpoint.
+        cfg: the checkpoint's settings, with the command line's clip and view overrides.
+        model: the network on ``device`` (weights loaded).
+        device: where it runs.
+        amp_dtype: autocast dtype of its forward passes (None: float32).
+        class_names: a name per class index.
+    """
+
+    path: str
+    cfg: FinetuneConfig
+    model: torch.nn.Module
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    class_names: List[str]
+
+
+def checkpoint_config(ckpt: Dict[str, Any], path: str, overrides: Dict[str, Any],
+                      finetune: str = "", unsafe_load: bool = False) -> FinetuneConfig:
+    """The settings of the run that wrote ``ckpt``: ``run_class_apt.py``'s defaults, then the
+    flags it saved, then ``overrides`` (values None are left out).
+
+    The backbone is not taken from the saved ``--finetune``: as for ``--eval``, the checkpoint's
+    own record of it (``ckpt["backbone"]``) is used unless ``finetune`` names one.
+
+    Args:
+        ckpt: a read training checkpoint.
+        path: its path, for messages.
+        overrides: flag name -> value (``num_frames``, ``test_num_crop``, ``data_set``, ...).
+        finetune: ``--finetune``.
+        unsafe_load: ``--unsafe_load``.
+
+    Raises:
+        ConfigError: not a fine-tuning checkpoint of ``run_class_apt.py`` (no saved flags, or
+            no ``transfer_type``: pre-training checkpoints have no classifier).
+    """
+    import run_class_apt
+    saved = ckpt.get("args")
+    if not isinstance(saved, dict) or "transfer_type" not in ckpt:
+        raise ConfigError(f"--resume {path}: not a checkpoint of run_class_apt.py (no saved "
+                          f"flags 'args' or no 'transfer_type'; a pre-training checkpoint has "
+                          f"no classifier): tools/predict.py needs a fine-tuning checkpoint")
+    args = run_class_apt.get_args_parser().parse_args([])
+    vars(args).update(saved)
+    if "transfer_type" not in saved:
+        args.transfer_type = ckpt["transfer_type"]  # not the parser's default
+    data_set = overrides.get("data_set")
+    vars(args).update({k: v for k, v in overrides.items() if v is not None and k != "data_set"})
+    args.finetune, args.unsafe_load, args.eval = finetune, unsafe_load, True
+    cfg = FinetuneConfig.from_args(args)
+    model_cfg, changes = cfg.model.with_architecture(saved)
+    for change in changes:
+        logger.warning("%s: using the checkpoint's %s", path, change)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    if data_set:  # sampling only: the class count stays the checkpoint's
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_set=data_set))
+    return cfg
+
+
+def load_model(path: str, device: torch.device, overrides: Optional[Dict[str, Any]] = None,
+               finetune: str = "", class_names: str = "", unsafe_load: bool = False
+               ) -> LoadedModel:
+    """Read a training checkpoint and build its network with its weights on ``device``.
+
+    Args:
+        path: ``checkpoint-*.pth`` or a DeepSpeed ``checkpoint-*/`` folder.
+        device: where the model runs.
+        overrides: flags that replace the saved ones (see :func:`checkpoint_config`).
+        finetune: the backbone file, when the one the checkpoint recorded is gone.
+        class_names: a ``<label> <name>`` file ('' = ``classes.txt`` next to the list files).
+        unsafe_load: allow full unpickling.
+
+    Raises:
+        FileNotFoundError: no such checkpoint, or its backbone is gone and no ``finetune``.
+        CheckpointError: unreadable checkpoint, or another backbone than it was trained on.
+    """
+    import run_class_apt
+    from models.checkpoint import read_named_checkpoint
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    ckpt = read_named_checkpoint(path, "--resume", unsafe_load)
+    cfg = checkpoint_config(ckpt, path, overrides or {}, finetune, unsafe_load)
+    model = run_class_apt.build_model(cfg)
+    run_class_apt.load_weights(cfg, model, device, ckpt, path)
+    amp_dtype = utils.amp_dtype_for(device, cfg.run.amp, cfg.run.amp_dtype)
+    names = read_class_names(class_names, cfg.model.num_classes) if class_names \
+        else default_class_names(cfg)
+    return LoadedModel(path, cfg, model, device, amp_dtype, names)
+
+
+def read_class_names(path: str, num_classes: int, flag: str = "--class_names") -> List[str]:
+    """Class names from ``<label> <name>`` lines (the ``classes.txt`` the list-file tools
+    write; a name may hold spaces). Labels without a line are named by their index.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: a line without a label in ``[0, num_classes)``, naming file and line.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    names = [str(i) for i in range(num_classes)]
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            parts = raw.strip().split(None, 1)
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) >= num_classes:
+                raise ConfigError(f"{path}:{lineno}: expected '<label> <name>' with a label in "
+                                  f"[0, {num_classes}) (the checkpoint's class count), got "
+                                  f"{raw.strip()!r}; pass the right file with --class_names")
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def default_class_names(cfg: FinetuneConfig) -> List[str]:
+    """Names from ``classes.txt`` next to the checkpoint's list files (``--data_path``, then
+    ``--eval_data_path``); class indices when there is none."""
+    for root in (cfg.data.data_path, cfg.data.eval_data_path):
+        if not root:
+            continue
+        folder = root if os.path.isdir(root) else os.path.dirname(root)
+        path = os.path.join(folder, CLASSES_FILE)
+        if os.path.isfile(path):
+            logger.info("class names from %s", path)
+            return read_class_names(path, cfg.model.num_classes, CLASSES_FILE)
+    logger.info("no %s next to the checkpoint's list files (--data_path %s): classes are shown "
+                "by index; --class_names FILE names them", CLASSES_FILE, cfg.data.data_path)
+    return [str(i) for i in range(cfg.model.num_classes)]
+
+
+# ------------------------------------------------------------------------------ the videos
+def find_videos(inputs: Sequence[str]) -> List[str]:
+    """The videos to answer for: each file as given, each folder's video files (recursively,
+    sorted); a video reached twice is taken once.
+
+    Raises:
+        FileNotFoundError: an input that does not exist, or a folder without video files.
+    """
+    found: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            inside = sorted(os.path.join(folder, name)
+                            for folder, _, names in os.walk(item) for name in names
+                            if name.lower().endswith(VIDEO_EXTENSIONS))
+            if not inside:
+                raise FileNotFoundError(f"{item}: no video files in this folder "
+                                        f"({', '.join(e[1:] for e in VIDEO_EXTENSIONS)})")
+            found += inside
+        elif os.path.exists(item):
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such video file or folder")
+    return list(dict.fromkeys(found))
+
+
+def video_loader(videos: Sequence[str], cfg: FinetuneConfig, batch_size: int,
+                 num_workers: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """The engine's test items (all views of a video in one item) for ``videos``, in order.
+
+    Args:
+        videos: paths; item ``i`` is ``videos[i]``.
+        cfg: the clip and view settings (``cfg.data``).
+        batch_size: clips per forward pass; a batch holds that many clips' videos (at least 1).
+        num_workers: decoding processes.
+        device: pins memory for CUDA.
+    """
+    import datasets
+    data_cfg = datasets.config_from_args(cfg.data, "test")
+    # The label is unknown: 0 is a valid class for the dataset and is never read back.
+    records = [datasets.VideoRecord(path=v, label=0, line=i) for i, v in enumerate(videos, 1)]
+    dataset = datasets.VideoClsDataset(records, "test", data_cfg, INPUT_NAME)
+    videos_per_batch = max(1, batch_size // dataset.num_views)
+    num_workers = min(num_workers, math.ceil(len(dataset) / videos_per_batch))  # none idle
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=videos_per_batch, shuffle=False,
+        num_workers=num_workers, collate_fn=datasets.collate_eval,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=datasets.seed_worker if num_workers > 0 else None)
+
+
+class VideoRate:
+    """Wraps a test loader: a progress line with videos/s and the ETA every ``every`` batches.
+
+    Args:
+        loader: yields ``(views, labels, indices, bad_paths)`` batches.
+        every: batches between progress lines.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, every: int) -> None:
+        self.loader = loader
+        self.every = max(1, every)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        total = len(self.loader.dataset)
+        done, start = 0, time.time()
+        for i, batch in enumerate(self.loader):
+            yield batch  # the caller tests the batch before the count goes on
+            done += int(batch[2].shape[0])
+            if (i + 1) % self.every == 0 or done == total:
+                rate = done / max(time.time() - start, 1e-9)
+                eta = int((total - done) / max(rate, 1e-9))
+                logger.info("%d/%d videos, %.2f videos/s, ETA %d:%02d:%02d", done,
+                            total, rate, eta // 3600, eta // 60 % 60, eta % 60)
+
+
+# ------------------------------------------------------------------------------ predicting
+@dataclass(frozen=True)
+class Answer:
+    """The top-k classes of one video, or why it has none.
+
+    Args:
+        video: the path as given.
+        topk: ``(class index, name, probability)``, most probable first; empty when unreadable.
+        error: why the video has no answer ('' when it has one).
+    """
+
+    video: str
+    topk: List[tuple]
+    error: str = ""
+
+
+def multi_view_scores(loaded: LoadedModel, videos: Sequence[str], batch_size: int,
+                      num_workers: int = 0, log_every: int = 10) -> List[Optional[List[float]]]:
+    """The engine's multi-view test of ``videos``: per video the softmax scores averaged over
+    its views, or None for a video that could not be read.
+
+    Args:
+        loaded: the model and its clip settings.
+        videos: paths.
+        batch_size: clips per forward pass.
+        num_workers: decoding processes.
+        log_every: batches between progress lines.
+    """
+    from engine_eval import final_test
+    loader = video_loader(videos, loaded.cfg, batch_size, num_workers, loaded.device)
+    # final_test's own "Test:" lines only at its first and last batch; VideoRate logs videos/s.
+    preds = final_test(VideoRate(loader, log_every), loaded.model, loaded.device, None,
+                       loaded.amp_dtype, print_freq=max(len(loader), 1), chunk_size=batch_size)
+    scores: List[Optional[List[float]]] = [None] * len(videos)
+    for p in preds:
+        scores[int(p["index"])] = p["scores"] if p["label"] >= 0 else None
+    return scores
+
+
+def top_k(scores: Sequence[float], k: int, class_names: Sequence[str]) -> List[tuple]:
+    """``(class index, name, probability)`` of the ``k`` highest scores, highest first."""
+    values, indices = torch.tensor(scores, dtype=torch.float64).topk(min(k, len(scores)))
+    return [(int(i), class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def predict(loaded: LoadedModel, videos: Sequence[str], k: int = 5, batch_size: int = 30,
+            num_workers: int = 0, log_every: int = 10) -> List[Answer]:
+    """One :class:`Answer` per video, in order (unreadable ones with ``error`` set)."""
+    scores = multi_view_scores(loaded, videos, batch_size, num_workers, log_every)
+    return [Answer(v, top_k(s, k, loaded.class_names)) if s is not None
+            else Answer(v, [], "could not be read") for v, s in zip(videos, scores)]
+
+
+# --------------------------------------------------------------------------------- outputs
+def format_table(answers: Iterable[Answer]) -> str:
+    """The answers as an aligned text table, one line per (video, rank)."""
+    rows = [("video", "#", "class", "name", "prob")]
+    for a in answers:
+        if a.error:
+            rows.append((a.video, "-", "-", a.error, "-"))
+        for rank, (index, name, prob) in enumerate(a.topk, start=1):
+            rows.append((a.video if rank == 1 else "", str(rank), str(index), name, f"{prob:.4f}"))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    right = (False, True, True, False, True)  # numbers right-aligned
+    return "\n".join("  ".join(cell.rjust(w) if r else cell.ljust(w)
+                               for cell, w, r in zip(row, widths, right)).rstrip()
+                     for row in rows)
+
+
+def write_answers(answers: Sequence[Answer], path: str) -> None:
+    """``path`` ending in .json: a list of ``{video, topk: [{class, name, prob}]}`` (an
+    unreadable video has an empty ``topk`` and an ``error``); .csv: one row per (video, rank)
+    with columns video, rank, class, name, prob, error."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        if path.lower().endswith(".json"):
+            json.dump([{"video": a.video,
+                        "topk": [{"class": c, "name": n, "prob": p} for c, n, p in a.topk],
+                        **({"error": a.error} if a.error else {})} for a in answers], f, indent=1)
+            f.write("\n")
+        else:
+            out = csv.writer(f)
+            out.writerow(["video", "rank", "class", "name", "prob", "error"])
+            for a in answers:
+                if a.error:
+                    out.writerow([a.video, "", "", "", "", a.error])
+                for rank, (index, name, prob) in enumerate(a.topk, start=1):
+                    out.writerow([a.video, rank, index, name, repr(prob), ""])
+    os.replace(tmp, path)
+
+
+def unreadable_summary(answers: Sequence[Answer]) -> str:
+    """'2 of 10 videos could not be read: a.mp4, b.mp4' ('' when every video was read)."""
+    bad = [a.video for a in answers if a.error]
+    if not bad:
+        return ""
+    return f"{len(bad)} of {len(answers)} videos could not be read: {', '.join(bad)}"
+
+
+# ------------------------------------------------------------------------------------ main
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flags that cannot work before any file is read (the message names the flag)."""
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.output and not args.output.lower().endswith((".json", ".csv")):
+        raise ConfigError(f"--output {args.output}: the name must end in .json or .csv")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Answer for the videos of the parsed command line; returns the exit status (0 when at
+    least one video was read, 1 when none could be)."""
+    check_args(args)
+    videos = find_videos(args.videos)
+    device = torch.device(args.device or utils.default_device_name())
+    overrides = {k: getattr(args, k) for k in CLIP_FLAGS + ("data_set", "amp")}
+    loaded = load_model(args.resume, device, overrides, args.finetune, args.class_names,
+                        args.unsafe_load)
+    views = loaded.cfg.data.test_views
+    logger.info("%d videos, %d views each (%d segments x %d crops), %d frames of %dx%d",
+                len(videos), views, loaded.cfg.data.test_num_segment,
+                loaded.cfg.data.test_num_crop, loaded.cfg.data.num_frames,
+                loaded.cfg.data.input_size, loaded.cfg.data.input_size)
+    answers = predict(loaded, videos, args.topk, args.batch_size, args.num_workers,
+                      args.log_every)
+    print(format_table(answers), flush=True)  # the command's output, not a log line
+    summary = unreadable_summary(answers)
+    if summary:
+        print(summary, flush=True)
+    if args.output:
+        write_answers(answers, args.output)
+        logger.info("wrote %s", args.output)
+    return 0 if any(not a.error for a in answers) else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry: the exit status (2: a flag, file or checkpoint that cannot be used,
+    with a message naming it)."""
+    from datasets import ListFileError
+    from models import CheckpointError
+    args = get_args_parser().parse_args(argv)
+    utils.setup_logging()
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, ListFileError, CheckpointError) as err:
+        logger.error("%s: %s", type(err).__name__, err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
