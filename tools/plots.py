@@ -42,7 +42,8 @@ class PlotPoint:
 
 def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
                        ylabel: str = "top-1 on held-out videos (%)",
-                       chance: Optional[float] = None) -> None:
+                       chance: Optional[float] = None,
+                       ylim: Tuple[float, float] = (0.0, 100.0)) -> None:
     """Write the plot to ``path`` (the suffix picks the format: png, pdf, svg).
 
     Args:
@@ -51,6 +52,7 @@ def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
         title: the axes title (say what the marker area means).
         ylabel: the y axis label.
         chance: draw a dashed line at this top-1 (chance level), or None.
+        ylim: the y axis range.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -70,7 +72,7 @@ def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1,
                    label=f"chance ({chance:.1f}%)")
     ax.set_xscale("log")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(*ylim)
     xs = [p.params for p in points]
     ax.set_xlim(min(xs) / 2, max(xs) * 2)
     ax.set_xlabel("trainable parameters (log scale)")
