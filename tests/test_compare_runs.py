@@ -3,6 +3,7 @@
 settings, statuses of unfinished runs and the training time read from ``run.log``."""
 import csv
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -61,7 +62,8 @@ def runs(tmp_path_factory):
             mp.setattr(engine, "train_one_epoch", stop_at_epoch_1)
             with pytest.raises(KeyboardInterrupt):
                 run_main(argv)
-    (root / "notes").mkdir()  # a folder that is no run: a glob over `root` skips it
+    (root / "notes").mkdir()  # a folder and a file that are no run: globs over `root` skip them
+    (root / "compare.csv").write_text("")
     utils.setup_logging(rank=0)  # the last run's run.log handler: nothing more is logged there
     return out
 
@@ -158,12 +160,14 @@ def test_flops_are_counted_once_per_architecture(runs, monkeypatch, capsys):
     assert all(r["GFLOPs/view"] == "" and r["trainable params"] for r in rows)
 
 
-def test_quoted_glob_and_plot(runs, tmp_path, capsys):
+def test_quoted_and_shell_globs_and_plot(runs, tmp_path, capsys):
     root = os.path.dirname(runs["a_linear"][0])
     plot = tmp_path / "runs.png"
     assert compare_runs.main([os.path.join(root, "*"), "--plot", str(plot)]) == 0
-    rows = table(capsys.readouterr().out)
-    assert sorted(os.path.basename(r["run"]) for r in rows) == sorted(runs)  # `notes` skipped
+    quoted = table(capsys.readouterr().out)
+    assert sorted(os.path.basename(r["run"]) for r in quoted) == sorted(runs)  # `notes` skipped
+    assert compare_runs.main(sorted(glob.glob(os.path.join(root, "*")))) == 0  # as a shell would
+    assert table(capsys.readouterr().out) == quoted  # compare.csv skipped too
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 

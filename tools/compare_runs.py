@@ -92,12 +92,17 @@ class Row:
 # ----------------------------------------------------------------------------------- inputs
 def expand_run_dirs(patterns: Sequence[str]) -> List[str]:
     """The run folders named by ``patterns``: paths, or globs the shell did not expand
-    (quoted); a glob keeps the folders it matches. Each folder once, in the order given."""
+    (quoted); a glob keeps the folders it matches. Files are skipped with a warning (a shell
+    glob such as ``runs/*`` also names the CSV written there). Each folder once, in the order
+    given."""
     found: List[str] = []
     for pattern in patterns:
         if os.path.exists(pattern) or not any(c in pattern for c in "*?["):
-            if not os.path.isdir(pattern):
+            if not os.path.exists(pattern):
                 raise RunDirError(f"{pattern}: no such run folder")
+            if not os.path.isdir(pattern):
+                logger.warning("%s: a file, not a run folder; skipped", pattern)
+                continue
             paths = [pattern]
         else:
             paths = sorted(p for p in glob.glob(pattern) if os.path.isdir(p))

@@ -17,6 +17,7 @@ DIRECTIONS = ((1.0, 0.0, "left", "center"), (-1.0, 0.0, "right", "center"),
               (0.7, 0.7, "left", "bottom"), (-0.7, 0.7, "right", "bottom"),
               (0.7, -0.7, "left", "top"), (-0.7, -0.7, "right", "top"))
 GAPS_PT = (3.0, 12.0, 24.0, 40.0)  # distances from the marker's edge, in points
+LABEL_PAD_PX = 2.0  # space kept around a label's text (its white backing)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def place_labels(ax: Any, xy: Sequence[Tuple[float, float]], labels: Sequence[st
                 offset = (ux * (r_pt + gap), uy * (r_pt + gap))
                 probe = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points",
                                     ha=ha, va=va, fontsize=fontsize)
-                box = probe.get_window_extent(renderer)
+                box = probe.get_window_extent(renderer).padded(LABEL_PAD_PX)
                 probe.remove()
                 cost = sum(_overlap(box, t) for t in taken) + _area(box) - _overlap(box, frame)
                 if best is None or cost < best[0]:
@@ -145,8 +146,11 @@ def place_labels(ax: Any, xy: Sequence[Tuple[float, float]], labels: Sequence[st
         _, offset, ha, va, ring, box = best
         line = dict(arrowstyle="-", color="grey", linewidth=0.5, shrinkA=0,
                     shrinkB=r_pt) if ring > 0 else None
+        # A white backing keeps the text readable over grid lines and the chance line.
         label = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha,
-                            va=va, fontsize=fontsize, arrowprops=line)
+                            va=va, fontsize=fontsize, arrowprops=line, zorder=4,
+                            bbox=dict(boxstyle="square,pad=0.1", facecolor="white",
+                                      edgecolor="none", alpha=0.8))
         taken.append(box)  # the text's box (the probe's), without the line
         made.append(label)
     return made
