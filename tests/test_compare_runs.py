@@ -166,8 +166,9 @@ def test_quoted_and_shell_globs_and_plot(runs, tmp_path, capsys):
     assert compare_runs.main([os.path.join(root, "*"), "--plot", str(plot)]) == 0
     quoted = table(capsys.readouterr().out)
     assert sorted(os.path.basename(r["run"]) for r in quoted) == sorted(runs)  # `notes` skipped
-    assert compare_runs.main(sorted(glob.glob(os.path.join(root, "*")))) == 0  # as a shell would
-    assert table(capsys.readouterr().out) == quoted  # compare.csv skipped too
+    shell = sorted(glob.glob(os.path.join(root, "*")))  # as a shell would expand it
+    assert compare_runs.main([*shell, runs["a_linear"][0] + os.sep]) == 0  # a run named twice
+    assert table(capsys.readouterr().out) == quoted  # compare.csv skipped too; each run once
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 

@@ -109,8 +109,10 @@ def expand_run_dirs(patterns: Sequence[str]) -> List[str]:
             if not paths:
                 raise RunDirError(f"{pattern!r} matches no folder")
         found += [os.path.normpath(p) for p in paths]
-    unique = {os.path.realpath(p): p for p in reversed(found)}  # the first mention wins
-    return [p for p in found if unique[os.path.realpath(p)] == p]
+    unique: Dict[str, str] = {}  # real path -> the path as first given
+    for path in found:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def read_args(run_dir: str) -> Optional[Dict[str, Any]]:
@@ -197,16 +199,16 @@ class ArchitectureCosts:
         """``{"depth", "trainable_params", "gflops", "method"}`` of the run whose ``args.json``
         is ``saved`` (``where`` names it in warnings); None where it cannot be rebuilt."""
         from utils.config import FinetuneConfig
-        try:
+        try:  # flags this checkout refuses (a removed type or model, a bad setting)
             cfg = FinetuneConfig.from_args(saved_namespace(saved)).model
+            key = json.dumps([cfg.architecture(), cfg.num_classes, cfg.num_frames,
+                              cfg.input_size], sort_keys=True, default=str)
+            if key not in self.cache:
+                self.cache[key] = self._count(cfg)
         except (ValueError, TypeError) as err:
             logger.warning("%s: cannot rebuild the model (%s); its GFLOPs are left out", where,
                            err)
             return None
-        key = json.dumps([cfg.architecture(), cfg.num_classes, cfg.num_frames, cfg.input_size],
-                         sort_keys=True, default=str)
-        if key not in self.cache:
-            self.cache[key] = self._count(cfg)
         return {**self.cache[key], "method": cfg.method}
 
     def _count(self, cfg: Any) -> Dict[str, Any]:
