@@ -108,7 +108,8 @@ def test_table_and_csv_hold_what_the_runs_logged(runs, tmp_path, capsys):
         records = logs[name]
         top, epoch = best_val(records)
         assert row["best val top-1 (epoch)"] == f"{top:.2f} ({epoch})"
-        assert row["trainable params"] == f"{[r for r in records if 'epoch' in r][-1]['n_parameters']:,}"
+        trainable = [r for r in records if "epoch" in r][-1]["n_parameters"]
+        assert row["trainable params"] == f"{trainable:,}"
         assert row["views"] == "2x2" and row["data set"].startswith("custom (")
     assert by_name["a_linear"]["best val top-1 (epoch)"].endswith("(1)")  # not the first epoch
     for name in ("a_linear", "b_prompt"):
