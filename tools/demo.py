@@ -393,32 +393,12 @@ def markdown_table(rows: List[Dict], cfg: DemoConfig, notes: List[str]) -> str:
 def plot(rows: List[Dict], path: str, chance: float) -> None:
     """Top-1 against trainable parameters (log axis), marker area proportional to GFLOPs; one
     colour per method, named in a legend outside the axes (no labels to overlap)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    largest = max(r["gflops"] for r in rows)
-    colours = plt.get_cmap("tab10")
-    for i, r in enumerate(rows):
-        ax.scatter(r["trainable_params"], r["top1"], s=300 * r["gflops"] / largest,
-                   color=colours(i), alpha=0.7, edgecolors="black", linewidths=0.6,
-                   label=f"{r['method']}: {r['top1']:.1f}%, {r['gflops']:.3g} GFLOPs")
-    ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.1f}%)")
-    ax.set_xscale("log")
-    ax.set_ylim(0, 100)
-    xs = [r["trainable_params"] for r in rows]
-    ax.set_xlim(min(xs) / 2, max(xs) * 2)
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("top-1 on held-out videos (%)")
-    ax.set_title("Synthetic motion classes: accuracy against trainable parameters\n"
-                 "(marker area proportional to GFLOPs per clip)", fontsize=9)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
-              markerscale=0.6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from tools.plots import PlotPoint, accuracy_vs_params
+    points = [PlotPoint(r["trainable_params"], r["top1"], r["gflops"], group=r["method"],
+                        legend=f"{r['method']}: {r['top1']:.1f}%, {r['gflops']:.3g} GFLOPs")
+              for r in rows]
+    accuracy_vs_params(points, path, "Synthetic motion classes: accuracy against trainable "
+                       "parameters\n(marker area proportional to GFLOPs per clip)", chance=chance)
 
 
 def check_targets(rows: Dict[str, Dict]) -> List[str]:

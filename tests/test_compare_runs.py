@@ -1,0 +1,287 @@
+"""``tools/compare_runs.py``: one table of fine-tuning runs, checked against what the runs wrote
+(``log.txt``, ``args.json``) and against ``run_class_apt.py --flops``; CSV, plot, the method's
+settings, statuses of unfinished runs and the training time read from ``run.log``."""
+import csv
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import List, Optional
+
+import pytest
+import torch
+
+import engine
+import models
+import utils
+from models import create_model
+from models.transfer import TRANSFER_TYPES, BlockRange, TransferMethod, setting
+from tests.engine_helpers import ROOT, make_data, read_log, run_main, tiny_argv
+from tools import compare_runs
+
+# Two finished runs that differ in method, backbone and result (linear: best val at epoch 1, final
+# 22.2%; APT with P=2: 33.3%), and APT stopped after epoch 0 of 2. Names sort against the result.
+RUNS = {
+    "a_linear": dict(transfer_type="linear", lr=100, seed=1, model_ema=True,
+                     model_ema_decay=0.5),
+    "b_prompt": dict(transfer_type="prompt", lr=50, seed=0, prompt_num_tokens=2, finetune=True),
+    "c_stopped": dict(transfer_type="prompt", lr=50, seed=0, prompt_num_tokens=2, finetune=True),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{name: (run folder, argv)}`` of the three runs, all in one folder."""
+    data = make_data(str(tmp_path_factory.mktemp("synthetic")))
+    torch.manual_seed(1)
+    model = create_model("vit_micro_patch16", num_classes=3, all_frames=4, img_size=32,
+                         use_mean_pooling=False)
+    backbone = str(tmp_path_factory.mktemp("backbone") / "videomae_micro_pretrain.pth")
+    torch.save({"model": {f"encoder.{k}": v for k, v in model.state_dict().items()
+                          if not k.startswith("head.")}}, backbone)
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, flags in RUNS.items():
+        flags = dict(flags, finetune=backbone if flags.get("finetune") else None)
+        argv = tiny_argv(data, str(root / name), epochs=2, **flags)
+        out[name] = (str(root / name), argv)
+        if name != "c_stopped":
+            run_main(argv)
+            continue
+        real = engine.train_one_epoch
+
+        def stop_at_epoch_1(*args, **kwargs):
+            if args[3] == 1:  # the epoch argument
+                raise KeyboardInterrupt("stopped after epoch 0")
+            return real(*args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(engine, "train_one_epoch", stop_at_epoch_1)
+            with pytest.raises(KeyboardInterrupt):
+                run_main(argv)
+    (root / "notes").mkdir()  # a folder and a file that are no run: globs over `root` skip them
+    (root / "compare.csv").write_text("")
+    utils.setup_logging(rank=0)  # the last run's run.log handler: nothing more is logged there
+    return out
+
+
+def table(text: str) -> List[dict]:
+    """The Markdown table's rows as dicts of cell text."""
+    lines = [l for l in text.splitlines() if l.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in l.strip("|").split("|")))) for l in lines[1:]]
+
+
+def best_val(records: List[dict]) -> tuple:
+    """The highest val_acc1 and the epoch of its first occurrence, as written out here."""
+    epochs = [r for r in records if "val_acc1" in r]
+    top = max(r["val_acc1"] for r in epochs)
+    return top, next(r["epoch"] for r in epochs if r["val_acc1"] == top)
+
+
+def final(records: List[dict], key: str = "Final top-1") -> Optional[dict]:
+    found = [r for r in records if key in r]
+    return found[-1] if found else None
+
+
+def test_table_and_csv_hold_what_the_runs_logged(runs, tmp_path, capsys):
+    dirs = [runs[n][0] for n in sorted(runs)]
+    csv_path = str(tmp_path / "runs.csv")
+    assert compare_runs.main([*dirs, "--csv", csv_path]) == 0
+    rows = table(capsys.readouterr().out)
+    logs = {n: read_log(runs[n][0]) for n in runs}
+    finals = {n: final(logs[n]) for n in runs}
+    assert finals["b_prompt"]["Final top-1"] > finals["a_linear"]["Final top-1"], \
+        "the runs no longer differ in top-1: the sort order below would test nothing"
+    # Sorted by top-1, highest first (not by name); the unfinished run last.
+    assert [r["run"] for r in rows] == [runs[n][0] for n in ("b_prompt", "a_linear", "c_stopped")]
+    by_name = {os.path.basename(r["run"]): r for r in rows}
+
+    flops = {}
+    for name in ("a_linear", "b_prompt"):  # the CLI's own count, on CPU
+        flops[name] = run_main([*runs[name][1], "--flops"])["gflops"]
+    capsys.readouterr()
+    for name, row in by_name.items():
+        records = logs[name]
+        top, epoch = best_val(records)
+        assert row["best val top-1 (epoch)"] == f"{top:.2f} ({epoch})"
+        trainable = [r for r in records if "epoch" in r][-1]["n_parameters"]
+        assert row["trainable params"] == f"{trainable:,}"
+        assert row["views"] == "2x2" and row["data set"].startswith("custom (")
+    assert by_name["a_linear"]["best val top-1 (epoch)"].endswith("(1)")  # not the first epoch
+    for name in ("a_linear", "b_prompt"):
+        row = by_name[name]
+        assert row["top-1"] == f"{finals[name]['Final top-1']:.2f}"
+        assert row["top-5"] == f"{finals[name]['Final top-5']:.2f}"
+        assert row["GFLOPs/view"] == f"{flops[name]:.4g}"
+        assert (row["epochs"], row["status"]) == ("2/2", "done")
+    assert by_name["a_linear"]["EMA top-1"] == \
+        f"{final(logs['a_linear'], 'Final EMA top-1')['Final EMA top-1']:.2f}"
+    assert by_name["a_linear"]["method"] == "linear"
+    assert by_name["b_prompt"]["method"] == "APT P=2 dropout=0.1 blocks 0-1 reparam"
+    assert by_name["a_linear"]["backbone"] == "random init"
+    assert by_name["b_prompt"]["backbone"] == "videomae_micro_pretrain.pth"
+    stopped = by_name["c_stopped"]
+    assert (stopped["top-1"], stopped["epochs"]) == ("", "1/2")
+    assert stopped["status"] == "in progress or stopped after 1 of 2 epochs"
+
+    with open(csv_path, newline="") as f:
+        records = list(csv.DictReader(f))
+    assert [r["run"] for r in records] == [r["run"] for r in rows]
+    for r in records:
+        name = os.path.basename(r["run"])
+        top, epoch = best_val(logs[name])
+        assert (float(r["best_val_top1"]), int(r["best_val_epoch"])) == (top, epoch)
+        if finals[name]:
+            assert float(r["top1"]) == finals[name]["Final top-1"]
+            assert float(r["top5"]) == finals[name]["Final top-5"]
+            assert float(r["gflops"]) == flops[name]
+    assert records[2]["top1"] == "" and records[2]["status"] == stopped["status"]
+
+
+def test_flops_are_counted_once_per_architecture(runs, monkeypatch, capsys):
+    calls = []
+    real = models.cost_report
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "cost_report", counting)
+    dirs = [runs[n][0] for n in sorted(runs)]
+    assert compare_runs.main(dirs) == 0
+    assert len(calls) == 2  # b_prompt and c_stopped share one architecture
+    capsys.readouterr()
+    assert compare_runs.main([*dirs, "--no_flops"]) == 0
+    assert len(calls) == 2
+    rows = table(capsys.readouterr().out)
+    assert all(r["GFLOPs/view"] == "" and r["trainable params"] for r in rows)
+
+
+def test_quoted_and_shell_globs_and_plot(runs, tmp_path, capsys):
+    root = os.path.dirname(runs["a_linear"][0])
+    plot = tmp_path / "runs.png"
+    assert compare_runs.main([os.path.join(root, "*"), "--plot", str(plot)]) == 0
+    quoted = table(capsys.readouterr().out)
+    assert sorted(os.path.basename(r["run"]) for r in quoted) == sorted(runs)  # `notes` skipped
+    shell = sorted(glob.glob(os.path.join(root, "*")))  # as a shell would expand it
+    assert compare_runs.main([*shell, runs["a_linear"][0] + os.sep]) == 0  # a run named twice
+    assert table(capsys.readouterr().out) == quoted  # compare.csv skipped too; each run once
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+
+
+def test_run_saved_before_the_resolved_keys_falls_back_to_the_flags(runs, tmp_path, capsys):
+    """args.json without nb_classes' resolution, backbone_loaded, world_size or a setting added
+    later (prompt_per_head): the row comes from the flags and the settings' defaults."""
+    old = tmp_path / "old_run"
+    old.mkdir()
+    source = runs["b_prompt"][0]
+    shutil.copy(os.path.join(source, "log.txt"), old / "log.txt")
+    with open(os.path.join(source, "args.json")) as f:
+        saved = json.load(f)
+    for key in ("backbone_loaded", "world_size", "distributed", "dist_backend",
+                "prompt_per_head"):
+        del saved[key]
+    (old / "args.json").write_text(json.dumps(saved))
+    assert compare_runs.main([source, str(old)]) == 0
+    new_row, old_row = table(capsys.readouterr().out)
+    for column in ("method", "backbone", "GFLOPs/view", "trainable params", "top-1"):
+        assert old_row[column] == new_row[column], column
+    assert old_row["train time"] == ""  # no run.log copied
+
+
+def test_method_label_shows_the_settings_of_every_type_and_of_a_new_one(monkeypatch):
+    label = compare_runs.method_label
+    assert label("prompt", {"prompt_num_tokens": 400, "prompt_reparam": True}, 12) == \
+        "APT P=400 blocks 0-11 reparam"
+    assert label("vpt", {"prompt_num_tokens": 50, "vpt_mode": "deep"}, 12) == \
+        "VPT-deep P=50 blocks 0-11"
+    assert label("lora", {"lora_rank": 8, "lora_alpha": 16.0, "prompt_start": 4}, 12) == \
+        "LoRA r=8 a=16 blocks 4-11"
+    assert label("adapter", {}, 12) == "adapter d=64 s=0.1 blocks 0-11"
+    assert label("linear", {}, 12) == "linear"
+
+    @dataclasses.dataclass(frozen=True)
+    class TokenShiftConfig(BlockRange):
+        token_shift_init: float = setting(0.0, "initial value of every shift")
+        token_shift_gate: bool = setting(False, "a learned gate")
+
+    class TokenShift(TransferMethod):
+        name = "token_shift"
+        config_class = TokenShiftConfig
+
+    monkeypatch.setitem(TRANSFER_TYPES, "token_shift", TokenShift)
+    assert label("token_shift", {"token_shift_init": 0.5, "token_shift_gate": True,
+                                 "prompt_end": 2}, 4) == \
+        "token_shift token_shift_init=0.5 blocks 0-2 token_shift_gate"
+    assert label("token_shift", {}, 4) == "token_shift blocks 0-3"  # zero/off at the default
+
+
+def test_training_time_counts_training_sessions_only(tmp_path):
+    """Two training sessions (the first stopped) 1 h apart, then an --eval: 70 s + 30 s."""
+    lines = [
+        "2024-05-01 10:00:00 [rank 0] INFO run_class_apt: backbone: 150 tensors loaded",
+        "2024-05-01 10:00:05 [rank 0] INFO run_class_apt: model vit_b, transfer type APT(...)",
+        "2024-05-01 10:00:06 [rank 0] INFO engine: lr 0.001 (= --lr ...)",
+        "2024-05-01 10:00:10 [rank 0] INFO engine: training epochs 0..3",
+        "2024-05-01 10:00:50 [rank 0] INFO utils.logs: Epoch: [0] total time: 0:00:40",
+        "a continuation line of a multi-line message",
+        "2024-05-01 10:01:20 [rank 0] INFO models.checkpoint: saved out/checkpoint-last.pth",
+        # stopped here; resumed an hour later
+        "2024-05-01 11:01:20 [rank 0] INFO models.checkpoint: loaded 150 tensors",
+        "2024-05-01 11:01:22 [rank 0] INFO run_class_apt: model vit_b, transfer type APT(...)",
+        "2024-05-01 11:01:23 [rank 0] INFO models.checkpoint: resumed from checkpoint-last.pth",
+        "2024-05-01 11:01:30 [rank 0] INFO engine: training epochs 1..3",
+        "2024-05-01 11:01:55 [rank 0] INFO engine_eval: * Acc@1 33.333 Acc@5 100.000",
+        "2024-05-01 11:02:00 [rank 0] INFO engine: training time 0:00:30",
+        "2024-05-01 12:00:00 [rank 0] INFO run_class_apt: model vit_b, transfer type APT(...)",
+        "2024-05-01 12:00:40 [rank 0] INFO utils.logs: Test: total time: 0:00:40",
+    ]
+    (tmp_path / "run.log").write_text("\n".join(lines) + "\n")
+    assert compare_runs.training_seconds(str(tmp_path / "run.log")) == 70 + 30
+    (tmp_path / "eval.log").write_text("\n".join(lines[-2:]) + "\n")
+    assert compare_runs.training_seconds(str(tmp_path / "eval.log")) is None
+
+
+def test_labels_do_not_overlap_each_other(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+    from tools.plots import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xy = [(1e5 * (1 + 0.05 * i), 80 + 0.3 * (i % 3)) for i in range(8)]  # one tight cluster
+    ax.scatter(*zip(*xy), s=100)
+    ax.set_xscale("log")
+    ax.set_xlim(1e4, 1e7)
+    ax.set_ylim(0, 100)
+    labels = place_labels(ax, xy, [f"method {i} P=400 blocks 0-11" for i in range(8)], [100] * 8)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]
+    assert len(boxes) == 8
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            common = Bbox.intersection(a, b)
+            assert common is None or common.width * common.height == 0, (a, b)
+    plt.close(fig)
+
+
+def test_bad_run_dirs_exit_2_naming_them(tmp_path, caplog):
+    missing = str(tmp_path / "no_such_run")
+    assert compare_runs.main([missing]) == 2
+    assert missing in caplog.text
+    assert compare_runs.main([str(tmp_path / "nothing_*")]) == 2
+    assert "nothing_*" in caplog.text
+
+
+def test_help_runs_as_a_script():
+    proc = subprocess.run([sys.executable, "tools/compare_runs.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "RUN_DIR" in proc.stdout and "--no_flops" in proc.stdout and "--plot" in proc.stdout
