@@ -25,8 +25,8 @@ import torch
 
 import engine
 import utils
-from models.checkpoint import (check_backbone, load_newest_readable, read_checkpoint,
-                               read_named_checkpoint)
+from models.checkpoint import (check_backbone, load_method_state, load_newest_readable,
+                               read_checkpoint, read_named_checkpoint)
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
                        add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
                        add_schedule_args, add_video_data_args, pop_compat_args)
@@ -289,7 +289,8 @@ def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
             raise FileNotFoundError(f"{eval_path} was trained on the backbone {path}, which is "
                                     f"no longer there: pass it with --finetune")
         if path:
-            logger.info("--eval: loading the backbone recorded in the checkpoint: %s", path)
+            logger.info("loading the backbone recorded in %s: %s", eval_path or "the checkpoint",
+                        path)
     if not path:
         logger.warning("no --finetune checkpoint: the %s backbone keeps its random "
                        "initialisation", cfg.model.model)
@@ -300,18 +301,38 @@ def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
     return path
 
 
+def load_trained(cfg: FinetuneConfig, model: torch.nn.Module,
+                 ckpt: Optional[Dict[str, Any]], ckpt_path: str = "") -> Optional[str]:
+    """The backbone (``load_backbone``), then a trained checkpoint's tensors over it, refused
+    when the backbone file is not the one the checkpoint was trained on. Shared by ``--eval``
+    and ``tools/export.py``.
+
+    Args:
+        cfg: the settings (``--finetune``, ``--unsafe_load``; the checkpoint's architecture).
+        model: built from ``cfg.model``, not yet loaded.
+        ckpt: a training checkpoint (``read_checkpoint``), or None to load the backbone only.
+        ckpt_path: its path, for messages.
+
+    Returns:
+        The backbone file loaded (None: none was needed or given).
+    """
+    backbone_path = load_backbone(cfg, model, ckpt, ckpt_path)
+    if ckpt is not None:
+        check_backbone(ckpt, backbone_path, ckpt_path)
+        load_method_state(model, ckpt)
+    return backbone_path
+
+
 def prepare(cfg: FinetuneConfig, dist: utils.DistState,
             eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = "") -> engine.Prepared:
     """The model (backbone loaded, checkpoint applied for ``--eval``) and the loaders."""
-    from models import load_method_state, parameter_counts
+    from models import parameter_counts
     utils.seed_everything(cfg.run.seed)  # the same initial model on every rank
     model = cfg.model.build()  # before any data: bad transfer flags fail here
     utils.seed_everything(cfg.run.seed + dist.rank)
     check_data_paths(cfg)
-    backbone_path = load_backbone(cfg, model, eval_ckpt, eval_path)
+    backbone_path = load_trained(cfg, model, eval_ckpt, eval_path)
     if eval_ckpt is not None:
-        check_backbone(eval_ckpt, backbone_path, eval_path)
-        load_method_state(model, eval_ckpt)
         logger.info("evaluating %s (epoch %s)", eval_path, eval_ckpt.get("epoch"))
     model.to(dist.device)
     counts = parameter_counts(model)
