@@ -338,6 +338,70 @@ def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.devi
     return backbone_path, counts
 
 
+def checkpoint_config(ckpt: Dict[str, Any], path: str,
+                      overrides: Optional[Dict[str, Any]] = None, finetune: str = "",
+                      unsafe_load: bool = False) -> FinetuneConfig:
+    """The settings of the run that wrote a training checkpoint: this parser's defaults, then
+    the flags it saved, then ``overrides`` (values None are left out). The architecture is the
+    checkpoint's (a changed one is warned of); the backbone is not the saved ``--finetune``: as
+    for ``--eval``, the checkpoint's own record of it is used unless ``finetune`` names one.
+    Used by the tools that start from a checkpoint (predict, export).
+
+    Args:
+        ckpt: a read training checkpoint.
+        path: its path, for messages.
+        overrides: flag name -> value (``num_frames``, ``test_num_crop``, ``data_set``, ...);
+            ``data_set`` changes the sampling only, the class count stays the checkpoint's.
+        finetune: ``--finetune``.
+        unsafe_load: ``--unsafe_load``.
+
+    Raises:
+        ConfigError: not a fine-tuning checkpoint of this script (no saved flags, or no
+            ``transfer_type``: pre-training checkpoints have no classifier).
+    """
+    saved = ckpt.get("args")
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    if not isinstance(saved, dict) or not saved or "transfer_type" not in ckpt:
+        raise ConfigError(f"--resume {path}: not a checkpoint of run_class_apt.py (no saved "
+                          f"flags 'args' or no 'transfer_type'; a pre-training checkpoint has "
+                          f"no classifier)")
+    overrides = dict(overrides or {})
+    args = get_args_parser().parse_args([])
+    vars(args).update({k: v for k, v in saved.items() if hasattr(args, k)})
+    if "transfer_type" not in saved:
+        args.transfer_type = ckpt["transfer_type"]  # not the parser's default
+    data_set = overrides.pop("data_set", None)
+    vars(args).update({k: v for k, v in overrides.items() if v is not None})
+    args.finetune, args.unsafe_load, args.eval, args.resume = finetune, unsafe_load, True, path
+    args.enable_deepspeed = args.deepspeed = False  # a DeepSpeed layout reads without it
+    cfg = make_config(args)
+    model_cfg, changes = cfg.model.with_architecture(saved)
+    for change in changes:
+        logger.warning("%s: using the checkpoint's %s", path, change)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    if data_set:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_set=data_set))
+    return cfg
+
+
+def load_checkpoint_model(path: str, device: torch.device,
+                          overrides: Optional[Dict[str, Any]] = None, finetune: str = "",
+                          unsafe_load: bool = False
+                          ) -> Tuple[FinetuneConfig, torch.nn.Module, Dict[str, Any]]:
+    """The trained model of a training checkpoint on ``device`` (not folded), as ``--eval``
+    builds it: the checkpoint's architecture, the backbone it records (or ``finetune``), its
+    trained tensors. Returns the settings (``checkpoint_config``), the model and the
+    checkpoint."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    ckpt = read_named_checkpoint(path, "--resume", unsafe_load)
+    cfg = checkpoint_config(ckpt, path, overrides, finetune, unsafe_load)
+    model = build_model(cfg)
+    load_weights(cfg, model, device, ckpt, path)
+    return cfg, model, ckpt
+
+
 def prepare(cfg: FinetuneConfig, dist: utils.DistState,
             eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = "") -> engine.Prepared:
     """The model (backbone loaded, checkpoint applied for ``--eval``) and the loaders."""

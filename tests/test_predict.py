@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+import run_class_apt
+
 from models import create_model
 from tests.engine_helpers import ROOT, make_data, run_main, subprocess_env, tiny_argv
 from tools import predict
@@ -212,7 +214,7 @@ def test_data_set_sets_the_sampling_and_keeps_the_class_count(trained):
     ckpt = torch.load(os.path.join(trained, "checkpoint-last.pth"), weights_only=True)
 
     def sampling(ckpt, overrides):
-        cfg = predict.checkpoint_config(ckpt, "ckpt", overrides)
+        cfg = run_class_apt.checkpoint_config(ckpt, "ckpt", overrides)
         return cfg.model.num_classes, datasets.config_from_args(cfg.data, "test").segment_sampling
 
     assert sampling(ckpt, {}) == (3, False)

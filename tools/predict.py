@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -123,48 +122,6 @@ class LoadedModel:
     class_names: List[str]
 
 
-def checkpoint_config(ckpt: Dict[str, Any], path: str, overrides: Dict[str, Any],
-                      finetune: str = "", unsafe_load: bool = False) -> FinetuneConfig:
-    """The settings of the run that wrote ``ckpt``: ``run_class_apt.py``'s defaults, then the
-    flags it saved, then ``overrides`` (values None are left out).
-
-    The backbone is not taken from the saved ``--finetune``: as for ``--eval``, the checkpoint's
-    own record of it (``ckpt["backbone"]``) is used unless ``finetune`` names one.
-
-    Args:
-        ckpt: a read training checkpoint.
-        path: its path, for messages.
-        overrides: flag name -> value (``num_frames``, ``test_num_crop``, ``data_set``, ...).
-        finetune: ``--finetune``.
-        unsafe_load: ``--unsafe_load``.
-
-    Raises:
-        ConfigError: not a fine-tuning checkpoint of ``run_class_apt.py`` (no saved flags, or
-            no ``transfer_type``: pre-training checkpoints have no classifier).
-    """
-    import run_class_apt
-    saved = ckpt.get("args")
-    if not isinstance(saved, dict) or "transfer_type" not in ckpt:
-        raise ConfigError(f"--resume {path}: not a checkpoint of run_class_apt.py (no saved "
-                          f"flags 'args' or no 'transfer_type'; a pre-training checkpoint has "
-                          f"no classifier): tools/predict.py needs a fine-tuning checkpoint")
-    args = run_class_apt.get_args_parser().parse_args([])
-    vars(args).update(saved)
-    if "transfer_type" not in saved:
-        args.transfer_type = ckpt["transfer_type"]  # not the parser's default
-    data_set = overrides.get("data_set")
-    vars(args).update({k: v for k, v in overrides.items() if v is not None and k != "data_set"})
-    args.finetune, args.unsafe_load, args.eval = finetune, unsafe_load, True
-    cfg = FinetuneConfig.from_args(args)
-    model_cfg, changes = cfg.model.with_architecture(saved)
-    for change in changes:
-        logger.warning("%s: using the checkpoint's %s", path, change)
-    cfg = dataclasses.replace(cfg, model=model_cfg)
-    if data_set:  # sampling only: the class count stays the checkpoint's
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_set=data_set))
-    return cfg
-
-
 def load_model(path: str, device: torch.device, overrides: Optional[Dict[str, Any]] = None,
                finetune: str = "", class_names: str = "", unsafe_load: bool = False
                ) -> LoadedModel:
@@ -173,7 +130,7 @@ def load_model(path: str, device: torch.device, overrides: Optional[Dict[str, An
     Args:
         path: ``checkpoint-*.pth`` or a DeepSpeed ``checkpoint-*/`` folder.
         device: where the model runs.
-        overrides: flags that replace the saved ones (see :func:`checkpoint_config`).
+        overrides: flags that replace the saved ones (``run_class_apt.checkpoint_config``).
         finetune: the backbone file, when the one the checkpoint recorded is gone.
         class_names: a ``<label> <name>`` file ('' = ``classes.txt`` next to the list files).
         unsafe_load: allow full unpickling.
@@ -183,13 +140,8 @@ def load_model(path: str, device: torch.device, overrides: Optional[Dict[str, An
         CheckpointError: unreadable checkpoint, or another backbone than it was trained on.
     """
     import run_class_apt
-    from models.checkpoint import read_named_checkpoint
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    ckpt = read_named_checkpoint(path, "--resume", unsafe_load)
-    cfg = checkpoint_config(ckpt, path, overrides or {}, finetune, unsafe_load)
-    model = run_class_apt.build_model(cfg)
-    run_class_apt.load_weights(cfg, model, device, ckpt, path)
+    cfg, model, _ = run_class_apt.load_checkpoint_model(path, device, overrides, finetune,
+                                                        unsafe_load)
     amp_dtype = utils.amp_dtype_for(device, cfg.run.amp, cfg.run.amp_dtype)
     names = read_class_names(class_names, cfg.model.num_classes) if class_names \
         else default_class_names(cfg)
