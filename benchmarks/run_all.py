@@ -6,7 +6,7 @@ writes BENCHMARKS.md: how to read it, the targets with their verdicts, the closi
 (``benchmarks/notes.md``), and every ``benchmarks/results/*.md`` section, including those other
 benchmarks drop there (``data.md``).
 
-    python benchmarks/run_all.py                 # ~10-15 minutes on a 2-core CPU
+    python benchmarks/run_all.py                 # ~15-20 minutes on a 2-core CPU
     python benchmarks/run_all.py --quick         # smoke run; writes to a temporary folder only
     python benchmarks/run_all.py --compile all   # compiled rows in the latency table too
     python benchmarks/run_all.py --only latency  # re-run one benchmark, then rebuild the file
@@ -29,15 +29,16 @@ from benchmarks import common  # noqa: E402
 LOG = common.LOG
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = {"cost": "bench_cost.py", "latency": "bench_latency.py",
-           "train_step": "bench_train_step.py"}
+           "train_step": "bench_train_step.py", "multitask": "bench_multitask.py"}
 ORDER = ["cost", "latency", "train_step"]  # then every other results/*.md, by name
+COMPILED = ("latency", "train_step")  # the benchmarks that take --compile
 
 
 def run_bench(name: str, quick: bool, compile_: str) -> float:
     cmd = [sys.executable, os.path.join(HERE, BENCHES[name]), "--out", name]
     if quick:
         cmd.append("--quick")
-    if (compile_ == "all" and name != "cost") or (compile_ == "train" and name == "train_step"):
+    if (compile_ == "all" and name in COMPILED) or (compile_ == "train" and name == "train_step"):
         cmd.append("--compile")
     LOG.info("running %s", " ".join(cmd[1:]))
     start = time.perf_counter()
@@ -126,7 +127,8 @@ def write_benchmarks_md(folder: str, path: str, durations: dict) -> None:
              "Written by `python benchmarks/run_all.py` (`make bench`); every table below comes "
              "from that run and names its machine, versions and date. Scripts: "
              "`benchmarks/bench_cost.py` (parameters, FLOPs), `bench_latency.py` (inference "
-             "latency), `bench_train_step.py` (training step, memory, naive baseline); each runs "
+             "latency), `bench_train_step.py` (training step, memory, naive baseline), "
+             "`bench_multitask.py` (many tasks on one backbone); each runs "
              "standalone, and with `--quick` in seconds.", "",
              "How the numbers are taken (details in `benchmarks/common.py`): every comparison is "
              "measured in one process, interleaved (A, B, C, A, B, C, ...) after warm-up; a ratio "

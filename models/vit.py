@@ -7,7 +7,9 @@ blocks with separate ``q_bias``/``v_bias`` (the key bias is fixed at zero), mean
 
 Transfer types (``models/transfer``) change the network only through these slots:
 
-* ``Attention.forward(x, extra_kv)``: extra keys/values (APT prompts) concatenated to K and V.
+* ``Attention.forward(x, extra_kv, kv_mask)``: extra keys/values (APT prompts) concatenated to K
+  and V; ``kv_mask`` optionally leaves some of them out per sample (padding when the samples of
+  one batch have different prompt counts: ``models/multitask.py``).
 * ``Attention.qkv_delta``: a module that adapts the qkv projection's output (LoRA).
 * ``Block.attn_adapter`` / ``Block.mlp_adapter``: side modules on the attention output and beside
   the MLP (Approximated Prompt Tuning, AdaptFormer).
@@ -140,11 +142,31 @@ class Attention(nn.Module):
             t = t.expand(self.num_heads, -1, -1)
         return t.expand(batch, self.num_heads, -1, -1)
 
-    def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None) -> torch.Tensor:
+    @staticmethod
+    def _key_mask(kv_mask: torch.Tensor, extra_kv: Optional[KV], batch: int, tokens: int,
+                  keys: int) -> torch.Tensor:
+        """(B, P) or (P,) mask of the extra keys -> (B, 1, 1, N + P) boolean mask of all keys
+        (True = attend), broadcast over heads and queries; the N token keys are always kept."""
+        if extra_kv is None:
+            raise ValueError("Attention.forward: kv_mask masks extra keys/values, but no "
+                             "extra_kv was given")
+        if kv_mask.dtype != torch.bool or kv_mask.shape[-1] != keys - tokens:
+            raise ValueError(f"Attention.forward: kv_mask must be a boolean (B, P) or (P,) mask "
+                             f"of the P = {keys - tokens} extra keys, got {kv_mask.dtype} "
+                             f"{tuple(kv_mask.shape)}")
+        kv_mask = kv_mask.expand(batch, -1)
+        return torch.cat((kv_mask.new_ones(batch, tokens), kv_mask), dim=1)[:, None, None, :]
+
+    def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None,
+                kv_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args:
             x: tokens (B, N, dim).
             extra_kv: optional keys and values appended along the token axis; each of shape
                 (P, head_dim), (heads, P, head_dim) or (B, heads, P, head_dim) (broadcast).
+            kv_mask: optional boolean (B, P) or (P,), only with ``extra_kv``: True where an
+                extra key/value takes part in a sample's attention, False where it is padding
+                (it then gets exactly zero weight). None: every extra key takes part, and the
+                computation is the one without a mask.
         """
         B, N, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
@@ -164,11 +186,17 @@ class Attention(nn.Module):
             pk, pv = (self._broadcast(t.to(k.dtype), B) for t in extra_kv)
             k = torch.cat((k, pk), dim=2)
             v = torch.cat((v, pv), dim=2)
+        keep = None if kv_mask is None else self._key_mask(kv_mask, extra_kv, B, N, k.shape[2])
         drop = self.attn_drop if self.training else 0.0
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            if keep is None:  # the unmasked call, unchanged
+                x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=drop)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N + P)
+            if keep is not None:  # every row keeps its N token keys, so none is all -inf
+                attn = attn.masked_fill(~keep, float("-inf"))
             attn = F.dropout(attn.softmax(dim=-1), p=drop)
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, -1)
@@ -198,9 +226,11 @@ class Block(nn.Module):
         self.attn_adapter: Optional[nn.Module] = None  # (norm1(x), attn out) -> new attn out
         self.mlp_adapter: Optional[nn.Module] = None  # norm2(x) -> added beside the MLP
 
-    def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None,
+                kv_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args: x (B, N, dim); ``extra_kv`` and ``kv_mask`` as ``Attention.forward`` takes them."""
         h = self.norm1(x)
-        a = self.attn(h, extra_kv)
+        a = self.attn(h, extra_kv, kv_mask)
         if self.attn_adapter is not None:
             a = self.attn_adapter(h, a)
         if self.gamma_1 is not None:
