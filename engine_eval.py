@@ -153,7 +153,7 @@ def _test_loop(data_loader: Iterable, model: nn.Module, device: torch.device,
         step = chunk_size or clips.shape[0]
         logits = torch.cat([_forward_eval(model, clips[i:i + step], device, amp_dtype, input_dtype)
                             for i in range(0, clips.shape[0], step)])
-        scores = logits.softmax(dim=-1).view(B, V, -1).mean(dim=1).cpu()  # softmax, then mean
+        scores = multi_view_scores(logits, B, V).cpu()
         metric_logger.count_clips(clips.shape[0])
         bad_iter = iter(bad_paths)
         for j, (label, index) in enumerate(zip(labels.tolist(), indices.tolist())):
@@ -164,6 +164,13 @@ def _test_loop(data_loader: Iterable, model: nn.Module, device: torch.device,
                 preds.append({"index": int(index), "label": int(label),
                               "scores": scores[j].tolist()})
     return preds
+
+
+def multi_view_scores(logits: torch.Tensor, videos: int, views: int) -> torch.Tensor:
+    """(videos * views, C) logits, video-major -> (videos, C) scores: the softmax of each view,
+    averaged over the views of its video (averaging logits instead would weight confident views
+    differently)."""
+    return logits.softmax(dim=-1).view(videos, views, -1).mean(dim=1)
 
 
 def merge_predictions(parts: Iterable[Iterable[Dict[str, Any]]]) -> Dict[str, Any]:

@@ -252,3 +252,38 @@ def test_script_entry_prints_the_table(tmp_path, data, trained):
     assert lines[0].split() == ["video", "#", "class", "name", "prob"]
     assert lines[1].split()[:2] == [video, "1"] and lines[2].split()[0] == "2"
     assert len(lines) == 3  # the table only: logging goes to stderr
+
+
+def test_tasks_answer_every_video_for_every_task_in_one_pass(tmp_path, data, backbone, trained):
+    """--tasks: an APT task (P=2, blocks 0-1) and a linear probe (another class count is not
+    possible on one list, so another P and head) on one backbone; each task's probabilities are
+    its own engine test's, and the backbone runs once per batch for both."""
+    other = str(tmp_path / "linear")
+    run_main(tiny_argv(data, other, "linear", finetune=backbone, prompt_num_tokens=None,
+                       prompt_dropout=None, prompt_reparam=None, **TRAIN))
+    videos = listed_test_videos(data)
+    from models.multitask import MultiTaskModel
+    calls = []
+    real = MultiTaskModel.forward_grouped
+
+    def counting(self, clips, task_ids):
+        calls.append(sorted(set(torch.as_tensor(task_ids).tolist())))
+        return real(self, clips, task_ids)
+
+    MultiTaskModel.forward_grouped = counting
+    try:
+        out = tmp_path / "answers.json"
+        status = predict.main(["--tasks", f"apt={trained}/checkpoint-last.pth",
+                               "--tasks", f"lin={other}/checkpoint-last.pth", *videos,
+                               "--device", "cpu",
+                               "--num_workers", "0", "--topk", "3", "--batch_size", "64",
+                               "--output", str(out)])
+    finally:
+        MultiTaskModel.forward_grouped = real
+    assert status == 0
+    assert calls and all(c == [0, 1] for c in calls)  # both tasks in every forward pass
+    answers = json.load(open(out))
+    assert [a["task"] for a in answers[:2]] == ["apt", "lin"] and len(answers) == 2 * len(videos)
+    for task, run_dir in (("apt", trained), ("lin", other)):
+        mine = [a for a in answers if a["task"] == task]
+        assert_same_as_engine(mine, videos, engine_scores(run_dir))

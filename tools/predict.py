@@ -4,6 +4,11 @@ Usage::
 
     python tools/predict.py --resume OUT/checkpoint-best.pth VIDEO_OR_FOLDER [...] \\
         [--finetune BACKBONE] [--topk 5] [--output predictions.json|.csv]
+    python tools/predict.py --tasks ucf101=OUT1/checkpoint-best.pth,hmdb51=OUT2/... VIDEO ...
+
+``--tasks`` answers every video for every task (APT or linear-probe checkpoints trained on one
+backbone): the backbone runs once per batch, each clip with its own task's prompts and head
+(``models/multitask.py``); the scores are those each checkpoint gives alone.
 
 The network (backbone, transfer type and its settings, class count), the clip shape and the
 test views come from the flags the checkpoint saved (``ckpt["args"]``); the clip and view flags
@@ -62,9 +67,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", metavar="VIDEO",
                    help="video files, or folders searched recursively for "
                         f"{', '.join(e[1:] for e in VIDEO_EXTENSIONS)} files")
-    p.add_argument("--resume", required=True, metavar="CKPT",
-                   help="training checkpoint of run_class_apt.py (checkpoint-*.pth or a "
-                        "DeepSpeed checkpoint-*/ folder)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--resume", metavar="CKPT",
+                       help="training checkpoint of run_class_apt.py (checkpoint-*.pth or a "
+                            "DeepSpeed checkpoint-*/ folder)")
+    which.add_argument("--tasks", action="append", metavar="NAME=CKPT[,NAME=CKPT...]",
+                       help="several tasks' checkpoints (APT or linear probing) on one shared "
+                            "frozen backbone, comma-separated or the flag repeated; answered in "
+                            "one forward pass per batch, every video for every task")
     p.add_argument("--finetune", default="", metavar="BACKBONE",
                    help="the backbone the checkpoint was trained on, when the file it recorded "
                         "is no longer there (checkpoints of frozen-backbone methods hold only "
@@ -275,11 +285,13 @@ class Answer:
         video: the path as given.
         topk: ``(class index, name, probability)``, most probable first; empty when unreadable.
         error: why the video has no answer ('' when it has one).
+        task: the task answered (``--tasks``; '' for one checkpoint).
     """
 
     video: str
     topk: List[tuple]
     error: str = ""
+    task: str = ""
 
 
 def multi_view_scores(loaded: LoadedModel, videos: Sequence[str], batch_size: int,
@@ -319,17 +331,86 @@ def predict(loaded: LoadedModel, videos: Sequence[str], k: int = 5, batch_size: 
             else Answer(v, [], "could not be read") for v, s in zip(videos, scores)]
 
 
+# ------------------------------------------------------------------------------ many tasks
+def parse_tasks(items: Sequence[str]) -> Dict[str, str]:
+    """``NAME=CKPT`` items (each may hold several, comma-separated) -> {name: checkpoint}, in
+    order (a bare path is named by itself)."""
+    tasks: Dict[str, str] = {}
+    for item in (part for value in items for part in value.split(",") if part):
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (item, item)
+        if not name or not path or name in tasks:
+            raise ConfigError(f"--tasks {item}: expected NAME=CKPT with a name used once")
+        tasks[name] = path
+    return tasks
+
+
+def predict_tasks(tasks: Dict[str, str], videos: Sequence[str], device: torch.device,
+                  overrides: Dict[str, Any], args: argparse.Namespace) -> List[Answer]:
+    """Every video answered for every task, the backbone run once per batch of clips.
+
+    The clips of a batch of videos (all their views) are repeated once per task with that
+    task's id, so one forward pass of ``MultiTaskModel`` serves all tasks; each task's softmax
+    is averaged over the views as in the engine's test. The clip and view settings are the
+    first task's (all tasks share the backbone, hence its clip shape), with the overrides.
+    """
+    import run_class_apt
+    from engine_eval import multi_view_scores as mean_over_views
+    from models.checkpoint import read_named_checkpoint
+    from models.multitask import MultiTaskModel
+    cfgs = [run_class_apt.checkpoint_config(read_named_checkpoint(path, "--tasks",
+                                                                  args.unsafe_load),
+                                            path, overrides, args.finetune, args.unsafe_load)
+            for path in tasks.values()]
+    names = [read_class_names(args.class_names, c.model.num_classes) if args.class_names
+             else default_class_names(c) for c in cfgs]
+    model = MultiTaskModel(tasks, backbone=args.finetune or None, unsafe=args.unsafe_load)
+    model.to(device)
+    amp_dtype = utils.amp_dtype_for(device, cfgs[0].run.amp, cfgs[0].run.amp_dtype)
+    loader = video_loader(videos, cfgs[0], args.batch_size, args.num_workers, device)
+    K = len(tasks)
+    scores: List[List[Optional[List[float]]]] = [[None] * len(videos) for _ in range(K)]
+    with torch.inference_mode(), utils.autocast(device, amp_dtype):
+        for views, labels, indices, _ in VideoRate(loader, args.log_every):
+            B, V = views.shape[:2]
+            clips = views.flatten(0, 1).to(device)  # (B*V, 3, T, H, W), video-major
+            # Every clip once per task, the tasks of a clip side by side (row r: clip r // K,
+            # task r % K), so every forward pass of --batch_size rows mixes the tasks; each
+            # task's rows stay in clip order.
+            task_ids = torch.arange(K, device=device).repeat(B * V)
+            per_task: Dict[int, List[torch.Tensor]] = {t: [] for t in range(K)}
+            for start in range(0, K * B * V, args.batch_size):
+                rows = torch.arange(start, min(start + args.batch_size, K * B * V),
+                                    device=device)
+                out = model.forward_grouped(clips[rows // K], task_ids[rows])
+                for t, (_, logits) in sorted(out.items()):
+                    per_task[t].append(logits.float())
+            for t in range(K):
+                video_scores = mean_over_views(torch.cat(per_task[t]), B, V)  # (B, C_t)
+                for j, (label, index) in enumerate(zip(labels.tolist(), indices.tolist())):
+                    if label >= 0:
+                        scores[t][int(index)] = video_scores[j].tolist()
+    return [Answer(v, top_k(scores[t][i], args.topk, names[t]) if scores[t][i] is not None
+                   else [], "" if scores[t][i] is not None else "could not be read", task)
+            for i, v in enumerate(videos) for t, task in enumerate(tasks)]
+
+
 # --------------------------------------------------------------------------------- outputs
 def format_table(answers: Iterable[Answer]) -> str:
-    """The answers as an aligned text table, one line per (video, rank)."""
-    rows = [("video", "#", "class", "name", "prob")]
+    """The answers as an aligned text table, one line per (video, rank) (with a task column
+    for ``--tasks``)."""
+    answers = list(answers)
+    tasks = any(a.task for a in answers)
+    rows = [("video",) + (("task",) if tasks else ()) + ("#", "class", "name", "prob")]
     for a in answers:
+        task = (a.task,) if tasks else ()
         if a.error:
-            rows.append((a.video, "-", "-", a.error, "-"))
+            rows.append((a.video,) + task + ("-", "-", a.error, "-"))
         for rank, (index, name, prob) in enumerate(a.topk, start=1):
-            rows.append((a.video if rank == 1 else "", str(rank), str(index), name, f"{prob:.4f}"))
-    widths = [max(len(r[c]) for r in rows) for c in range(5)]
-    right = (False, True, True, False, True)  # numbers right-aligned
+            rows.append((a.video if rank == 1 else "",) + (task if rank == 1 else ("",) * len(task))
+                        + (str(rank), str(index), name, f"{prob:.4f}"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    right = (False,) + ((False,) if tasks else ()) + (True, True, False, True)  # numbers right
     return "\n".join("  ".join(cell.rjust(w) if r else cell.ljust(w)
                                for cell, w, r in zip(row, widths, right)).rstrip()
                      for row in rows)
@@ -342,27 +423,31 @@ def write_answers(answers: Sequence[Answer], path: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         if path.lower().endswith(".json"):
-            json.dump([{"video": a.video,
+            json.dump([{"video": a.video, **({"task": a.task} if a.task else {}),
                         "topk": [{"class": c, "name": n, "prob": p} for c, n, p in a.topk],
                         **({"error": a.error} if a.error else {})} for a in answers], f, indent=1)
             f.write("\n")
         else:
             out = csv.writer(f)
-            out.writerow(["video", "rank", "class", "name", "prob", "error"])
+            tasks = any(a.task for a in answers)
+            out.writerow(["video"] + (["task"] if tasks else []) +
+                         ["rank", "class", "name", "prob", "error"])
             for a in answers:
+                task = [a.task] if tasks else []
                 if a.error:
-                    out.writerow([a.video, "", "", "", "", a.error])
+                    out.writerow([a.video] + task + ["", "", "", "", a.error])
                 for rank, (index, name, prob) in enumerate(a.topk, start=1):
-                    out.writerow([a.video, rank, index, name, repr(prob), ""])
+                    out.writerow([a.video] + task + [rank, index, name, repr(prob), ""])
     os.replace(tmp, path)
 
 
 def unreadable_summary(answers: Sequence[Answer]) -> str:
     """'2 of 10 videos could not be read: a.mp4, b.mp4' ('' when every video was read)."""
-    bad = [a.video for a in answers if a.error]
+    videos = list(dict.fromkeys(a.video for a in answers))  # --tasks: a video once per task
+    bad = list(dict.fromkeys(a.video for a in answers if a.error))
     if not bad:
         return ""
-    return f"{len(bad)} of {len(answers)} videos could not be read: {', '.join(bad)}"
+    return f"{len(bad)} of {len(videos)} videos could not be read: {', '.join(bad)}"
 
 
 # ------------------------------------------------------------------------------------ main
@@ -383,6 +468,9 @@ def run(args: argparse.Namespace) -> int:
     videos = find_videos(args.videos)
     device = torch.device(args.device or utils.default_device_name())
     overrides = {k: getattr(args, k) for k in CLIP_FLAGS + ("data_set", "amp")}
+    if args.tasks:
+        answers = predict_tasks(parse_tasks(args.tasks), videos, device, overrides, args)
+        return report(answers, args)
     loaded = load_model(args.resume, device, overrides, args.finetune, args.class_names,
                         args.unsafe_load)
     views = loaded.cfg.data.test_views
@@ -392,6 +480,11 @@ def run(args: argparse.Namespace) -> int:
                 loaded.cfg.data.input_size, loaded.cfg.data.input_size)
     answers = predict(loaded, videos, args.topk, args.batch_size, args.num_workers,
                       args.log_every)
+    return report(answers, args)
+
+
+def report(answers: Sequence[Answer], args: argparse.Namespace) -> int:
+    """Print the table (and write ``--output``); the exit status (1: no video was read)."""
     print(format_table(answers), flush=True)  # the command's output, not a log line
     summary = unreadable_summary(answers)
     if summary:
