@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -104,7 +104,9 @@ def separate_models(paths: List[str]) -> List[torch.nn.Module]:
     return models
 
 
-def mixed_batch(k: int, batch: int, args: argparse.Namespace) -> Tuple[torch.Tensor, torch.Tensor]:
+def mixed_batch(k: int, batch: int, args: argparse.Namespace
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` random clips and their task ids, ``i % k`` for clip ``i``."""
     torch.manual_seed(1)
     clips = torch.randn(batch, 3, args.frames, args.size, args.size)
     return clips, torch.arange(batch) % k  # task i % k: B / K clips per task, interleaved
@@ -154,6 +156,7 @@ def peak_rss_increase(args: argparse.Namespace, kind: str, k: int) -> float:
 
 
 def count_flops(fn) -> int:
+    """FLOPs (2 per multiply-add) of one call of ``fn``."""
     with torch.inference_mode(), flop_counter() as counter:
         fn()
     return counter.get_total_flops()
@@ -175,6 +178,8 @@ def main(argv=None) -> str:
 
 
 def measure(args: argparse.Namespace, paths: List[str]) -> str:
+    """Build, check, count and time every K of ``args.ks`` on the task files ``paths``;
+    write results/<out>.md and .json and return the .md path."""
     fns, checks, memory, flops = {}, {}, {}, {}
     for k in args.ks:
         LOG.info("K = %d: building one multi-task model and %d separate models", k, k)
@@ -271,8 +276,8 @@ def measure(args: argparse.Namespace, paths: List[str]) -> str:
               "`torch.profiler(profile_memory=True)` (the CPU equivalent of "
               "`torch.cuda.max_memory_allocated`). Peak RSS increase: a fresh process builds only "
               "that configuration (from the same files) and runs one batch; its peak resident size "
-              "(`VmHWM`) minus the resident size before building, so it includes what building costs (random "
-              "initialisation before loading, the file read) and what the allocator keeps; "
+              "(`VmHWM`) minus the resident size before building, so it includes what building "
+              "costs (random initialisation before loading, the file read) and what the allocator keeps; "
               "n/a with `--no-rss`.", ""]
     path = common.write_section(args.out, lines, quick=args.quick, summary=summary)
     LOG.info("wrote %s", path)

@@ -6,7 +6,7 @@ writes BENCHMARKS.md: how to read it, the targets with their verdicts, the closi
 (``benchmarks/notes.md``), and every ``benchmarks/results/*.md`` section, including those other
 benchmarks drop there (``data.md``).
 
-    python benchmarks/run_all.py                 # ~15-20 minutes on a 2-core CPU
+    python benchmarks/run_all.py                 # ~13-18 minutes on a 2-core CPU
     python benchmarks/run_all.py --quick         # smoke run; writes to a temporary folder only
     python benchmarks/run_all.py --compile all   # compiled rows in the latency table too
     python benchmarks/run_all.py --only latency  # re-run one benchmark, then rebuild the file

@@ -128,7 +128,8 @@ class TaskHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (n, N, D) of the last block -> logits (n, C)."""
         pooled = tokens.mean(1) if self.mean_pooling else tokens[:, 0]  # (n, D)
-        return self.head(self.norm(pooled))  # LayerNorm is per token: norm(x)[:, 0] == norm(x[:, 0])
+        # LayerNorm acts per token, so norm(x[:, 0]) is VisionTransformer's norm(x)[:, 0].
+        return self.head(self.norm(pooled))
 
 
 @dataclass
