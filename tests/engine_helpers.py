@@ -25,6 +25,20 @@ def make_data(folder: str) -> str:
     return folder
 
 
+def write_tiny_backbone(folder: str) -> str:
+    """A VideoMAE pre-training style checkpoint (``encoder.`` keys, no head) of the tiny
+    backbone of ``tiny_argv`` (``vit_micro_patch16`` at 4x32x32), seeded; returns its path."""
+    import torch
+    from models import create_model
+    torch.manual_seed(1)
+    model = create_model("vit_micro_patch16", num_classes=3, all_frames=4, img_size=32,
+                         use_mean_pooling=False)
+    state = {f"encoder.{k}": v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    path = os.path.join(folder, "videomae_micro_pretrain.pth")
+    torch.save({"model": state, "epoch": 10}, path)
+    return path
+
+
 def tiny_argv(data_path: str, output_dir: str, transfer_type: str = "prompt",
               model: str = "vit_micro_patch16", epochs: int = 1, **flags: object) -> List[str]:
     """Flags of a tiny, fast run (4 frames of 32x32, batch 2 x 2 clips, 2x2 test views).

@@ -11,8 +11,9 @@ import torch
 
 import engine
 import run_class_apt
-from models import TRANSFER_TYPES, create_model
-from tests.engine_helpers import NUM_TEST, final_record, make_data, read_log, run_main, tiny_argv
+from models import TRANSFER_TYPES
+from tests.engine_helpers import (NUM_TEST, final_record, make_data, read_log, run_main, tiny_argv,
+                                  write_tiny_backbone)
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     """A VideoMAE pre-training style checkpoint of the tiny backbone (``encoder.`` keys)."""
-    torch.manual_seed(1)
-    model = create_model("vit_micro_patch16", num_classes=3, all_frames=4, img_size=32,
-                         use_mean_pooling=False)
-    state = {f"encoder.{k}": v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    path = str(tmp_path_factory.mktemp("backbone") / "videomae_micro_pretrain.pth")
-    torch.save({"model": state, "epoch": 10}, path)
-    return path
+    return write_tiny_backbone(str(tmp_path_factory.mktemp("backbone")))
 
 
 @pytest.mark.parametrize("transfer_type", sorted(TRANSFER_TYPES))

@@ -12,14 +12,12 @@ import sys
 from typing import List, Optional
 
 import pytest
-import torch
 
 import engine
 import models
 import utils
-from models import create_model
 from models.transfer import TRANSFER_TYPES, BlockRange, TransferMethod, setting
-from tests.engine_helpers import ROOT, make_data, read_log, run_main, tiny_argv
+from tests.engine_helpers import ROOT, make_data, read_log, run_main, tiny_argv, write_tiny_backbone
 from tools import compare_runs
 
 # Two finished runs that differ in method, backbone and result (linear: best val at epoch 1, final
@@ -36,12 +34,7 @@ RUNS = {
 def runs(tmp_path_factory):
     """``{name: (run folder, argv)}`` of the three runs, all in one folder."""
     data = make_data(str(tmp_path_factory.mktemp("synthetic")))
-    torch.manual_seed(1)
-    model = create_model("vit_micro_patch16", num_classes=3, all_frames=4, img_size=32,
-                         use_mean_pooling=False)
-    backbone = str(tmp_path_factory.mktemp("backbone") / "videomae_micro_pretrain.pth")
-    torch.save({"model": {f"encoder.{k}": v for k, v in model.state_dict().items()
-                          if not k.startswith("head.")}}, backbone)
+    backbone = write_tiny_backbone(str(tmp_path_factory.mktemp("backbone")))
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for name, flags in RUNS.items():

@@ -14,8 +14,8 @@ import torch
 
 import run_class_apt
 
-from models import create_model
-from tests.engine_helpers import ROOT, make_data, run_main, subprocess_env, tiny_argv
+from tests.engine_helpers import (ROOT, make_data, run_main, subprocess_env, tiny_argv,
+                                  write_tiny_backbone)
 from tools import predict
 
 # 8 epochs (about 2 s): after one, every test video has the same top-1 class, and a top-1
@@ -30,15 +30,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
-    """A VideoMAE pre-training style checkpoint of the tiny backbone (``encoder.`` keys), as in
-    tests/test_cli_train.py."""
-    torch.manual_seed(1)
-    model = create_model("vit_micro_patch16", num_classes=3, all_frames=4, img_size=32,
-                         use_mean_pooling=False)
-    state = {f"encoder.{k}": v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    path = str(tmp_path_factory.mktemp("backbone") / "videomae_micro_pretrain.pth")
-    torch.save({"model": state, "epoch": 10}, path)
-    return path
+    """A VideoMAE pre-training style checkpoint of the tiny backbone (``encoder.`` keys)."""
+    return write_tiny_backbone(str(tmp_path_factory.mktemp("backbone")))
 
 
 @pytest.fixture(scope="module")
