@@ -107,6 +107,43 @@ def _slurm_master_addr() -> str:
     return _first_host(nodelist)
 
 
+# The batch script of ``sbatch`` is the job's "batch" step; a process started there (no srun) is
+# one process, though SLURM_NTASKS/SLURM_PROCID of the allocation are exported to it. SLURM leaves
+# SLURM_STEP_ID unset there; where it is set, the batch, extern and interactive steps carry
+# reserved ids at the top of the 32-bit range (0xfffffffe for the batch script in older SLURM,
+# 0xfffffffa..0xfffffffc in newer) or their names.
+_SLURM_SPECIAL_STEP_MIN = 0xFFFFFFF0
+_SLURM_SPECIAL_STEP_NAMES = ("batch", "extern", "interactive", "")
+
+
+def _is_srun_step(step: Optional[str]) -> bool:
+    """Whether ``SLURM_STEP_ID`` names a job step started by srun."""
+    if step is None:
+        return False
+    step = step.strip().lower()
+    if step in _SLURM_SPECIAL_STEP_NAMES:
+        return False
+    return not (step.isdigit() and int(step) >= _SLURM_SPECIAL_STEP_MIN)
+
+
+def _slurm_step_tasks() -> int:
+    """Tasks of the srun job step this process belongs to; 0 outside one (plain shell, sbatch
+    batch script, salloc shell)."""
+    env = os.environ
+    if "SLURM_PROCID" not in env or not _is_srun_step(
+            env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))):
+        return 0
+    return int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1")
+
+
+def _slurm_master_port() -> str:
+    """A rendezvous port per job, so two jobs sharing a node do not both bind 29500."""
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID") or ""
+    if not job_id.isdigit():
+        return "29500"
+    return str(29500 + int(job_id) % 10000)  # 29500..39499: unprivileged, below the ephemeral range
+
+
 def _launcher_env(args: Any) -> str:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK from the launcher; returns its name ('' for none)."""
     env = os.environ
@@ -118,14 +155,19 @@ def _launcher_env(args: Any) -> str:
     if "RANK" in env and "WORLD_SIZE" in env:
         env.setdefault("LOCAL_RANK", str(max(getattr(args, "local_rank", -1), 0)))
         return "torchrun"
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        # srun with one task per GPU (no torchrun inside): SLURM numbers the tasks.
+    step_tasks = _slurm_step_tasks()
+    if step_tasks > 1:
+        # srun with one task per GPU (no torchrun inside): SLURM numbers the step's tasks.
         env["RANK"] = env["SLURM_PROCID"]
-        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["WORLD_SIZE"] = str(step_tasks)
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         env.setdefault("MASTER_ADDR", _slurm_master_addr())
-        env.setdefault("MASTER_PORT", "29500")
+        env.setdefault("MASTER_PORT", _slurm_master_port())
         return "slurm"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        logger.warning("SLURM_NTASKS=%s but no srun job step (SLURM_STEP_ID unset or the batch "
+                       "step): running as one process; start the tasks with srun to use them "
+                       "all", env["SLURM_NTASKS"])
     return ""
 
 
