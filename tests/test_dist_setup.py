@@ -68,6 +68,28 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> List[Dict[str, Any]]:
     return calls
 
 
+# ----------------------------------------------------------------- 1: one GPU per srun task
+@pytest.mark.parametrize("visible, localid, expected", [
+    (1, 3, 0),  # srun --gpus-per-task=1 / --gpu-bind=single: each task sees its own one GPU
+    (2, 3, 1),  # two visible per task: local rank modulo what is visible
+    (8, 3, 3),  # all GPUs of the node visible: the local rank is the device
+])
+def test_srun_task_uses_a_visible_device(monkeypatch, caplog, groups, visible, localid,
+                                         expected):
+    monkeypatch.setattr(os, "environ", _srun_env(procid=8 + localid, localid=localid,
+                                                 step_tasks=16))
+    cuda = FakeCuda(monkeypatch, visible)
+    with caplog.at_level(logging.INFO, logger="utils.dist"):
+        state = udist.init_distributed_mode(_run())
+    assert cuda.current == [expected]
+    assert state.device == torch.device("cuda", expected)
+    assert (state.rank, state.world_size, state.local_rank) == (8 + localid, 16, localid)
+    assert groups[0]["device_id"] == torch.device("cuda", expected)
+    assert groups[0]["backend"] == "nccl"
+    remapped = [r for r in caplog.records if "CUDA device(s) visible" in r.getMessage()]
+    assert len(remapped) == (0 if visible > localid else 1)
+
+
 # --------------------------------------------------------- 3: sbatch batch script, ports
 @pytest.mark.parametrize("step", [None, "4294967294", "batch", "4294967291"])
 def test_batch_script_is_one_process(monkeypatch, caplog, groups, step):

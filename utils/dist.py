@@ -171,6 +171,22 @@ def _launcher_env(args: Any) -> str:
     return ""
 
 
+def _cuda_index(local_rank: int) -> int:
+    """The CUDA device of local rank ``local_rank`` among the devices this process sees.
+
+    ``srun --gpus-per-task=1`` (or ``--gpu-bind=single|closest``) gives every task its own
+    CUDA_VISIBLE_DEVICES with one device, so local rank 1 must use device 0 there.
+    """
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return local_rank
+    index = local_rank % max(count, 1)
+    logger.info("local rank %d but %d CUDA device(s) visible (CUDA_VISIBLE_DEVICES=%s): using "
+                "cuda:%d", local_rank, count, os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+                index)
+    return index
+
+
 @dataclass(frozen=True)
 class DistState:
     """What the distributed set-up found: this process's place and the device it runs on."""
@@ -214,8 +230,9 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     on_gpu = device_name.startswith("cuda")
     if on_gpu:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = _cuda_index(local_rank)
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device(device_name)
     backend = "nccl" if on_gpu else "gloo"
