@@ -90,6 +90,29 @@ def test_srun_task_uses_a_visible_device(monkeypatch, caplog, groups, visible, l
     assert len(remapped) == (0 if visible > localid else 1)
 
 
+# ------------------------------------------------------------- 2: auto precision, native bf16
+@pytest.mark.parametrize("capability, expected", [
+    ((7, 0), torch.float16),   # V100: bf16 only emulated
+    ((7, 5), torch.float16),   # T4
+    ((8, 0), torch.bfloat16),  # A100
+    ((9, 0), torch.bfloat16),  # H100
+])
+def test_auto_amp_is_bf16_only_with_native_bf16(monkeypatch, capability, expected):
+    FakeCuda(monkeypatch, 2, capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert uamp.amp_dtype_for(torch.device("cuda", 0), None, "auto") == expected
+    assert uamp.amp_dtype_for(torch.device("cuda", 0), True, "bf16") == torch.bfloat16
+    assert uamp.amp_dtype_for(torch.device("cuda", 0), True, "fp16") == torch.float16
+
+
+def test_auto_amp_asks_about_the_runs_device(monkeypatch):
+    # A mixed node: cuda:0 is a V100, cuda:1 an A100; the answer follows the run's device.
+    FakeCuda(monkeypatch, 2, lambda d: (8, 0) if torch.device(d).index == 1 else (7, 0))
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert uamp.amp_dtype_for(torch.device("cuda", 1), None) == torch.bfloat16
+    assert uamp.amp_dtype_for(torch.device("cuda", 0), None) == torch.float16
+
+
 # --------------------------------------------------------- 3: sbatch batch script, ports
 @pytest.mark.parametrize("step", [None, "4294967294", "batch", "4294967291"])
 def test_batch_script_is_one_process(monkeypatch, caplog, groups, step):
