@@ -155,3 +155,49 @@ def test_master_port_differs_between_jobs(monkeypatch):
     monkeypatch.setattr(os, "environ", env)
     udist._launcher_env(_run())
     assert env["MASTER_PORT"] == "41000"
+
+
+# ------------------------------------------------------------------- 4: device, timeout
+def test_explicit_cuda_index_becomes_current_device(monkeypatch, groups):
+    monkeypatch.setattr(os, "environ", {"PATH": "/nonexistent"})
+    cuda = FakeCuda(monkeypatch, 2)
+    state = udist.init_distributed_mode(_run(device="cuda:1"))
+    assert state.device == torch.device("cuda", 1) and not state.distributed
+    assert cuda.current == [1]
+    assert groups == []
+
+
+@pytest.mark.parametrize("built_with, device, warns", [
+    ("12.8", None, True),    # CUDA build, no driver/device: say so
+    (None, None, False),     # CPU-only build: CPU is expected
+    ("12.8", "cpu", False),  # asked for the CPU
+])
+def test_cpu_fallback_is_reported(monkeypatch, caplog, built_with, device, warns):
+    monkeypatch.setattr(os, "environ", {"PATH": "/nonexistent"})
+    FakeCuda(monkeypatch, 0)
+    monkeypatch.setattr(torch.version, "cuda", built_with)
+    with caplog.at_level(logging.WARNING, logger="utils.dist"):
+        state = udist.init_distributed_mode(_run(device=device))
+    assert state.device == torch.device("cpu")
+    hits = [r for r in caplog.records if "no CUDA device is available" in r.getMessage()]
+    assert len(hits) == (1 if warns else 0)
+
+
+@pytest.mark.parametrize("script", ["run_class_apt", "run_mae_pretraining"])
+def test_dist_timeout_flag_reaches_the_process_group(monkeypatch, groups, script):
+    import importlib
+
+    from utils.config import RunConfig, from_namespace
+    module = importlib.import_module(script)
+    parser = module.get_args_parser()
+    assert parser.parse_args([]).dist_timeout == 30
+    run = from_namespace(RunConfig, parser.parse_args(["--dist_timeout", "5", "--device", "cpu"]))
+    assert run.dist_timeout == 5
+    monkeypatch.setattr(os, "environ", {"PATH": "/nonexistent", "RANK": "0", "WORLD_SIZE": "2",
+                                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"})
+    state = udist.init_distributed_mode(run)
+    assert state.distributed and state.backend == "gloo"
+    assert groups[0]["timeout"] == datetime.timedelta(minutes=5)
+    with pytest.raises(ValueError, match="--dist_timeout"):
+        udist.init_distributed_mode(from_namespace(
+            RunConfig, parser.parse_args(["--dist_timeout", "0", "--device", "cpu"])))

@@ -206,7 +206,8 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
 
     Args:
         run: the run settings (``RunConfig`` or a namespace): reads ``device``, ``dist_url``,
-            ``dist_on_itp``, ``local_rank``; nothing is written into it.
+            ``dist_on_itp``, ``local_rank``, ``dist_timeout`` (minutes); nothing is written
+            into it.
         force: create a one-process group even without a launcher (DeepSpeed needs one);
             MASTER_ADDR/MASTER_PORT default to localhost and a free port.
     """
@@ -214,9 +215,24 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device_name} was asked for but CUDA is not available; "
                            f"use --device cpu")
+    if not getattr(run, "device", None) and device_name == "cpu" and torch.version.cuda:
+        # A CUDA build without a usable GPU is mostly a broken driver or an empty
+        # CUDA_VISIBLE_DEVICES: say so rather than train for days on the CPU.
+        logger.warning("torch was built with CUDA %s but no CUDA device is available "
+                       "(CUDA_VISIBLE_DEVICES=%s): running on the CPU; pass --device cpu to "
+                       "silence this", torch.version.cuda,
+                       os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+    timeout = int(getattr(run, "dist_timeout", 30))
+    if timeout < 1:
+        raise ValueError(f"--dist_timeout {timeout}: must be at least 1 (minutes)")
     launcher = _launcher_env(run)
     if not launcher and not force:
-        return DistState(device=torch.device("cuda:0" if device_name == "cuda" else device_name))
+        device = torch.device("cuda:0" if device_name == "cuda" else device_name)
+        if device.type == "cuda" and device_name != "cuda":
+            # --device cuda:1: make it the current device too, or kernels launched without an
+            # explicit device (custom ops, cuDNN workspaces, torch.cuda.* helpers) use cuda:0.
+            torch.cuda.set_device(device)
+        return DistState(device=device)
     env_set: List[str] = []
     if not launcher:  # one process, but a group is wanted
         defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
@@ -241,8 +257,8 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
     if not dist.is_initialized():
         kwargs = {"device_id": device} if on_gpu else {}
         dist.init_process_group(backend=backend, init_method=init_method, world_size=world,
-                                rank=rank, timeout=datetime.timedelta(
-                                    minutes=int(getattr(run, "dist_timeout", 30))), **kwargs)
+                                rank=rank, timeout=datetime.timedelta(minutes=timeout),
+                                **kwargs)
         owns = True
     logging.getLogger(__name__).info(
         "distributed (%s): rank %d of %d, local rank %d, backend %s, init %s", launcher, rank,
