@@ -342,6 +342,8 @@ def test_launcher_environments(monkeypatch):
     assert udist._launcher_env(args) == ""  # one SLURM task: no process group
     env.update(SLURM_PROCID="5", SLURM_NTASKS="16", SLURM_LOCALID="1",
                SLURM_JOB_NODELIST="gpu[03-04,07]")
+    assert udist._launcher_env(args) == ""  # the sbatch script itself: no srun step, one process
+    env.update(SLURM_STEP_ID="0")  # a task of an srun step (no SLURM_JOB_ID: the default port)
     assert udist._launcher_env(args) == "slurm"
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("5", "16", "1")
     assert env["MASTER_ADDR"] == "gpu03" and env["MASTER_PORT"] == "29500"

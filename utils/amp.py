@@ -7,6 +7,22 @@ from typing import Iterable, Optional, Union
 import torch
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA device has bf16 tensor cores (compute capability 8.0, Ampere, or newer).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also counts emulation (True on V100 and
+    T4, where bf16 autocast runs several times slower than fp16 with a loss scaler), and it asks
+    about the current device rather than ``device``.
+
+    Args:
+        device: a CUDA device (its index, or the current device when it has none).
+    """
+    if torch.version.hip:  # every ROCm architecture torch supports computes in bf16
+        return True
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def amp_dtype_for(device: torch.device, enabled: Optional[bool], dtype: str = "auto"
                   ) -> Optional[torch.dtype]:
     """The autocast dtype, or None for float32.
@@ -14,7 +30,8 @@ def amp_dtype_for(device: torch.device, enabled: Optional[bool], dtype: str = "a
     Args:
         device: the run's device.
         enabled: ``--amp`` (True), ``--no_amp`` (False) or unset (None: on for CUDA, off on CPU).
-        dtype: 'auto' (bf16 where the device supports it, else fp16), 'bf16' or 'fp16'.
+        dtype: 'auto' (bf16 where the device computes in it natively, else fp16), 'bf16' or
+            'fp16'.
     """
     if enabled is None:
         enabled = device.type == "cuda"
@@ -25,7 +42,7 @@ def amp_dtype_for(device: torch.device, enabled: Optional[bool], dtype: str = "a
     if dtype == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.bfloat16  # CPU autocast: bf16 (fp16 would need a loss scaler for no gain)
 
 

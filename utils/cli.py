@@ -188,12 +188,16 @@ def add_run_args(parser: argparse.ArgumentParser, *, resume_help: str,
 def add_distributed_args(parser: argparse.ArgumentParser, *,
                          world_size_help: Optional[str] = None) -> ArgumentGroup:
     """The "distributed" group: ``--world_size``, ``--local_rank``/``--local-rank``,
-    ``--dist_on_itp``, ``--dist_url`` (the launcher's environment normally sets these)."""
+    ``--dist_on_itp``, ``--dist_url`` (the launcher's environment normally sets these) and
+    ``--dist_timeout``."""
     g = parser.add_argument_group("distributed")
     g.add_argument("--world_size", default=1, type=int, help=world_size_help)
     g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
     g.add_argument("--dist_on_itp", action="store_true")
     g.add_argument("--dist_url", default="env://")
+    g.add_argument("--dist_timeout", default=30, type=int, metavar="MINUTES",
+                   help="new: minutes a rank waits for the others (process group start and "
+                        "every collective) before it fails")
     return g
 
 

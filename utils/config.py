@@ -137,6 +137,7 @@ class RunConfig:
     dist_on_itp: bool
     local_rank: int
     unsafe_load: bool = False
+    dist_timeout: int = 30  # minutes (--dist_timeout)
 
     @property
     def tensorboard_dir(self) -> str:

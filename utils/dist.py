@@ -107,6 +107,43 @@ def _slurm_master_addr() -> str:
     return _first_host(nodelist)
 
 
+# The batch script of ``sbatch`` is the job's "batch" step; a process started there (no srun) is
+# one process, though SLURM_NTASKS/SLURM_PROCID of the allocation are exported to it. SLURM leaves
+# SLURM_STEP_ID unset there; where it is set, the batch, extern and interactive steps carry
+# reserved ids at the top of the 32-bit range (0xfffffffe for the batch script in older SLURM,
+# 0xfffffffa..0xfffffffc in newer) or their names.
+_SLURM_SPECIAL_STEP_MIN = 0xFFFFFFF0
+_SLURM_SPECIAL_STEP_NAMES = ("batch", "extern", "interactive", "")
+
+
+def _is_srun_step(step: Optional[str]) -> bool:
+    """Whether ``SLURM_STEP_ID`` names a job step started by srun."""
+    if step is None:
+        return False
+    step = step.strip().lower()
+    if step in _SLURM_SPECIAL_STEP_NAMES:
+        return False
+    return not (step.isdigit() and int(step) >= _SLURM_SPECIAL_STEP_MIN)
+
+
+def _slurm_step_tasks() -> int:
+    """Tasks of the srun job step this process belongs to; 0 outside one (plain shell, sbatch
+    batch script, salloc shell)."""
+    env = os.environ
+    if "SLURM_PROCID" not in env or not _is_srun_step(
+            env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))):
+        return 0
+    return int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1")
+
+
+def _slurm_master_port() -> str:
+    """A rendezvous port per job, so two jobs sharing a node do not both bind 29500."""
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID") or ""
+    if not job_id.isdigit():
+        return "29500"
+    return str(29500 + int(job_id) % 10000)  # 29500..39499: unprivileged, below the ephemeral range
+
+
 def _launcher_env(args: Any) -> str:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK from the launcher; returns its name ('' for none)."""
     env = os.environ
@@ -118,15 +155,36 @@ def _launcher_env(args: Any) -> str:
     if "RANK" in env and "WORLD_SIZE" in env:
         env.setdefault("LOCAL_RANK", str(max(getattr(args, "local_rank", -1), 0)))
         return "torchrun"
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        # srun with one task per GPU (no torchrun inside): SLURM numbers the tasks.
+    step_tasks = _slurm_step_tasks()
+    if step_tasks > 1:
+        # srun with one task per GPU (no torchrun inside): SLURM numbers the step's tasks.
         env["RANK"] = env["SLURM_PROCID"]
-        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["WORLD_SIZE"] = str(step_tasks)
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         env.setdefault("MASTER_ADDR", _slurm_master_addr())
-        env.setdefault("MASTER_PORT", "29500")
+        env.setdefault("MASTER_PORT", _slurm_master_port())
         return "slurm"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        logger.warning("SLURM_NTASKS=%s but no srun job step (SLURM_STEP_ID unset or the batch "
+                       "step): running as one process; start the tasks with srun to use them "
+                       "all", env["SLURM_NTASKS"])
     return ""
+
+
+def _cuda_index(local_rank: int) -> int:
+    """The CUDA device of local rank ``local_rank`` among the devices this process sees.
+
+    ``srun --gpus-per-task=1`` (or ``--gpu-bind=single|closest``) gives every task its own
+    CUDA_VISIBLE_DEVICES with one device, so local rank 1 must use device 0 there.
+    """
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return local_rank
+    index = local_rank % max(count, 1)
+    logger.info("local rank %d but %d CUDA device(s) visible (CUDA_VISIBLE_DEVICES=%s): using "
+                "cuda:%d", local_rank, count, os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+                index)
+    return index
 
 
 @dataclass(frozen=True)
@@ -148,7 +206,8 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
 
     Args:
         run: the run settings (``RunConfig`` or a namespace): reads ``device``, ``dist_url``,
-            ``dist_on_itp``, ``local_rank``; nothing is written into it.
+            ``dist_on_itp``, ``local_rank``, ``dist_timeout`` (minutes); nothing is written
+            into it.
         force: create a one-process group even without a launcher (DeepSpeed needs one);
             MASTER_ADDR/MASTER_PORT default to localhost and a free port.
     """
@@ -156,9 +215,24 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device_name} was asked for but CUDA is not available; "
                            f"use --device cpu")
+    if not getattr(run, "device", None) and device_name == "cpu" and torch.version.cuda:
+        # A CUDA build without a usable GPU is mostly a broken driver or an empty
+        # CUDA_VISIBLE_DEVICES: say so rather than train for days on the CPU.
+        logger.warning("torch was built with CUDA %s but no CUDA device is available "
+                       "(CUDA_VISIBLE_DEVICES=%s): running on the CPU; pass --device cpu to "
+                       "silence this", torch.version.cuda,
+                       os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+    timeout = int(getattr(run, "dist_timeout", 30))
+    if timeout < 1:
+        raise ValueError(f"--dist_timeout {timeout}: must be at least 1 (minutes)")
     launcher = _launcher_env(run)
     if not launcher and not force:
-        return DistState(device=torch.device("cuda:0" if device_name == "cuda" else device_name))
+        device = torch.device("cuda:0" if device_name == "cuda" else device_name)
+        if device.type == "cuda" and device_name != "cuda":
+            # --device cuda:1: make it the current device too, or kernels launched without an
+            # explicit device (custom ops, cuDNN workspaces, torch.cuda.* helpers) use cuda:0.
+            torch.cuda.set_device(device)
+        return DistState(device=device)
     env_set: List[str] = []
     if not launcher:  # one process, but a group is wanted
         defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
@@ -172,8 +246,9 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     on_gpu = device_name.startswith("cuda")
     if on_gpu:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = _cuda_index(local_rank)
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device(device_name)
     backend = "nccl" if on_gpu else "gloo"
@@ -182,8 +257,8 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
     if not dist.is_initialized():
         kwargs = {"device_id": device} if on_gpu else {}
         dist.init_process_group(backend=backend, init_method=init_method, world_size=world,
-                                rank=rank, timeout=datetime.timedelta(
-                                    minutes=int(getattr(run, "dist_timeout", 30))), **kwargs)
+                                rank=rank, timeout=datetime.timedelta(minutes=timeout),
+                                **kwargs)
         owns = True
     logging.getLogger(__name__).info(
         "distributed (%s): rank %d of %d, local rank %d, backend %s, init %s", launcher, rank,
