@@ -780,7 +780,8 @@ class TrainingCheckpoints:
     def save(self, tag: str, epoch: int, step: int, backend: Any, model_ema: Any = None,
              best_acc: Optional[float] = None) -> str:
         """Write ``checkpoint-<tag>``; call on every rank (DeepSpeed saves collectively, plain
-        runs write on rank 0 while the others wait). Returns the path written (a file, or a DeepSpeed folder)."""
+        runs write on rank 0 while the others wait). Returns the path written (a file, or a
+        DeepSpeed folder)."""
         meta = self.metadata(backend.module, epoch, step, best_acc, model_ema)
         if backend.is_deepspeed:
             return self._save_deepspeed(backend.model, tag, meta)

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 import torch
@@ -41,7 +41,6 @@ from tests.engine_helpers import (NUM_TEST, ROOT, final_record, make_data, run_m
 WRAPPER = textwrap.dedent('''
     import datetime, functools, hashlib, json, os, sys, time
 
-    import torch
     import torch.distributed as dist
 
     import engine
@@ -181,7 +180,7 @@ def test_test_best_every_rank_tests_the_written_checkpoint(tmp_path, data):
 # --- DDP accumulation: all-reduces per optimizer step ------------------------------------------
 
 ACCUMULATION_SCRIPT = textwrap.dedent('''
-    import json, os, sys
+    import json, sys
 
     import torch
     import torch.distributed as dist
@@ -243,7 +242,7 @@ def test_ddp_accumulation_all_reduces_once_per_step(tmp_path):
 # --- torch.compile around DDP -------------------------------------------------------------------
 
 @pytest.fixture
-def one_process_group(tmp_path):
+def one_process_group():
     """A one-process gloo group in this process (DDP needs one), torn down after the test."""
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
@@ -278,7 +277,7 @@ def test_compile_wraps_the_ddp_model(monkeypatch, one_process_group):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     backend = PlainBackend(model, optimizer, torch.device("cpu"), None, True, compile=True)
     assert len(given) == 1
-    ddp: Optional[nn.Module] = given[0]
+    ddp = given[0]
     assert isinstance(ddp, nn.parallel.DistributedDataParallel)
     assert ddp.module is model
     assert isinstance(backend.model, Compiled) and backend.model.inner is ddp
