@@ -341,7 +341,7 @@ def bad_video_tracker(loader: Any, split: str, max_bad_fraction: float) -> Any:
 
 def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested: str,
                    records: RunRecords, input_dtype: Optional[torch.dtype],
-                   checkpoint: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                   checkpoint: Optional[str] = None) -> Dict[str, Any]:
     """Multi-view test, merge of all ranks' predictions, ``Final top-1/top-5`` in ``log.txt``.
 
     ``tested`` names the weights ('last', 'best', 'resume' or 'ema'); the EMA's predictions go
@@ -352,25 +352,29 @@ def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested:
     out_dir = cfg.run.output_dir
     tag = "ema" if tested == "ema" else ""
     device = next(model.parameters()).device
-    result = None
     if out_dir and rank == 0:
         remove_stale_predictions(out_dir, world if sharded else 1, tag)
-    if sharded or rank == 0:  # unsharded: every rank would test everything; rank 0 does it
-        file = prediction_file(out_dir, rank, tag) if out_dir else None
-        preds = final_test(run.loaders["test"], model, device, file, run.amp_dtype, input_dtype,
-                           print_freq=cfg.run.log_every)
-        parts: List[Any] = utils.all_gather_object(preds) if sharded else [preds]
-        result = merge_predictions(parts)
+    # Unsharded (no --dist_eval), every rank tests all videos itself, as the original VideoMAE
+    # code does: a rank that waited in a collective while rank 0 tested alone would be killed
+    # by the process-group timeout (NCCL's watchdog) after a long test, and the run lost.
+    # Only rank 0 writes the predictions file and the log line.
+    file = prediction_file(out_dir, rank, tag) if out_dir and (sharded or rank == 0) else None
+    preds = final_test(run.loaders["test"], model, device, file, run.amp_dtype, input_dtype,
+                       print_freq=cfg.run.log_every)
+    parts: List[Any] = utils.all_gather_object(preds) if sharded else [preds]
+    result = merge_predictions(parts)
     error: Optional[BaseException] = None
-    if result is not None and result["bad_paths"]:
-        try:  # the same data on every testing rank, so they all stop together
+    if result["bad_paths"]:
+        try:  # the same merged data on every rank, so they all stop together
             bad_video_tracker(run.loaders["test"], "test",
                               cfg.data.max_bad_fraction).update(result["bad_paths"])
-        except Exception as err:  # re-raised below once every rank knows
+        except Exception as err:  # sharded: re-raised below once every rank knows
             error = err
-    if not utils.all_ranks_ok(error is None, run.dist.device):
-        raise error if error is not None else RunStopped("rank 0 stopped the final test")
-    if rank == 0 and result is not None:
+    if not sharded and error is not None:
+        raise error  # every rank tested the same videos and raises the same error
+    if sharded and not utils.all_ranks_ok(error is None, run.dist.device):
+        raise error if error is not None else RunStopped("another rank stopped the final test")
+    if rank == 0:
         name = "Final EMA" if tag else "Final"
         logger.info("Accuracy of the network on the %d test videos: top-1 %.2f%%, top-5 "
                     "%.2f%% (%d unreadable videos left out; %s weights)", result["videos"],
@@ -385,5 +389,6 @@ def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested:
         records.scalars("perf", cfg.optim.epochs, **{f"{key}_acc1": result["top1"],
                                                      f"{key}_acc5": result["top5"]})
         records.flush()
-    utils.barrier()
+    if sharded:  # unsharded, the ranks finish on their own and nothing waits for rank 0's test
+        utils.barrier()
     return result

@@ -780,7 +780,8 @@ class TrainingCheckpoints:
     def save(self, tag: str, epoch: int, step: int, backend: Any, model_ema: Any = None,
              best_acc: Optional[float] = None) -> str:
         """Write ``checkpoint-<tag>``; call on every rank (DeepSpeed saves collectively, plain
-        runs write on rank 0). Returns the path written (a file, or a DeepSpeed folder)."""
+        runs write on rank 0 while the others wait). Returns the path written (a file, or a
+        DeepSpeed folder)."""
         meta = self.metadata(backend.module, epoch, step, best_acc, model_ema)
         if backend.is_deepspeed:
             return self._save_deepspeed(backend.model, tag, meta)
@@ -789,6 +790,9 @@ class TrainingCheckpoints:
             atomic_torch_save({"model": trainable_state_dict(backend.module),
                                **backend.state_dict(), **meta}, path)
             logger.info("saved %s (%.2f MB)", path, os.path.getsize(path) / 2 ** 20)
+        # The other ranks wait for the file: `load_best` (--test_best) must read the same,
+        # complete checkpoint on every rank, or ranks test different weights.
+        _barrier()
         return path
 
     def _save_deepspeed(self, engine: Any, tag: str, meta: Dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ class PlainBackend:
         distributed: wrap in DistributedDataParallel.
         update_freq: micro-batches per optimizer step (the loss is divided by it).
         clip_grad: gradient-norm clipping (None or 0: off).
-        compile: ``torch.compile`` the model before wrapping it.
+        compile: ``torch.compile`` the (DDP-wrapped) model.
     """
 
     is_deepspeed = False
@@ -42,10 +42,13 @@ class PlainBackend:
                  amp_dtype: Optional[torch.dtype], distributed: bool, update_freq: int = 1,
                  clip_grad: Optional[float] = None, compile: bool = False) -> None:
         self.module = model
-        net: Any = torch.compile(model) if compile else model
+        net: Any = model
+        self.ddp: Optional[nn.parallel.DistributedDataParallel] = None
         if distributed:
-            net = nn.parallel.DistributedDataParallel(
+            net = self.ddp = nn.parallel.DistributedDataParallel(
                 net, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:  # compile(DDP(model)): PyTorch's DDPOptimizer splits graphs at DDP buckets
+            net = torch.compile(net)
         self.model = net
         self.optimizer = optimizer
         self.device, self.amp_dtype = device, amp_dtype
@@ -60,9 +63,9 @@ class PlainBackend:
     def accumulating(self, last_micro: bool) -> ContextManager:
         """DDP decides at the forward whether the backward all-reduces: skip it on micro-batches
         that only accumulate."""
-        if last_micro or not hasattr(self.model, "no_sync"):
+        if last_micro or self.ddp is None:  # the DDP wrapper, also when compiled around it
             return contextlib.nullcontext()
-        return self.model.no_sync()
+        return self.ddp.no_sync()
 
     def autocast(self) -> ContextManager:
         return autocast(self.device, self.amp_dtype)
