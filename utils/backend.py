@@ -131,15 +131,47 @@ class DeepSpeedBackend:
         return x.to(self.input_dtype) if self.input_dtype is not None else x
 
     def backward(self, loss: torch.Tensor, last_micro: bool) -> Optional[float]:
+        """Backward and the engine's step (it only updates at the end of an accumulation).
+
+        Returns the unscaled gradient norm before clipping at the end of an accumulation, else
+        None. Where it comes from follows DeepSpeed 0.19.8 (``DeepSpeedEngine._take_model_step``
+        copies the optimizer's ``_global_grad_norm``):
+
+        - ZeRO 1/2 (``DeepSpeedZeroOptimizer.step``): the gradients are reduced into partitions
+          (``p.grad`` is None), and the engine's norm is already divided by the loss scale.
+        - Stage 0 fp16 (``FP16_UnfusedOptimizer.step``, the wrapper of a client optimizer):
+          the engine's norm is of the scaled gradients; it is divided here by the scale the
+          backward used (read before ``step()``, which may change it).
+        - Stage 0 fp32/bf16: the client optimizer keeps no norm (fp32) or one equal to the
+          ``p.grad`` norm (bf16, no loss scale), so it is computed from ``p.grad`` before
+          ``step()`` clears them.
+        """
         self.model.backward(loss)
+        if not last_micro:
+            self.model.step()
+            return None
+        stage = int(self.model.zero_optimization_stage())
+        fp16 = bool(self.model.fp16_enabled())
         norm: Optional[float] = None
-        if last_micro and self.input_dtype != torch.float16:
-            norm = float(get_grad_norm_(self.trainable))  # before step() clears them
+        if stage == 0 and not fp16:
+            norm = float(get_grad_norm_(self.trainable))
+        scale = self.loss_scale() if stage == 0 and fp16 else 1.0
         self.model.step()
-        if last_micro and self.input_dtype == torch.float16:
-            value = self.model.get_global_grad_norm()  # grads are loss-scaled: ask DeepSpeed
-            norm = float(value) if value is not None else None
+        if norm is None:
+            value = self.model.get_global_grad_norm()  # None where ZeRO's compute_grad_norm is off
+            norm = float(value) / scale if value is not None else None
         return norm
 
     def loss_scale(self) -> float:
-        return float(getattr(self.model.optimizer, "cur_scale", 1.0) or 1.0)
+        """The engine's current loss scale; 1.0 without fp16.
+
+        DeepSpeed's fp16 optimizers expose it as the ``loss_scale`` property
+        (``FP16_UnfusedOptimizer``, ``FP16_Optimizer``, ``DeepSpeedZeroOptimizer``, which also
+        has ``cur_scale``); a plain client optimizer (fp32 stage 0) has neither.
+        """
+        optimizer = self.model.optimizer
+        for name in ("loss_scale", "cur_scale"):
+            value = getattr(optimizer, name, None)
+            if value is not None and not callable(value):
+                return float(value)
+        return 1.0

@@ -8,6 +8,12 @@ clipping and fp16/bf16 come from the JSON config written to ``<output_dir>/deeps
 On CPU, DeepSpeed's communication layer would JIT-compile its shared-memory all-reduce op
 (``deepspeed_shm_comm``, ~90 s on two cores) on first use; training only needs
 ``torch.distributed`` (gloo), so that op is marked unavailable before DeepSpeed starts.
+
+ZeRO stages 1 and 2 (``"zero_optimization": {"stage": 1|2}`` in ``--deepspeed_config``) take
+the client optimizer as it is: DeepSpeed partitions the flat fp32 copy of each parameter group
+and calls the torch optimizer's ``step`` on it, keeping the group's other keys (``lr_scale``,
+``param_names``). Stage 3 partitions the parameters themselves, which folding and validation
+read whole, so it is refused.
 """
 from __future__ import annotations
 
@@ -75,7 +81,58 @@ def create_ds_config(optim: Any, user_file: Optional[str], output_dir: str,
         config.setdefault("data_types", {})["buffer_dtype"] = "fp16" if fp16 else "bf16"
     config.pop("optimizer", None)  # the client optimizer (see module docstring) is used
     config.pop("scheduler", None)  # learning rate and weight decay follow the per-step schedule
+    _check_zero_stage(config, getattr(optim, "opt", None), user_file)
     return config
+
+
+# The torch class ``optim_factory.create_optimizer`` builds for each ``--opt``.
+_CLIENT_OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "momentum": "SGD"}
+
+
+def zero_supports(opt: Optional[str]) -> bool:
+    """Whether DeepSpeed lists the client optimizer of ``--opt`` as tested with ZeRO.
+
+    DeepSpeed's own check (``is_zero_supported_optimizer``) needs its communication layer
+    started, so its list ``ZERO_SUPPORTED_OPTIMIZERS`` is read here against the class that
+    ``optim_factory.create_optimizer`` builds for the flag.
+
+    Args:
+        opt: ``--opt`` (None or unknown: not supported).
+    """
+    from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS
+    name = _CLIENT_OPTIMIZERS.get((opt or "").lower())
+    cls = getattr(torch.optim, name) if name else None
+    return cls is not None and cls in ZERO_SUPPORTED_OPTIMIZERS
+
+
+def _check_zero_stage(config: Dict[str, Any], opt: Optional[str],
+                      user_file: Optional[str]) -> None:
+    """Refuse ZeRO stage 3; allow the client optimizer at stages 1 and 2.
+
+    Without ``zero_allow_untested_optimizer`` DeepSpeed's engine asserts at start-up
+    (``DeepSpeedEngine._do_optimizer_sanity_check``) for any optimizer outside its list, SGD
+    included, although stages 1/2 only call the optimizer's ``step`` on flat fp32 partitions.
+
+    Args:
+        config: the config being built (edited in place).
+        opt: ``--opt``.
+        user_file: ``--deepspeed_config``, for the error message.
+    """
+    zero = config.get("zero_optimization") or {}
+    try:
+        stage = int(zero.get("stage", 0))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--deepspeed_config {user_file}: zero_optimization.stage "
+                         f"{zero.get('stage')!r} is not a number") from err
+    if stage >= 3:
+        raise ValueError(
+            f"--deepspeed_config {user_file}: ZeRO stage {stage} is not supported (it partitions "
+            "the parameters, which folding and validation read whole); use stage 0, 1 or 2")
+    if stage in (1, 2) and not zero_supports(opt) and not config.get(
+            "zero_allow_untested_optimizer"):
+        config["zero_allow_untested_optimizer"] = True
+        logger.info("DeepSpeed ZeRO stage %d with --opt %s (not in DeepSpeed's tested list): "
+                    "zero_allow_untested_optimizer set", stage, opt)
 
 
 def ds_config_path(output_dir: str) -> str:
