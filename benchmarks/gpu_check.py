@@ -98,15 +98,16 @@ class Check:
                 continue
             argv.append(f"--{key}")
             if value is not True:
-                argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+                values = value if isinstance(value, (list, tuple)) else [value]
+                argv.extend(str(v) for v in values)
         return argv
 
-    def run_cli(self, argv: List[str], nproc: int, log_name: str) -> None:
-        """``run_class_apt.py argv`` (under torchrun when ``nproc`` > 1); raises with the output
-        tail on a non-zero exit. The output goes to ``<out>/runs/<log_name>.log``."""
+    def run_cli(self, argv: List[str], nproc: int, log_name: str, torchrun: bool = False) -> None:
+        """``run_class_apt.py argv`` (under torchrun when ``nproc`` > 1 or ``torchrun``); raises
+        with the output tail on a non-zero exit. Output: ``<out>/runs/<log_name>.log``."""
         script = os.path.join(ROOT, "run_class_apt.py")
         cmd = [sys.executable, script, *argv]
-        if nproc > 1:
+        if nproc > 1 or torchrun:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                    "--master_addr=127.0.0.1", f"--master_port={free_port()}", script, *argv]
         env = {k: v for k, v in os.environ.items()
@@ -161,12 +162,15 @@ class Check:
 
     def ddp_amp(self) -> dict:
         out = os.path.join(self.work, "ddp_amp")
-        self.run_cli(self.flags(out, update_freq=2, dist_eval=True), self.nproc, "ddp_amp")
+        # always torchrun, so the process group (NCCL on GPU, gloo on CPU) starts even on one GPU
+        self.run_cli(self.flags(out, update_freq=2, dist_eval=True), self.nproc, "ddp_amp",
+                     torchrun=True)
         with open(os.path.join(out, "log.txt"), encoding="utf-8") as f:
             records = [json.loads(line) for line in f if line.strip()]
         self.finals["ddp_amp"] = self.final(out)
         epochs = [r for r in records if "epoch" in r]
-        return {"epochs": len(epochs), "processes": self.nproc, **self.finals["ddp_amp"]}
+        return {"epochs": len(epochs), "processes": self.nproc,
+                "backend": "nccl" if self.cuda else "gloo", **self.finals["ddp_amp"]}
 
     def eval_equals(self, source: str, target: str) -> dict:
         """``--eval`` of ``source``'s last checkpoint (one process) gives its final numbers."""
@@ -233,7 +237,8 @@ class Check:
         if self.dry:
             model_name, frames, size, batch, warmup, steps = "vit_micro_patch16", 4, 32, 2, 1, 2
         else:
-            model_name, frames, size, batch, warmup, steps = "vit_base_patch16_224", 16, 224, 8, 5, 20
+            model_name, frames, size, batch = "vit_base_patch16_224", 16, 224, 8
+            warmup, steps = 5, 20
         device = torch.device("cuda" if self.cuda else "cpu")
         torch.manual_seed(0)
         model = build(model_name, "prompt (APT)", 400, frames, size, num_classes=174,
@@ -246,7 +251,8 @@ class Check:
 
         def one_step() -> None:
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
@@ -308,7 +314,8 @@ class Check:
         for name, r in self.results.items():
             detail = {k: v for k, v in r.items() if k not in ("status", "seconds", "error")}
             if "error" in r:
-                detail["error"] = r["error"].strip().splitlines()[-1][:200] if r["error"].strip() else ""
+                lines_of_error = r["error"].strip().splitlines() or [""]
+                detail["error"] = lines_of_error[-1][:200]
             text = ", ".join(f"{k}: {v}" for k, v in detail.items()).replace("|", "/")
             lines.append(f"| {name} | {r['status']} | {r.get('seconds', '')} | {text} |")
         with open(os.path.join(self.out, "gpu_check.md"), "w", encoding="utf-8") as f:

@@ -130,8 +130,10 @@ def test_original_readme_command_parses_unchanged():
 # one is the source throughout (it has the paper's P: 400, and 2 on SSv2 ViT-B).
 # No row (no original script): vpt.sh everywhere (the original code has no VPT), linear.sh
 # except UCF101 ViT-B, end2end.sh on HMDB51 (both backbones) and UCF101 ViT-S.
-_APT = "wgcban/apt: scripts/{ds}/videomae_vpt_vit_{bb}_patch16_224_tubemasking_ratio_0.9_epoch_2400/{f}"
-_VMAE = "MCG-NJU/VideoMAE: scripts/{ds}/videomae_vit_{bb}_patch16_224_tubemasking_ratio_{r}/finetune.sh"
+_APT = ("wgcban/apt: scripts/{ds}/"
+        "videomae_vpt_vit_{bb}_patch16_224_tubemasking_ratio_0.9_epoch_2400/{f}")
+_VMAE = ("MCG-NJU/VideoMAE: scripts/{ds}/"
+         "videomae_vit_{bb}_patch16_224_tubemasking_ratio_{r}/finetune.sh")
 _APT_COMMON = dict(transfer_type="prompt", prompt_start=0, prompt_end=11, prompt_dropout=0.1,
                    num_sample=2, input_size=224, short_side_size=224, save_ckpt_freq=10,
                    num_frames=16, opt="adamw", weight_decay=1e-5, warmup_epochs=10,
