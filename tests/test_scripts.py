@@ -13,8 +13,8 @@ from tests.engine_helpers import ROOT
 
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "scripts", "**", "*.sh"), recursive=True) +
                  glob.glob(os.path.join(ROOT, "scripts", "**", "*.sbatch"), recursive=True))
-DATASETS = {"ucf101": ("UCF101", 101, 5, 400), "hmdb51": ("HMDB51", 51, 10, 400),
-            "ssv2": ("SSV2", 174, 2, 2), "kinetics": ("Kinetics-400", 400, 5, 400)}
+DATASETS = {"ucf101": ("UCF101", 101, 5), "hmdb51": ("HMDB51", 51, 10),
+            "ssv2": ("SSV2", 174, 2), "kinetics": ("Kinetics-400", 400, 5)}
 KINDS = ("finetune", "linear", "vpt", "end2end", "eval")
 
 # The command of the original project's README (SSv2, ViT-B), paths and launcher aside.
@@ -85,19 +85,14 @@ def test_script_flags_parse(script, fake_bin, tmp_path):
     assert launcher[0] == "torchrun" and "--nproc_per_node=4" in launcher
     assert "--master_port=29123" in launcher
     ds, bb, name = os.path.relpath(script, os.path.join(ROOT, "scripts")).split(os.sep)
-    data_set, nb, segments, tokens = DATASETS[ds]
+    data_set, nb, segments = DATASETS[ds]
     assert (args.data_set, args.nb_classes, args.test_num_segment, args.test_num_crop) == \
         (data_set, nb, segments, 3)
     assert args.model == ("vit_small_patch16_224" if bb == "vit_small" else "vit_base_patch16_224")
     assert args.output_dir == str(tmp_path / "out")
     kind = name[:-3]
-    if kind == "finetune":  # the published APT settings
-        assert args.transfer_type == "prompt" and args.prompt_num_tokens == tokens
-        assert (args.prompt_start, args.prompt_end, args.prompt_dropout) == (0, 11, 0.1)
-        assert args.prompt_reparam and args.is_aa and args.aa == "rand-m4-n2-mstd0.2-inc1"
-        assert (args.opt, args.lr, args.weight_decay, args.epochs, args.warmup_epochs) == \
-            ("adamw", 0.05, 1e-5, 100, 10)
-        assert (args.batch_size, args.num_sample) == (8, 2)
+    if kind == "finetune":  # the published APT settings (values: ORIGINAL_SETTINGS below)
+        assert args.transfer_type == "prompt"
     elif kind == "eval":
         assert args.eval and args.resume == ""
     else:
@@ -126,3 +121,91 @@ def test_original_readme_command_parses_unchanged():
     assert (args.prompt_num_tokens, args.prompt_end, args.test_num_segment) == (2, 11, 2)
     for flag in ("--local_rank=3", "--local-rank=3"):  # both spellings of the old launcher
         assert run_class_apt.get_args_parser().parse_args([flag]).local_rank == 3
+
+
+# The settings of the original code's scripts, one row per (data set, backbone, kind) that has
+# one, each naming its source file: the APT paper's code (wgcban/apt) for APT and linear probing,
+# VideoMAE's (MCG-NJU/VideoMAE) for end-to-end fine-tuning. Only flags the source file passes
+# are listed. Where wgcban/apt has two variants (finetune_viu2.sh, finetune_viu3.sh), the viu2
+# one is the source throughout (it has the paper's P: 400, and 2 on SSv2 ViT-B).
+# No row (no original script): vpt.sh everywhere (the original code has no VPT), linear.sh
+# except UCF101 ViT-B, end2end.sh on HMDB51 (both backbones) and UCF101 ViT-S.
+_APT = ("wgcban/apt: scripts/{ds}/"
+        "videomae_vpt_vit_{bb}_patch16_224_tubemasking_ratio_0.9_epoch_2400/{f}")
+_VMAE = ("MCG-NJU/VideoMAE: scripts/{ds}/"
+         "videomae_vit_{bb}_patch16_224_tubemasking_ratio_{r}/finetune.sh")
+_APT_COMMON = dict(transfer_type="prompt", prompt_start=0, prompt_end=11, prompt_dropout=0.1,
+                   num_sample=2, input_size=224, short_side_size=224, save_ckpt_freq=10,
+                   num_frames=16, opt="adamw", weight_decay=1e-5, warmup_epochs=10,
+                   test_num_crop=3, dist_eval=True, pin_mem=True, enable_deepspeed=True,
+                   prompt_reparam=True, is_aa=True, aa="rand-m4-n2-mstd0.2-inc1")
+_VMAE_COMMON = dict(transfer_type="end2end", input_size=224, short_side_size=224, num_frames=16,
+                    opt="adamw", opt_betas=[0.9, 0.999], weight_decay=0.05, test_num_crop=3,
+                    dist_eval=True, enable_deepspeed=True)
+
+
+def _apt(ds, bb, **kw):
+    return (ds, bb, "finetune.sh", dict(_APT_COMMON, **kw),
+            _APT.format(ds=ds, bb=bb, f="finetune_viu2.sh"))
+
+
+def _vmae(ds, bb, ratio, **kw):
+    return (ds, bb, "end2end.sh", dict(_VMAE_COMMON, **kw),
+            _VMAE.format(ds=ds, bb=bb, r=ratio))
+
+
+ORIGINAL_SETTINGS = [
+    _apt("ucf101", "base", prompt_num_tokens=400, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=50, test_num_segment=5),
+    _apt("ucf101", "small", prompt_num_tokens=400, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=100, test_num_segment=5),
+    _apt("hmdb51", "base", prompt_num_tokens=400, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=100, test_num_segment=10),
+    _apt("hmdb51", "small", prompt_num_tokens=400, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=100, test_num_segment=10),
+    _apt("kinetics", "base", prompt_num_tokens=400, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=100, test_num_segment=5),
+    _apt("kinetics", "small", prompt_num_tokens=400, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=100, test_num_segment=5),
+    _apt("ssv2", "base", prompt_num_tokens=2, batch_size=8, batch_size_val=8, lr=0.05,
+         epochs=100, test_num_segment=2),
+    _apt("ssv2", "small", prompt_num_tokens=400, batch_size=16, batch_size_val=16, lr=0.05,
+         epochs=100, test_num_segment=2),
+    ("ucf101", "base", "linear.sh",
+     dict(transfer_type="linear", batch_size=8, batch_size_val=8, num_sample=2, input_size=224,
+          short_side_size=224, save_ckpt_freq=10, num_frames=16, opt="adamw", lr=0.01,
+          weight_decay=1e-5, epochs=100, warmup_epochs=10, test_num_segment=5, test_num_crop=3,
+          dist_eval=True, pin_mem=True, enable_deepspeed=True, is_aa=True,
+          aa="rand-m4-n2-mstd0.2-inc1"),
+     _APT.format(ds="ucf101", bb="base", f="linearprobe_viu3.sh")),
+    _vmae("kinetics", "base", "0.9_epoch_1600", batch_size=6, num_sample=2, save_ckpt_freq=10,
+          sampling_rate=4, lr=5e-4, epochs=75, test_num_segment=5),
+    _vmae("kinetics", "small", "0.9_epoch_1600", batch_size=12, num_sample=2, save_ckpt_freq=10,
+          sampling_rate=4, lr=5e-4, epochs=150, test_num_segment=5),
+    _vmae("ssv2", "base", "0.9_epoch_2400", batch_size=6, num_sample=2, save_ckpt_freq=10,
+          lr=5e-4, epochs=30, test_num_segment=2),
+    _vmae("ssv2", "small", "0.9_epoch_2400", batch_size=12, num_sample=2, save_ckpt_freq=10,
+          lr=1e-3, layer_decay=0.7, epochs=40, test_num_segment=2),
+    _vmae("ucf101", "base", "0.75_epoch_3200", batch_size=16, save_ckpt_freq=50,
+          sampling_rate=4, num_sample=2, lr=5e-4, warmup_lr=1e-8, min_lr=1e-5, layer_decay=0.7,
+          epochs=100, test_num_segment=5, fc_drop_rate=0.5, drop_path=0.2, use_checkpoint=True),
+]
+
+
+def test_original_settings_table_is_one_row_per_script():
+    keys = [(ds, bb, kind) for ds, bb, kind, _, _ in ORIGINAL_SETTINGS]
+    assert len(keys) == len(set(keys))
+    for ds, bb, kind, _, source in ORIGINAL_SETTINGS:
+        repo, path = source.split(": ")
+        assert repo in ("wgcban/apt", "MCG-NJU/VideoMAE") and f"/{ds}/" in path
+        assert f"vit_{bb}_" in path
+
+
+@pytest.mark.parametrize("row", ORIGINAL_SETTINGS, ids=lambda r: "/".join(r[:3]))
+def test_script_matches_the_original(row, fake_bin, tmp_path):
+    ds, bb, kind, expected, source = row
+    script = os.path.join(ROOT, "scripts", ds, f"vit_{bb}", kind)
+    _, args = _launched_flags(script, fake_bin, tmp_path)
+    got = {key: getattr(args, key) for key in expected}
+    mismatched = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
+    assert not mismatched, f"{script} differs from {source} (got, original): {mismatched}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full fine-tuning (every parameter trains) of a VideoMAE ViT-B/16 on Kinetics-400, with
-# VideoMAE's fine-tuning recipe: AdamW (0.9, 0.999), lr 1e-3 per 256, layer decay 0.75,
+# VideoMAE's fine-tuning recipe: AdamW (0.9, 0.999), lr 5e-4 per 256, layer decay 0.75,
 # weight decay 0.05, drop path 0.1, mixup 0.8 / cutmix 1.0, random erasing 0.25,
 # RandAugment rand-m7-n4-mstd0.5-inc1, 75 epochs with 5 of warm-up.
 #
@@ -30,7 +30,7 @@ launch \
     --finetune "${MODEL_PATH}" \
     --log_dir "${OUTPUT_DIR}" \
     --output_dir "${OUTPUT_DIR}" \
-    --batch_size 8 \
+    --batch_size 6 \
     --batch_size_val 8 \
     --num_sample 2 \
     --input_size 224 \
@@ -39,7 +39,7 @@ launch \
     --num_frames 16 \
     --opt adamw \
     --opt_betas 0.9 0.999 \
-    --lr 1e-3 \
+    --lr 5e-4 \
     --layer_decay 0.75 \
     --weight_decay 0.05 \
     --drop_path 0.1 \

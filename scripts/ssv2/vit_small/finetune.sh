@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # APT (attention prompt tuning) on Something-Something-V2 with a VideoMAE ViT-S/16 backbone, with the
 # published settings: AdamW, lr 0.05 (for a total batch of 256, scaled by total batch / 256),
-# weight decay 1e-5, 100 epochs with 10 of warm-up, P=2 key/value prompts in blocks 0-11,
+# weight decay 1e-5, 100 epochs with 10 of warm-up, P=400 key/value prompts in blocks 0-11,
 # prompt dropout 0.1, prompt reparameterisation, RandAugment rand-m4-n2-mstd0.2-inc1,
-# 8 videos per GPU x 2 augmented clips, 2x3-view test, DeepSpeed engine.
+# 16 videos per GPU x 2 augmented clips, 2x3-view test, DeepSpeed engine.
 #
 # Environment variables (default in brackets):
 #   NUM_GPUS     processes (GPUs) on this node [8]
@@ -27,7 +27,7 @@ launch \
     --transfer_type prompt \
     --prompt_start 0 \
     --prompt_end 11 \
-    --prompt_num_tokens 2 \
+    --prompt_num_tokens 400 \
     --prompt_dropout 0.1 \
     --data_set SSV2 \
     --nb_classes 174 \
@@ -35,8 +35,8 @@ launch \
     --finetune "${MODEL_PATH}" \
     --log_dir "${OUTPUT_DIR}" \
     --output_dir "${OUTPUT_DIR}" \
-    --batch_size 8 \
-    --batch_size_val 8 \
+    --batch_size 16 \
+    --batch_size_val 16 \
     --num_sample 2 \
     --input_size 224 \
     --short_side_size 224 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # APT (attention prompt tuning) on UCF101 with a VideoMAE ViT-B/16 backbone, with the
 # published settings: AdamW, lr 0.05 (for a total batch of 256, scaled by total batch / 256),
-# weight decay 1e-5, 100 epochs with 10 of warm-up, P=400 key/value prompts in blocks 0-11,
+# weight decay 1e-5, 50 epochs with 10 of warm-up, P=400 key/value prompts in blocks 0-11,
 # prompt dropout 0.1, prompt reparameterisation, RandAugment rand-m4-n2-mstd0.2-inc1,
 # 8 videos per GPU x 2 augmented clips, 5x3-view test, DeepSpeed engine.
 #
@@ -45,7 +45,7 @@ launch \
     --opt adamw \
     --lr 0.05 \
     --weight_decay 0.00001 \
-    --epochs 100 \
+    --epochs 50 \
     --warmup_epochs 10 \
     --test_num_segment 5 \
     --test_num_crop 3 \
