@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402,F401  (first: sets OpenMP's wait policy before torch)
+from utils.cli import flags_to_argv  # noqa: E402
 
 LOG = logging.getLogger("gpu_check")
 OK, FAILED, SKIPPED = "ok", "failed", "skipped-needs-cuda"
@@ -92,15 +93,7 @@ class Check:
             "device": "cuda" if self.cuda else "cpu",
         }
         base.update(extra)
-        argv: List[str] = []
-        for key, value in base.items():
-            if value is None or value is False:
-                continue
-            argv.append(f"--{key}")
-            if value is not True:
-                values = value if isinstance(value, (list, tuple)) else [value]
-                argv.extend(str(v) for v in values)
-        return argv
+        return flags_to_argv(base)
 
     def run_cli(self, argv: List[str], nproc: int, log_name: str, torchrun: bool = False) -> None:
         """``run_class_apt.py argv`` (under torchrun when ``nproc`` > 1 or ``torchrun``); raises

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from utils.cli import flags_to_argv
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 3 classes x 7 videos: 9 train, 3 val, 9 test videos (an odd test count, so a 2-process
@@ -56,14 +58,7 @@ def tiny_argv(data_path: str, output_dir: str, transfer_type: str = "prompt",
         "seed": 0, "smoothing": 0.1,
     }
     base.update(flags)
-    argv: List[str] = []
-    for key, value in base.items():
-        if value is None or value is False:
-            continue
-        argv.append(f"--{key}")
-        if value is not True:
-            argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-    return argv
+    return flags_to_argv(base)
 
 
 def parse(argv: Sequence[str]):

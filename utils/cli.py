@@ -21,6 +21,19 @@ ArgumentGroup = argparse._ArgumentGroup  # argparse does not export the class un
 logger = logging.getLogger(__name__)
 
 
+def flags_to_argv(flags: Dict[str, Any]) -> List[str]:
+    """``{"name": value}`` -> ``["--name", "value", ...]``: ``True`` is a bare switch, ``None``
+    and ``False`` leave the flag out, a list or tuple gives several values."""
+    argv: List[str] = []
+    for key, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv.append(f"--{key}")
+        if value is not True:
+            argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return argv
+
+
 def add_method_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     """The "transfer type" group: ``--transfer_type`` and one flag per setting that the
     registered types declare (``models/transfer``), with the declared default, type and help.
