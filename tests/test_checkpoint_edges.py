@@ -17,7 +17,7 @@ from models import (CheckpointError, TrainingCheckpoints, create_model, load_pre
 from models.checkpoint import DS_MODEL_FILE, load_newest_readable
 from utils.backend import PlainBackend
 from utils.config import PretrainConfig
-from tests.engine_helpers import make_data, read_log, tiny_argv
+from tests.engine_helpers import read_log, tiny_argv
 from tests.helpers import tiny_model
 from tests.pretrain_helpers import tiny_pretrain_model
 
@@ -251,11 +251,6 @@ def test_a_checkpoint_with_a_custom_class_still_names_unsafe_load(tmp_path, lega
 
 
 # ------------------------------------------------------------------------ the CLI end to end
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("synthetic")))
-
-
 def test_cli_auto_resumes_past_a_truncated_checkpoint_last(tmp_path, data, caplog):
     out = str(tmp_path / "run")
     assert run_class_apt.cli(tiny_argv(data, out, "linear", epochs=1,

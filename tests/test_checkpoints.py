@@ -1,6 +1,4 @@
 """Loading every published checkpoint layout (docs/FORMATS.md)."""
-import argparse
-import os
 
 import pytest
 import torch

@@ -7,14 +7,9 @@ import pytest
 
 import utils
 from models import read_checkpoint
-from tests.engine_helpers import final_record, make_data, read_log, run_cli, run_main, tiny_argv
+from tests.engine_helpers import final_record, read_log, run_cli, run_main, tiny_argv
 
 pytest.importorskip("deepspeed")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("synthetic")))
 
 
 @pytest.mark.parametrize("nproc", [1, 2])

@@ -6,13 +6,7 @@ import pytest
 
 import engine
 import utils
-from tests.engine_helpers import (NUM_TEST, final_record, make_data, read_log, run_cli,
-                                  run_main, tiny_argv)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("synthetic")))
+from tests.engine_helpers import NUM_TEST, final_record, read_log, run_cli, run_main, tiny_argv
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, data):

@@ -12,19 +12,7 @@ import torch
 import engine
 import run_class_apt
 from models import TRANSFER_TYPES
-from tests.engine_helpers import (NUM_TEST, final_record, make_data, read_log, run_main, tiny_argv,
-                                  write_tiny_backbone)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("synthetic")))
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """A VideoMAE pre-training style checkpoint of the tiny backbone (``encoder.`` keys)."""
-    return write_tiny_backbone(str(tmp_path_factory.mktemp("backbone")))
+from tests.engine_helpers import NUM_TEST, final_record, read_log, run_main, tiny_argv
 
 
 @pytest.mark.parametrize("transfer_type", sorted(TRANSFER_TYPES))

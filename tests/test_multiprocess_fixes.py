@@ -29,8 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import utils
-from tests.engine_helpers import (NUM_TEST, ROOT, final_record, make_data, run_main,
-                                  subprocess_env, tiny_argv)
+from tests.engine_helpers import NUM_TEST, ROOT, final_record, run_main, subprocess_env, tiny_argv
 
 # The wrapper's knobs come from environment variables of the test's subprocess (test code only).
 # Short process-group timeout: utils/dist.init_distributed_mode passes an explicit ``timeout`` to
@@ -95,11 +94,6 @@ WRAPPER = textwrap.dedent('''
 
     sys.exit(run_class_apt.cli(sys.argv[1:]))
 ''')
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("synthetic")))
 
 
 def torchrun(script: str, argv: Sequence[str], env: Dict[str, str], timeout: int = 300,

@@ -14,24 +14,12 @@ import torch
 
 import run_class_apt
 
-from tests.engine_helpers import (ROOT, make_data, run_main, subprocess_env, tiny_argv,
-                                  write_tiny_backbone)
+from tests.engine_helpers import ROOT, run_main, subprocess_env, tiny_argv
 from tools import predict
 
 # 8 epochs (about 2 s): after one, every test video has the same top-1 class, and a top-1
 # comparison would pass whatever video predict.py decoded.
 TRAIN = dict(epochs=8, lr=0.5, disable_eval_during_finetuning=True, save_ckpt_freq=100)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("synthetic")))
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """A VideoMAE pre-training style checkpoint of the tiny backbone (``encoder.`` keys)."""
-    return write_tiny_backbone(str(tmp_path_factory.mktemp("backbone")))
 
 
 @pytest.fixture(scope="module")

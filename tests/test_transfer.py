@@ -1,5 +1,4 @@
 """Transfer types (docs/METHODS.md): what trains, what stays frozen, equations, folding, costs."""
-import copy
 import math
 
 import numpy as np
