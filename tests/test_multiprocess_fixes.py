@@ -214,6 +214,11 @@ ACCUMULATION_SCRIPT = textwrap.dedent('''
     if rank == 0:
         with open(out_file, "w") as f:
             json.dump({"calls": calls[0], "buckets": len(buckets), "steps": steps}, f)
+    # Both ranks leave together, with no collective of the other still in flight: a rank
+    # that tore its group down first aborted the other one's gloo threads now and then
+    # ("terminate called without an active exception").
+    dist.barrier()
+    del backend
     dist.destroy_process_group()
 ''')
 
