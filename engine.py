@@ -21,6 +21,7 @@ import optim_factory
 import utils
 from engine_eval import (final_test, merge, merge_predictions, prediction_file,  # noqa: F401
                          read_predictions, remove_stale_predictions, validation_one_epoch)
+from datasets.transforms import ToModelInput, normalize_video
 from utils.backend import DeepSpeedBackend, PlainBackend
 from utils.config import FinetuneConfig, Schedules
 from utils.run import RunRecords, global_bad_count, run_facts, seed_epoch
@@ -71,12 +72,15 @@ def set_schedules(optimizer: Any, it: int, lr_values: Optional[Sequence[float]],
             group["weight_decay"] = float(wd_values[it])
 
 
-def classification_step(criterion: Callable, mixup_fn: Optional[Callable] = None) -> StepFn:
-    """The fine-tuning step: (mixed) clips through the model, loss on float32 logits."""
+def classification_step(criterion: Callable, mixup_fn: Optional[Callable] = None,
+                        to_input: Callable[[torch.Tensor], torch.Tensor] = normalize_video
+                        ) -> StepFn:
+    """The fine-tuning step: uint8 clips to the device, normalised (and randomly erased) by
+    ``to_input``, (mixed), through the model; loss on float32 logits."""
     def step(model: Any, batch: Sequence[Any], backend: Any
              ) -> Tuple[torch.Tensor, int, Dict[str, Optional[float]]]:
         samples, targets = batch
-        samples = samples.to(backend.device, non_blocking=True)
+        samples = to_input(samples.to(backend.device, non_blocking=True))
         targets = targets.to(backend.device, non_blocking=True)
         hard_targets = targets
         if mixup_fn is not None:
@@ -234,8 +238,11 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
                          cutmix_minmax=list(t.cutmix_minmax) if t.cutmix_minmax else None,
                          prob=t.mixup_prob, switch_prob=t.mixup_switch_prob, mode=t.mixup_mode,
                          label_smoothing=t.smoothing, num_classes=cfg.model.num_classes)
+    # Random erasing runs here, on the device, after normalisation (as timm: erased pixels
+    # are noise in normalised units), before mixup.
+    to_input = ToModelInput.for_training(cfg.data.reprob, cfg.data.remode, cfg.data.recount)
     step_fn = classification_step(build_criterion(cfg.train.smoothing, mixup_fn is not None),
-                                  mixup_fn)
+                                  mixup_fn, to_input)
     assigner = optim_factory.layer_decay_assigner(run.model, cfg.optim.layer_decay)
     optimizer = optim_factory.create_optimizer(
         cfg.optim, run.model, get_num_layer=assigner.get_layer_id if assigner else None,

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
+from datasets.transforms import normalize_video
 from models.transfer import folded_for_inference
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) -
 # ---------------------------------------------------------------------------------- evaluation
 def _forward_eval(model: nn.Module, videos: torch.Tensor, device: torch.device,
                   amp_dtype: Optional[torch.dtype], input_dtype: Optional[torch.dtype]) -> torch.Tensor:
-    videos = videos.to(device, non_blocking=True)
+    videos = normalize_video(videos.to(device, non_blocking=True))
     if input_dtype is not None:
         videos = videos.to(input_dtype)
     with utils.autocast(device, amp_dtype if input_dtype is None else None):

@@ -2,7 +2,7 @@
 The epoch loop is fine-tuning's (``engine.train_one_epoch``).
 
 The target of each masked token is its ``tubelet x 16 x 16`` cube of pixels, un-normalised back
-to [0, 1] (the loader feeds ImageNet-normalised clips) and, with ``--normlize_target`` (default,
+to [0, 1] (the step normalises the loader's uint8 clips with the ImageNet mean and std) and, with ``--normlize_target`` (default,
 VideoMAE's spelling), normalised per patch and channel by the cube's own mean and unbiased std.
 The loss is the mean squared error over the masked tokens only.
 """
@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_video
 
 
 def _tubelet_view(videos: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
@@ -116,8 +116,8 @@ def reconstruction_step(patch_size: int, tubelet_size: int, normlize_target: boo
 
     def step(model: Any, batch: Sequence[Any], backend: Any
              ) -> Tuple[torch.Tensor, int, Dict[str, Optional[float]]]:
-        videos, masks = batch  # (B, 3, T, H, W), (B, N) bool
-        videos = videos.to(backend.device, non_blocking=True)
+        videos, masks = batch  # (B, 3, T, H, W) uint8, (B, N) bool
+        videos = normalize_video(videos.to(backend.device, non_blocking=True))
         masks = masks.to(backend.device, non_blocking=True).flatten(1).to(torch.bool)
         labels = masked_targets(videos, masks, patch_size, tubelet_size, normlize_target)
         with backend.autocast():

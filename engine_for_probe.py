@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets.transforms import normalize_video
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ def extract_features(encoder: nn.Module, loader: Iterable, device: torch.device
         keep = target >= 0
         if not bool(keep.any()):
             continue
-        videos = videos[keep].to(device, non_blocking=True)
+        videos = normalize_video(videos[keep].to(device, non_blocking=True))
         grid = encoder.patch_embed.grid_size(*videos.shape[2:])
         no_mask = torch.zeros(videos.shape[0], grid[0] * grid[1] * grid[2], dtype=torch.bool,
                               device=device)

@@ -3,13 +3,14 @@
 As VideoMAE's pre-training ``VideoMAE`` dataset: one random dense window per video
 (``num_frames`` frames ``sampling_rate`` apart), a multi-scale corner/centre crop
 (``GroupMultiScaleCrop`` with scales 1, .875, .75, .66 of the short side) resized to
-``input_size``, ImageNet normalisation, and a fresh token mask per clip. VideoMAE does not flip
-in pre-training; ``flip=True`` allows it (never for SSV2, whose labels depend on left/right).
+``input_size``, and a fresh token mask per clip (ImageNet normalisation follows on the device,
+in the pre-training step). VideoMAE does not flip in pre-training; ``flip=True`` allows it
+(never for SSV2, whose labels depend on left/right).
 
 List files are the fine-tuning ones (``<path> <label>``, parsed by :mod:`datasets.listfile`);
 the label is ignored, so unlabelled videos are listed as ``<path> 0``.
 
-Item: ``(clip (3, T, H, W) float32, mask (N,) bool, bad_paths)``; ``bad_paths`` lists the videos
+Item: ``(clip (3, T, H, W) uint8, mask (N,) bool, bad_paths)``; ``bad_paths`` lists the videos
 that failed and were replaced by another random one (the engine counts them per epoch).
 
 For small data sets, ``cache=True`` decodes every video once (in parallel, by
@@ -35,7 +36,7 @@ from .decoders import VideoDecodeError
 from .listfile import VideoRecord, parse_list_file
 from .masking import build_masking_generator
 from .sampling import dense_train_indices
-from .transforms import normalize, resize, to_tchw
+from .transforms import resize, to_tchw
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class PretrainTransform:
         self.flip = flip
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        """Args: frames: uint8 ``(T, H, W, 3)``. Returns: float32 ``(3, T, S, S)``."""
+        """Args: frames: uint8 ``(T, H, W, 3)``. Returns: uint8 ``(3, T, S, S)`` (normalised on
+        the device by the pre-training step)."""
         x = to_tchw(frames)  # (T, 3, H, W) uint8
         top, left, h, w = multi_scale_crop_params(x.shape[-2], x.shape[-1], self.input_size,
                                                   self.scales)
@@ -107,7 +109,7 @@ class PretrainTransform:
                    "bilinear")
         if self.flip and np.random.uniform() < 0.5:
             x = x.flip(-1)
-        return normalize(x)
+        return x.permute(1, 0, 2, 3).contiguous()
 
 
 # --------------------------------------------------------------------------------- dataset

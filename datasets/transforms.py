@@ -1,85 +1,33 @@
 """Clip transforms. Every random choice is made once per clip and applied to all of its frames.
 
-Frames arrive from the decoders as ``uint8`` NumPy arrays ``(T, H, W, 3)``. Resizing is done on
-``uint8`` tensors (PyTorch's antialiased uint8 kernels are several times faster than float ones),
-and only the final ``input_size`` crop is converted to float and normalised.
+Frames arrive from the decoders as ``uint8`` NumPy arrays ``(T, H, W, 3)``. Everything a
+DataLoader worker does stays in ``uint8`` (RandAugment on the whole clip tensor, crop, antialiased
+resize, flip): items leave the workers as ``uint8`` ``(3, T, S, S)`` clips, a quarter of the bytes
+of float32. The float cast, ImageNet normalisation and random erasing run on the device in the
+engine (:class:`ToModelInput`), where they cost nothing next to the model.
 
-Randomness: NumPy's global generator and Python's ``random`` (the latter only inside timm's
-RandAugment), both seeded per DataLoader worker by ``seed_worker``.
+Randomness: NumPy's global generator and Python's ``random`` (the latter only in RandAugment's
+draws), both seeded per DataLoader worker by ``seed_worker``; random erasing draws its boxes from
+NumPy's generator of the training process and its noise from torch's.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+from .rand_augment import IMAGENET_MEAN, ClipRandAugment
+
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest",
                  # timm's 'random' picks an interpolation per RandAugment op; the crop resize
                  # needs one mode, so it uses bilinear.
                  "random": "bilinear"}
-
-
-class ClipRandAugment:
-    """timm RandAugment applied with the same ops and magnitudes to every frame of a clip.
-
-    timm's ``RandAugment.__call__`` draws the ops with ``np.random`` and their probability,
-    magnitude and sign with ``random``. To make a clip consistent through timm's public API only,
-    the states of both generators are saved before the first frame and restored before each
-    further frame, so every frame replays exactly the same draws. After the last frame the
-    generators have advanced exactly as after one image, so different clips still differ.
-
-    Args:
-        config_str: timm RandAugment string, e.g. ``'rand-m7-n4-mstd0.5-inc1'``.
-        input_size: training crop size (sets the absolute translate range, as VideoMAE does).
-        interpolation: 'bicubic', 'bilinear', 'nearest' or 'random'.
-    """
-
-    def __init__(self, config_str: str, input_size: int, interpolation: str = "bicubic") -> None:
-        from timm.data import rand_augment_transform, str_to_pil_interp
-
-        hparams = {"translate_const": int(input_size * 0.45),
-                   "img_mean": tuple(int(round(255 * m)) for m in IMAGENET_MEAN),
-                   # timm clips magnitudes to [0, 10]; at exactly 10 (reached by 'mstd' noise or
-                   # 'm10'), PosterizeIncreasing keeps 0 bits, which current Pillow rejects with a
-                   # ValueError that would kill a DataLoader worker. Capping just below 10 keeps
-                   # every other op's argument the same to 5 decimals. An explicit 'mmax' wins.
-                   "magnitude_max": 10 - 1e-6}
-        if interpolation and interpolation != "random":
-            hparams["interpolation"] = str_to_pil_interp(interpolation)
-        try:
-            self.ra = rand_augment_transform(config_str, hparams)
-        except (AssertionError, KeyError, ValueError) as exc:
-            raise ValueError(f"--aa {config_str!r} is not a valid timm RandAugment string "
-                             f"(e.g. 'rand-m7-n4-mstd0.5-inc1'): {exc}") from exc
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """Augment a clip.
-
-        Args:
-            frames: uint8 ``(T, H, W, 3)``.
-
-        Returns:
-            uint8 ``(T, H, W, 3)``.
-        """
-        from PIL import Image
-
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        out = []
-        for t, frame in enumerate(frames):
-            if t > 0:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-            out.append(np.asarray(self.ra(Image.fromarray(frame))))
-        return np.stack(out)
 
 
 def random_resized_crop_params(height: int, width: int,
@@ -157,6 +105,30 @@ def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     return out
 
 
+def normalize_video(videos: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 videos ``(..., 3, T, H, W)`` -> float32 normalised with ``mean``/``std``, on their device.
+
+    The same float32 arithmetic as :func:`normalize` (subtract ``255 * mean``, divide by
+    ``255 * std``), so a clip normalised here equals one normalised on a worker bit for bit.
+    Floating-point input is taken as already normalised (in-memory clips of tests and tools)
+    and returned as it is.
+
+    Args:
+        videos: uint8 clips, channels at dim -4 (a clip, a batch, or a batch of test views).
+        mean: per-channel mean in [0, 1] units.
+        std: per-channel std in [0, 1] units.
+    """
+    if videos.is_floating_point():
+        return videos
+    if videos.dtype != torch.uint8:
+        raise TypeError(f"videos must be uint8 or floating point, got {videos.dtype}")
+    shape = (len(mean), 1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=videos.device).view(shape) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=videos.device).view(shape) * 255.0
+    return videos.to(torch.float32).sub_(m).div_(s)
+
+
 class ClipRandomErasing:
     """Random erasing with one box per erase shared by all frames of the clip (a static
     occluder), unlike VideoMAE, which erased a different box in every frame.
@@ -183,7 +155,7 @@ class ClipRandomErasing:
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        """Erase in place and return a normalised float clip ``(3, T, H, W)``."""
+        """Erase in place and return a normalised float clip ``(3, T, H, W)`` (on any device)."""
         if np.random.uniform() >= self.probability:
             return clip
         c, t, h, w = clip.shape
@@ -197,38 +169,36 @@ class ClipRandomErasing:
                 if 0 < eh < h and 0 < ew < w:
                     top = int(np.random.randint(0, h - eh + 1))
                     left = int(np.random.randint(0, w - ew + 1))
-                    clip[:, :, top:top + eh, left:left + ew] = self._fill(c, eh, ew)
+                    clip[:, :, top:top + eh, left:left + ew] = self._fill(c, eh, ew, clip.device)
                     break
         return clip
 
-    def _fill(self, c: int, eh: int, ew: int) -> torch.Tensor:
-        # Shape (C, 1, h, w) broadcasts over time: the patch is the same in every frame.
+    def _fill(self, c: int, eh: int, ew: int, device: torch.device) -> torch.Tensor:
+        # Shape (C, 1, h, w) broadcasts over time: the patch is the same in every frame. The
+        # noise is drawn where the clip is (torch's generator for that device).
         if self.mode == "pixel":
-            return torch.from_numpy(np.random.standard_normal((c, 1, eh, ew)).astype(np.float32))
+            return torch.randn((c, 1, eh, ew), device=device)
         if self.mode == "rand":
-            return torch.from_numpy(np.random.standard_normal((c, 1, 1, 1)).astype(np.float32))
-        return torch.zeros((c, 1, 1, 1))
+            return torch.randn((c, 1, 1, 1), device=device)
+        return torch.zeros((c, 1, 1, 1), device=device)
 
 
 class TrainTransform:
-    """Training augmentation of one clip (docs/DATA.md): RandAugment (same ops for all frames) ->
-    random resized crop (scale 0.08-1, ratio 3/4-4/3) to ``input_size`` -> horizontal flip
-    (unless ``flip`` is False, e.g. SSV2) -> ImageNet normalisation -> random erasing.
+    """Training augmentation of one clip on a DataLoader worker (docs/DATA.md), all in uint8:
+    RandAugment (one draw of ops for the whole clip) -> random resized crop (scale 0.08-1,
+    ratio 3/4-4/3) to ``input_size`` -> horizontal flip (unless ``flip`` is False, e.g. SSV2).
+    Normalisation and random erasing follow on the device (:class:`ToModelInput`).
 
     Args:
         input_size: output crop size.
         auto_augment: timm RandAugment string, or None for no RandAugment.
         interpolation: interpolation for RandAugment and the crop resize.
         flip: allow random horizontal flips.
-        reprob: random erasing probability (0 disables it).
-        remode: random erasing mode.
-        recount: maximum number of erased boxes.
         crop_scale: area range of the random resized crop, as a fraction of the frame.
     """
 
     def __init__(self, input_size: int, auto_augment: Optional[str] = None,
-                 interpolation: str = "bicubic", flip: bool = True, reprob: float = 0.0,
-                 remode: str = "pixel", recount: int = 1,
+                 interpolation: str = "bicubic", flip: bool = True,
                  crop_scale: Tuple[float, float] = (0.08, 1.0)) -> None:
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"--train_crop_scale must satisfy 0 < MIN <= MAX <= 1, got {crop_scale}")
@@ -240,19 +210,45 @@ class TrainTransform:
         self.rand_augment = ClipRandAugment(auto_augment, input_size, interpolation) if auto_augment else None
         self.resize_mode = _RESIZE_MODES[interpolation]
         self.flip = flip
-        self.erase = ClipRandomErasing(reprob, remode, recount) if reprob > 0 else None
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        """Args: frames: uint8 ``(T, H, W, 3)``. Returns: float32 ``(3, T, S, S)``."""
-        if self.rand_augment is not None:
-            frames = self.rand_augment(frames)
+        """Args: frames: uint8 ``(T, H, W, 3)``. Returns: uint8 ``(3, T, S, S)``."""
         x = to_tchw(frames)
-        top, left, h, w = random_resized_crop_params(x.shape[-2], x.shape[-1], self.crop_scale)
-        x = resize(x[..., top:top + h, left:left + w], (self.input_size, self.input_size),
-                   self.resize_mode)
+        # Draw order as in the original pipeline: RandAugment's ops, then the crop.
+        drawn = self.rand_augment.draw() if self.rand_augment is not None else []
+        crop = random_resized_crop_params(x.shape[-2], x.shape[-1], self.crop_scale)
+        if drawn:  # the ops, computed only where the crop needs them
+            x = self.rand_augment.apply(x, drawn, region=crop)
+        else:
+            x = x[..., crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
+        x = resize(x, (self.input_size, self.input_size), self.resize_mode)
         if self.flip and np.random.uniform() < 0.5:
             x = x.flip(-1)
-        clip = normalize(x)
+        return x.permute(1, 0, 2, 3).contiguous()
+
+
+class ToModelInput:
+    """The data pipeline's last steps, on the device: float cast, ImageNet normalisation and,
+    in training, random erasing (one box per erase shared by all frames of a clip).
+
+    Args:
+        erase: random erasing for training batches, None for none (evaluation).
+    """
+
+    def __init__(self, erase: Optional[ClipRandomErasing] = None) -> None:
+        self.erase = erase
+
+    @classmethod
+    def for_training(cls, reprob: float, remode: str = "pixel", recount: int = 1) -> "ToModelInput":
+        """With random erasing when ``reprob > 0`` (``--reprob/--remode/--recount``)."""
+        return cls(ClipRandomErasing(reprob, remode, recount) if reprob > 0 else None)
+
+    def __call__(self, videos: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, T, H, W)`` (or any leading dims) -> normalised float32."""
+        x = normalize_video(videos)
         if self.erase is not None:
-            clip = self.erase(clip)
-        return clip
+            if x is videos:  # already float: erase a copy, never the caller's tensor
+                x = x.clone()
+            for clip in x.reshape(-1, *x.shape[-4:]):
+                self.erase(clip)
+        return x

@@ -1,11 +1,12 @@
 """The video classification dataset (docs/DATA.md): training, validation, multi-view test items.
 
-Item formats (the engine relies on them):
+Item formats (the engine relies on them); clips are uint8 pixels, normalised (and, in training,
+randomly erased) on the device by ``datasets.transforms.ToModelInput`` / ``normalize_video``:
 
-* train: ``(clips (S,3,T,H,W) float32, labels (S,) int64, index, bad_paths)``, S = num_sample;
-* val:   ``(clip (3,T,H,W), label, index, bad_paths)``;
-* test:  ``(views (V,3,T,H,W), label, index, bad_paths)``, V = test_num_segment * test_num_crop,
-  segment-major (view v = temporal segment v // num_crop, spatial crop v % num_crop).
+* train: ``(clips (S,3,T,H,W) uint8, labels (S,) int64, index, bad_paths)``, S = num_sample;
+* val:   ``(clip (3,T,H,W) uint8, label, index, bad_paths)``;
+* test:  ``(views (V,3,T,H,W) uint8, label, index, bad_paths)``, V = test_num_segment *
+  test_num_crop, segment-major (view v = temporal segment v // num_crop, spatial crop v % num_crop).
 
 A bad video in training is logged and replaced by another random sample (at most
 ``MAX_ATTEMPTS`` tries). In validation/test it is not replaced, since that would change the
@@ -30,7 +31,7 @@ from .listfile import VideoRecord
 from .sampling import (crop_offsets, dense_test_indices, dense_train_indices, dense_val_indices,
                        resized_short_side, segment_test_indices, segment_train_indices,
                        segment_val_indices)
-from .transforms import TrainTransform, normalize, resize, to_tchw
+from .transforms import TrainTransform, resize, to_tchw
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class VideoDataConfig:
         train_interpolation: ``--train_interpolation``.
         flip: random horizontal flip in training (off for SSV2 and with ``--no_flip``).
         crop_scale: area range of the training random resized crop (``--train_crop_scale``).
-        reprob: random erasing probability (``--reprob``).
+        reprob: random erasing probability (``--reprob``); applied on the device by the engine.
         remode: random erasing mode (``--remode``).
         recount: random erasing count (``--recount``).
         video_backend: 'decord' or 'pyav' (``--video_backend``).
@@ -101,6 +102,8 @@ class VideoDataConfig:
                              f"got {self.video_backend!r}")
         if not 0.0 <= self.reprob <= 1.0:
             raise ValueError(f"--reprob must be in [0, 1], got {self.reprob}")
+        if self.remode not in ("pixel", "rand", "const"):
+            raise ValueError(f"--remode must be 'pixel', 'rand' or 'const', got {self.remode!r}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"--max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
@@ -130,7 +133,6 @@ class VideoClsDataset(Dataset):
         self.label_array = [r.label for r in self.records]
         self.train_transform = TrainTransform(
             config.input_size, config.auto_augment, config.train_interpolation, config.flip,
-            config.reprob, config.remode, config.recount,
             tuple(config.crop_scale)) if mode == "train" else None
         # Indices found bad in this process (one copy per worker): not picked as replacements.
         self._known_bad: Set[int] = set()
@@ -232,11 +234,12 @@ class VideoClsDataset(Dataset):
             frames = reader.get_batch(idx)
         except VideoDecodeError as err:
             self._report_bad(index, err)
-            return torch.zeros(3, c.num_frames, c.input_size, c.input_size), -1, index, [rec.path]
+            shape = (3, c.num_frames, c.input_size, c.input_size)
+            return torch.zeros(shape, dtype=torch.uint8), -1, index, [rec.path]
         x = self._eval_resize(frames)
         (top, left), = self._crop_starts(x.shape[-2], x.shape[-1], 1)
         x = x[..., top:top + c.input_size, left:left + c.input_size]
-        return normalize(x), rec.label, index, []
+        return x.permute(1, 0, 2, 3).contiguous(), rec.label, index, []
 
     def test_view_indices(self, num_video_frames: int) -> List[np.ndarray]:
         """Frame indices of each temporal test view of a video with that many frames."""
@@ -253,14 +256,15 @@ class VideoClsDataset(Dataset):
         except VideoDecodeError as err:
             self._report_bad(index, err)
             shape = (self.num_views, 3, c.num_frames, c.input_size, c.input_size)
-            return torch.zeros(shape), -1, index, [rec.path]
-        # Written in place view by view: a 5x3 item of 16x224x224 clips is ~140 MB of float32,
-        # so a list + torch.stack would cost a second pass over all of it.
-        out = torch.empty((self.num_views, 3, c.num_frames, c.input_size, c.input_size))
+            return torch.zeros(shape, dtype=torch.uint8), -1, index, [rec.path]
+        # Written in place view by view (one pass over the 5x3 item's 36 MB of uint8).
+        out = torch.empty((self.num_views, 3, c.num_frames, c.input_size, c.input_size),
+                          dtype=torch.uint8)
         v = 0
         for x in views:  # one per temporal segment, already resized
             for top, left in self._crop_starts(x.shape[-2], x.shape[-1], c.test_num_crop):
-                normalize(x[..., top:top + c.input_size, left:left + c.input_size], out=out[v])
+                out[v].copy_(x[..., top:top + c.input_size, left:left + c.input_size]
+                             .permute(1, 0, 2, 3))
                 v += 1
         return out, rec.label, index, []
 

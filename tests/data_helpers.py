@@ -31,7 +31,10 @@ def index_coded_frames(num_frames: int, height: int = 48, width: int = 64) -> np
 
 
 def denormalize(clip: torch.Tensor) -> torch.Tensor:
-    """Normalised float (..., 3, T, H, W) -> pixel values in [0, 255] units."""
+    """A dataset clip (uint8 pixels) or a normalised float clip (..., 3, T, H, W) -> float
+    pixel values in [0, 255] units."""
+    if clip.dtype == torch.uint8:
+        return clip.float()
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255
     return clip * std + mean

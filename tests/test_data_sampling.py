@@ -103,7 +103,7 @@ def test_training_clip_indices_end_to_end(coded, backend):
     np.random.seed(0)
     for _ in range(5):
         clips, labels, index, bad = ds[0]
-        assert clips.shape == (1, 3, 8, 32, 32) and clips.dtype == torch.float32
+        assert clips.shape == (1, 3, 8, 32, 32) and clips.dtype == torch.uint8
         codes = decode_frame_codes(clips[0])
         start = codes[0]
         assert codes == [start + 3 * i for i in range(8)] and 0 <= start <= 40 - 24

@@ -9,7 +9,7 @@ import torch
 from datasets.masking import RandomMaskingGenerator, TubeMaskingGenerator, build_masking_generator
 from datasets.pretrain_dataset import (MULTI_SCALES, build_pretraining_dataset, collate_pretrain,
                                        multi_scale_crop_params)
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_video
 from engine_for_pretraining import masked_targets, patch_targets
 from models import create_model
 from models.pretrain import create_pretrain_model, finetune_model_for, list_pretrain_models
@@ -205,12 +205,14 @@ def test_dataset_items_are_normalised_clips_with_tube_masks(synthetic_videos):
     assert len(dataset) == 16
     np.random.seed(0)
     videos, masks, bad = collate_pretrain([dataset[i] for i in range(3)])
-    assert videos.shape == (3, 3, 4, 32, 32) and videos.dtype == torch.float32
+    assert videos.shape == (3, 3, 4, 32, 32) and videos.dtype == torch.uint8
     assert masks.shape == (3, 8) and masks.dtype == torch.bool and bad == []
     assert (masks.view(3, 2, 4)[:, 0] == masks.view(3, 2, 4)[:, 1]).all()
     assert (masks.sum(1) == 6).all()
-    pixels = (videos * torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    normalised = normalize_video(videos)  # what the pre-training step feeds the model
+    pixels = (normalised * torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
               + torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1))
+    assert torch.allclose(pixels * 255, videos.float(), atol=1e-3)
     assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4 and pixels.std() > 0.05
 
 

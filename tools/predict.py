@@ -355,6 +355,7 @@ def predict_tasks(tasks: Dict[str, str], videos: Sequence[str], device: torch.de
     first task's (all tasks share the backbone, hence its clip shape), with the overrides.
     """
     import run_class_apt
+    from datasets.transforms import normalize_video
     from engine_eval import multi_view_scores as mean_over_views
     from models.checkpoint import read_named_checkpoint
     from models.multitask import MultiTaskModel
@@ -373,7 +374,8 @@ def predict_tasks(tasks: Dict[str, str], videos: Sequence[str], device: torch.de
     with torch.inference_mode(), utils.autocast(device, amp_dtype):
         for views, labels, indices, _ in VideoRate(loader, args.log_every):
             B, V = views.shape[:2]
-            clips = views.flatten(0, 1).to(device)  # (B*V, 3, T, H, W), video-major
+            # (B*V, 3, T, H, W), video-major; uint8 pixels normalised on the device
+            clips = normalize_video(views.flatten(0, 1).to(device))
             # Every clip once per task, the tasks of a clip side by side (row r: clip r // K,
             # task r % K), so every forward pass of --batch_size rows mixes the tasks; each
             # task's rows stay in clip order.
