@@ -202,9 +202,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--short_side", type=int, default=0,
                    help="scale frames so the short side is N pixels (0: source size; never upscales)")
     p.add_argument("--quality", type=int, default=90,
-                   help="JPEG quality 1-100 (default 90: mean error about one grey level on our "
-                        "synthetic videos, well below what the video codec already lost, at about "
-                        "half the size of 95)")
+                   help="JPEG quality 1-100 (default 90: on synthetic h264 videos the mean error "
+                        "is 0.7 grey levels, 0.6 at 95 for 1.7x the bytes, 0.9 at 75 with edge "
+                        "ringing up to 64 levels)")
     p.add_argument("--workers", type=int, default=1, help="processes, one decoding thread each")
     p.add_argument("--log_interval", type=float, default=10.0, help="seconds between progress lines")
     a = p.parse_args(argv)
