@@ -95,6 +95,35 @@ def test_corrupt_video_is_reported_and_the_rest_extracted(extracted):
     assert any("videos/s" in m and "ETA" in m for m in extracted["log"])
 
 
+def test_cut_video_fails_without_leaving_a_folder(tmp_path):
+    # A faststart mp4 cut in half keeps its header (40 frames) but stops decoding midway: a
+    # folder of the first frames must not pass for the whole video.
+    import av
+
+    path = str(tmp_path / "faststart.mp4")
+    frames = np.random.default_rng(0).integers(0, 255, (40, 48, 64, 3), dtype=np.uint8)
+    with av.open(path, "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for fr in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    data = open(path, "rb").read()
+    with av.open(path) as c:
+        end_of_21st = [p.pos + p.size for p in c.demux(video=0) if p.size][20]
+    # Cut inside a packet (the decoder raises) and after a whole packet (decoding just ends).
+    for k, size in enumerate((len(data) // 2, end_of_21st)):
+        cut = str(tmp_path / f"cut{k}.mp4")
+        open(cut, "wb").write(data[:size])
+        folder = str(tmp_path / "out" / f"cut{k}")
+        result = extract_frames.extract_video(cut, folder)
+        assert result.reason and "frames)" in result.reason, result
+        assert not os.path.exists(folder) and not os.path.exists(folder + extract_frames.PARTIAL)
+    assert "header claims 40 frames" in result.reason
+
+
 def test_out_list_trains_like_the_videos(extracted):
     lines = (extracted["out"] / "train.csv").read_text().splitlines()
     # Same lines and labels, the folders (relative to --out) as paths; the failed video keeps its

@@ -100,27 +100,31 @@ def extract_video(video: str, folder: str, short_side: int = 0, quality: int = 9
             stream = container.streams.video[0]
             stream.thread_count = 1  # one core per worker process
             rate = stream.average_rate or stream.guessed_rate
+            claimed = int(stream.frames or 0)  # 0 where the container stores no count (webm)
             # One reformatter reuses its swscale context across frames (as datasets/decoders.py);
             # the size is fixed from the first frame, as the readers do if the size changes.
             rgb, size = VideoReformatter(), None
             for frame in container.decode(stream):
                 if size is None:
                     size = output_size(frame.width, frame.height, short_side)
+                # threads=1: swscale would otherwise use every core in each worker.
                 image = rgb.reformat(frame, format="rgb24", width=size[0], height=size[1],
-                                     interpolation="BILINEAR").to_image()
+                                     interpolation="BILINEAR", threads=1).to_image()
                 path = os.path.join(tmp, f"img_{result.frames + 1:05d}.jpg")
                 image.save(path, format="JPEG", quality=quality)
                 result.frames += 1
                 result.bytes += os.path.getsize(path)
         if result.frames == 0:
             raise ValueError("no frames decoded")
+        if result.frames < claimed:  # a cut file: decoding ends early without an error
+            raise ValueError(f"truncated: the stream header claims {claimed} frames")
         result.seconds = float(result.frames / rate) if rate else 0.0
         os.rename(tmp, folder)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        # A video that stops decoding midway is a failure too: a folder with fewer frames
-        # than the video would silently shift every sampled index.
-        after = f" after {result.frames} frames" if result.frames else ""
-        result.reason = f"{type(exc).__name__}{after}: {exc}".replace("\n", " ")
+        # A video that stops decoding midway fails too (as for the video readers): its folder
+        # would be taken for the whole video.
+        after = f" (after {result.frames} frames)" if result.frames else ""
+        result.reason = f"{type(exc).__name__}: {exc}{after}".replace("\n", " ")
         shutil.rmtree(tmp, ignore_errors=True)
     return result
 
