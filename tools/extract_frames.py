@@ -130,7 +130,7 @@ def extract_video(video: str, folder: str, short_side: int = 0, quality: int = 9
 
 
 def list_jobs(list_path: Optional[str], videos_dir: Optional[str], data_root: str
-              ) -> Tuple[List[Tuple[str, int, int]], Dict[str, str]]:
+              ) -> Tuple[List[Tuple[str, int]], Dict[str, str]]:
     """The videos to extract and their folder names.
 
     Args:
@@ -139,26 +139,26 @@ def list_jobs(list_path: Optional[str], videos_dir: Optional[str], data_root: st
         data_root: prefix of the list's relative paths ('' = the list file's folder).
 
     Returns:
-        ``(entries, folder_of)``: ``(video, label, line)`` per list line in order (label -1 for
+        ``(entries, folder_of)``: ``(video, label)`` per list line in order (label -1 for
         ``videos_dir``), and video -> folder path relative to the output folder (the video's
         path relative to the list's base or ``videos_dir``, without extension; a list path
         outside the base is mirrored by its absolute path).
     """
-    entries: List[Tuple[str, int, int]] = []
+    entries: List[Tuple[str, int]] = []
     if list_path is not None:
         from datasets.listfile import parse_list_file  # imports torch (datasets/__init__.py)
 
         base = data_root or os.path.dirname(os.path.abspath(list_path))
         for rec in parse_list_file(list_path, nb_classes=sys.maxsize, data_root=data_root):
-            entries.append((rec.path, rec.label, rec.line))
+            entries.append((rec.path, rec.label))
     else:
         base = videos_dir
         for dirpath, dirs, files in os.walk(videos_dir):
             dirs.sort()
-            entries += [(os.path.join(dirpath, f), -1, 0) for f in sorted(files)
+            entries += [(os.path.join(dirpath, f), -1) for f in sorted(files)
                         if f.lower().endswith(VIDEO_EXTS)]
     folder_of: Dict[str, str] = {}
-    for video, _label, _line in entries:
+    for video, _label in entries:
         rel = os.path.relpath(os.path.abspath(video), os.path.abspath(base))
         if rel == os.pardir or rel.startswith(os.pardir + os.sep):
             rel = os.path.abspath(video).lstrip(os.sep)
@@ -176,13 +176,12 @@ def _check_unique(folder_of: Dict[str, str]) -> None:
         seen[folder] = video
 
 
-def _write_list(path: str, entries: Iterable[Tuple[str, int, int]], folder_of: Dict[str, str]
-                ) -> None:
+def _write_list(path: str, entries: Iterable[Tuple[str, int]], folder_of: Dict[str, str]) -> None:
     """Same lines as the input list, each path replaced by its folder (relative to --out)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + PARTIAL
     with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(f"{folder_of[video]} {label}\n" for video, label, _line in entries)
+        f.writelines(f"{folder_of[video]} {label}\n" for video, label in entries)
     os.replace(tmp, path)
 
 
@@ -204,13 +203,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="with --list: write the same lines with the folders as paths, relative to "
                         "--out (put it in --out, or train with --data_root OUT)")
     p.add_argument("--short_side", type=int, default=0,
-                   help="scale frames so the short side is N pixels (0: source size; never upscales)")
+                   help="scale frames so the short side is N pixels (0: source size; never "
+                        "upscales)")
     p.add_argument("--quality", type=int, default=90,
                    help="JPEG quality 1-100 (default 90: on synthetic h264 videos the mean error "
                         "is 0.7 grey levels, 0.6 at 95 for 1.7x the bytes, 0.9 at 75 with edge "
                         "ringing up to 64 levels)")
     p.add_argument("--workers", type=int, default=1, help="processes, one decoding thread each")
-    p.add_argument("--log_interval", type=float, default=10.0, help="seconds between progress lines")
+    p.add_argument("--log_interval", type=float, default=10.0,
+                   help="seconds between progress lines")
     a = p.parse_args(argv)
     if a.short_side < 0:
         p.error(f"--short_side must be >= 0, got {a.short_side}")
