@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import List, Sequence
+import warnings
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("decord", "pyav")
 # Paths already reported as decoded by the PyAV fallback (one warning per path and process).
 _FALLBACK_WARNED: set = set()
+# Fast JPEG decoder of frame folders, loaded on first use (see _jpeg_decoder); False: unavailable.
+_DECODE_JPEG: Union[None, bool, Callable[[bytes], np.ndarray]] = None
 
 # A frame folder holds files named like img_00001.jpg (the mmaction/VideoMAE convention).
 _FRAME_FILE_RE = re.compile(r"^img_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
@@ -218,19 +221,62 @@ class FrameFolderReader(VideoReader):
         return len(self._files)
 
     def _read_sorted(self, indices: List[int]) -> np.ndarray:
-        from PIL import Image
-
-        frames = []
-        for i in indices:
-            try:
-                with Image.open(self._files[i]) as img:
-                    frames.append(np.asarray(img.convert("RGB")))
-            except OSError as exc:
-                raise VideoDecodeError(self.path, f"cannot read {self._files[i]} ({_short(exc)})") from exc
+        decode_jpeg = _jpeg_decoder()
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its image decoders deprecated (DeprecationWarning per call).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            frames = [self._read_frame(self._files[i], decode_jpeg) for i in indices]
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
             raise VideoDecodeError(self.path, f"frames have different sizes: {sorted(shapes)}")
         return np.stack(frames)
+
+    def _read_frame(self, file: str, decode_jpeg: Optional[Callable[[bytes], np.ndarray]]
+                    ) -> np.ndarray:
+        if decode_jpeg is not None and not file.lower().endswith(".png"):
+            try:
+                with open(file, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise VideoDecodeError(self.path, f"cannot read {file} ({_short(exc)})") from exc
+            try:
+                return decode_jpeg(data)
+            except RuntimeError:
+                pass  # not a JPEG libjpeg-turbo reads (or corrupt): PIL decides, and names why
+        from PIL import Image
+
+        try:
+            with Image.open(file) as img:
+                return np.asarray(img.convert("RGB"))
+        except OSError as exc:
+            raise VideoDecodeError(self.path, f"cannot read {file} ({_short(exc)})") from exc
+
+
+def _jpeg_decoder() -> Optional[Callable[[bytes], np.ndarray]]:
+    """torchvision's libjpeg-turbo ``decode_jpeg`` as ``bytes -> (H, W, 3) uint8``, or None.
+
+    1.2-1.8x faster per frame than PIL's open + convert + asarray on one core (0.17-0.57 ms vs
+    0.25-0.71 ms for synthetic 320x240 and 340x256 frames), and bit-identical to it on every
+    JPEG we tried: both are libjpeg-turbo with the same IDCT and chroma upsampling
+    (tests/test_data_frames.py checks it).
+    """
+    global _DECODE_JPEG
+    if _DECODE_JPEG is None:
+        try:
+            import torch
+            from torchvision.io import ImageReadMode
+            from torchvision.io import decode_jpeg as tv_decode_jpeg
+        except ImportError:  # torchvision may drop these decoders (deprecated since 0.29)
+            _DECODE_JPEG = False
+        else:
+            def decode(data: bytes) -> np.ndarray:
+                # ImageReadMode.RGB: grey and CMYK JPEGs come back as RGB, as PIL's convert.
+                tensor = tv_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                        mode=ImageReadMode.RGB)
+                return tensor.permute(1, 2, 0).numpy()  # (H, W, 3) view; np.stack copies it
+
+            _DECODE_JPEG = decode
+    return _DECODE_JPEG or None
 
 
 def open_video(path: str, backend: str = "decord") -> VideoReader:
