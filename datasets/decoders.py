@@ -181,7 +181,10 @@ class PyAVReader(VideoReader):
                         # All frames at the first wanted frame's size, in case the stream
                         # changes resolution midway (decord scales to a fixed size as well).
                         size = size or {"width": frame.width, "height": frame.height}
-                        out.append(rgb.reformat(frame, format="rgb24", **size).to_ndarray())
+                        # threads=1: swscale's default (0) starts a thread per core in every
+                        # DataLoader worker, oversubscribing the CPUs.
+                        out.append(rgb.reformat(frame, format="rgb24", threads=1,
+                                                **size).to_ndarray())
                     decoded += 1
                     if decoded > last:
                         break
