@@ -120,17 +120,18 @@ PIL_CASES = [
     ("SolarizeAdd", (60,), 0, 0), ("Color", (1.6,), 0, 0), ("Color", (0.3,), 0, 0),
     ("Contrast", (1.5,), 0, 0), ("Contrast", (0.4,), 0, 0), ("Brightness", (1.4,), 0, 0),
     ("Brightness", (0.6,), 0, 0), ("Sharpness", (1.8,), 0, 0), ("Sharpness", (0.2,), 0, 0),
-    ("Rotate", (17.0,), 8, 1.0), ("ShearX", (0.2,), 8, 1.0), ("ShearY", (-0.25,), 8, 1.0),
-    ("TranslateXRel", (0.3,), 8, 1.0), ("TranslateYRel", (-0.21,), 8, 1.0),
-    ("TranslateX", (13.5,), 8, 1.0), ("GaussianBlur", (1.0,), 4, 1.0),
+    ("Rotate", (17.0,), 8, 1.0), ("ShearX", (0.2,), 1, 0.02), ("ShearY", (-0.25,), 1, 0.02),
+    ("TranslateXRel", (0.3,), 1, 0.02), ("TranslateYRel", (-0.21,), 1, 0.02),
+    ("TranslateX", (13.5,), 1, 0.02), ("GaussianBlur", (1.0,), 4, 1.0),
 ]
 
 
 @pytest.mark.parametrize("name,args,max_diff,mean_diff", PIL_CASES)
 def test_clip_ops_match_pillow(name, args, max_diff, mean_diff):
     """Each tensor op on a whole clip against timm's Pillow op on each frame (what the old
-    per-frame path computed): identical pixels for the colour ops; the affine ops within a few
-    grey levels (grid_sample's cubic kernel is not Pillow's), identical fill outside."""
+    per-frame path computed): identical pixels for the colour ops; shears and translations
+    within one level (Pillow's cubic, float rounding); rotation within a few levels
+    (grid_sample's cubic kernel is not Pillow's); the same fill outside."""
     import timm.data.auto_augment as timm_aa
     from PIL import Image
     clip = _smooth_clip()
