@@ -10,7 +10,7 @@ The ops are re-implemented on ``(T, 3, H, W)`` uint8 tensors, following Pillow's
 (those timm calls), each op applied to all frames in one call instead of frame by frame through
 PIL. Ops with image statistics (autocontrast, equalize, contrast) use each frame's own
 statistics, as the per-frame PIL ops did. Measured against Pillow 13 (tests/test_data_augment.py):
-the colour and filter ops give identical pixels (autocontrast within one level); shears and
+the colour and filter ops give identical pixels; shears and
 translations use Pillow's cubic (a = -1) along rows or columns, within one level; rotation
 samples all frames with one ``grid_sample`` grid, Pillow's bilinear within one level, its bicubic
 within a few levels at edges (``grid_sample``'s cubic kernel has a = -0.75).
@@ -144,13 +144,14 @@ class ClipRandAugment:
         for op in reversed(drawn):
             needs.append(_input_region(op, needs[-1], frame))
         needs.reverse()  # needs[k]: op k's input region; needs[k + 1]: its output region
-        x = _cut(clip, (0, 0) + frame, needs[0])
+        x = _crop(clip, needs[0])
         for k, op in enumerate(drawn):
             src, dst = needs[k], needs[k + 1]
             if op.name in GEOMETRIC:
                 x = AFFINE_OPS[op.name](x, op, self.fill, frame, src, dst)
-            else:
-                x = _cut(OPS[op.name](x, op, self.fill), src, dst)
+            else:  # dst within src, relative to it
+                rel = None if src == dst else (dst[0] - src[0], dst[1] - src[1]) + dst[2:]
+                x = OPS[op.name](x, op, self.fill, rel)
         return x
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
@@ -162,14 +163,6 @@ Region = Tuple[int, int, int, int]  # (top, left, height, width) in frame pixels
 # Ops whose output pixel depends on statistics of the whole frame.
 WHOLE_FRAME = ("AutoContrast", "Equalize", "Contrast", "ContrastIncreasing", "GaussianBlur",
                "GaussianBlurRand")
-
-
-def _cut(x: torch.Tensor, src: Region, dst: Region) -> torch.Tensor:
-    """The ``dst`` part of a tensor that holds the ``src`` region of a frame."""
-    if src == dst:
-        return x
-    top, left = dst[0] - src[0], dst[1] - src[1]
-    return x[..., top:top + dst[2], left:left + dst[3]]
 
 
 def _grow(region: Region, margin: int, frame: Tuple[int, int]) -> Region:
@@ -201,17 +194,50 @@ def _input_region(op: OpDraw, out: Region, frame: Tuple[int, int]) -> Region:
 
 
 # --------------------------------------------------------------------------------- pixel ops
+# Every op takes ``region``: the part of ``clip`` to return (None: all of it). Statistics (the
+# range, histogram or mean grey level of a frame) always come from the whole ``clip``.
 # Pillow semantics: Image.blend(a, b, f) = a + f * (b - a) computed in float32 and truncated to
 # [0, 255]; convert('L') = (299 R + 587 G + 114 B) / 1000 in 16-bit fixed point, rounded.
 
-def _to_uint8_trunc(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates, as Pillow's blend
+def _crop(x: torch.Tensor, region: Optional[Region]) -> torch.Tensor:
+    if region is None:
+        return x
+    top, left, h, w = region
+    return x[..., top:top + h, left:left + w]
+
+
+def _apply_lut(clip: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
+    """Map uint8 levels through look-up tables: ``lut`` (256,) for every pixel, or (T, 3, 256)
+    per frame and channel. NumPy indexes with uint8 directly (torch would want int64 indices,
+    eight times the bytes), so this is one pass over the clip."""
+    pixels = clip.permute(0, 2, 3, 1).numpy()  # (T, H, W, 3); a view of the decoder's layout
+    if lut.ndim == 1:
+        out = np.take(lut, pixels)
+    else:
+        out = np.empty(pixels.shape, dtype=np.uint8)
+        for t in range(pixels.shape[0]):
+            for c in range(pixels.shape[3]):
+                out[t, :, :, c] = lut[t, c][pixels[t, :, :, c]]
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def _trunc_lut(values: np.ndarray) -> np.ndarray:
+    return np.clip(values, 0, 255).astype(np.uint8)  # truncation, as Pillow's float -> uint8
+
+
+def _blend_lut(degenerate: np.ndarray, factor: float) -> np.ndarray:
+    """Pillow's blend with a constant ``degenerate`` level as a LUT: float32 arithmetic of
+    ``d + f * (v - d)`` for every level ``v``; ``degenerate`` (...,) gives (..., 256)."""
+    v = np.arange(256, dtype=np.float32)
+    d = np.asarray(degenerate, dtype=np.float32)[..., None]
+    return _trunc_lut((v - d) * np.float32(factor) + d)
 
 
 def _blend(degenerate: torch.Tensor, clip: torch.Tensor, factor: float) -> torch.Tensor:
     """Pillow's ``Image.blend(degenerate, clip, factor)``; ``degenerate`` broadcasts."""
     d = degenerate.to(torch.float32)
-    return _to_uint8_trunc(clip.to(torch.float32).sub_(d).mul_(factor).add_(d))
+    out = clip.to(torch.float32).sub_(d).mul_(factor).add_(d)
+    return out.clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates, as Pillow
 
 
 def _grey(clip: torch.Tensor) -> torch.Tensor:
@@ -223,88 +249,112 @@ def _grey(clip: torch.Tensor) -> torch.Tensor:
     return g.div_(65536.0).floor_()
 
 
-def auto_contrast(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def auto_contrast(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+                  region: Optional[Region] = None) -> torch.Tensor:
     """ImageOps.autocontrast: stretch each frame's channel from its [min, max] to [0, 255]."""
-    lo = clip.amin(dim=(-2, -1), keepdim=True).to(torch.float32)
-    hi = clip.amax(dim=(-2, -1), keepdim=True).to(torch.float32)
-    scale = 255.0 / (hi - lo).clamp_(min=1)
-    out = _to_uint8_trunc((clip.to(torch.float32) - lo).mul_(scale))
-    return torch.where(hi > lo, out, clip)  # a flat channel is left alone
+    lo = clip.amin(dim=(-2, -1)).numpy().astype(np.float64)[..., None]  # (T, 3, 1)
+    hi = clip.amax(dim=(-2, -1)).numpy().astype(np.float64)[..., None]  # (torch: 10x NumPy's)
+    # Pillow's LUT, in its double precision: int(v * scale + offset), clipped; a flat channel
+    # (hi <= lo) is left alone.
+    scale = 255.0 / np.maximum(hi - lo, 1)
+    v = np.arange(256, dtype=np.float64)
+    lut = _trunc_lut(np.trunc(v * scale - lo * scale))
+    lut = np.where(hi > lo, lut, np.arange(256, dtype=np.uint8))
+    return _apply_lut(_crop(clip, region), lut)
 
 
-def equalize(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def equalize(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+             region: Optional[Region] = None) -> torch.Tensor:
     """ImageOps.equalize, per frame and channel (Pillow's histogram steps)."""
-    t, c, h, w = clip.shape
-    flat = clip.reshape(t * c, h * w).to(torch.int64)
-    hist = torch.zeros(t * c, 256, dtype=torch.int64).scatter_add_(1, flat, torch.ones_like(flat))
-    # Pillow: step = (number of pixels - count of the last non-zero bin) // 255.
-    last_idx = 255 - (hist.flip(1) > 0).to(torch.int64).argmax(1, keepdim=True)
-    step = (h * w - hist.gather(1, last_idx)) // 255
-    cum = hist.cumsum(1) - hist  # pixels below each level
-    lut = ((cum + step // 2) // step.clamp(min=1)).clamp_(0, 255)
-    out = lut.gather(1, flat).to(torch.uint8).reshape(t, c, h, w)
-    return torch.where((step > 0).reshape(t, c, 1, 1), out, clip)
+    pixels = clip.permute(0, 2, 3, 1).numpy()
+    t, _, _, c = pixels.shape
+    lut = np.empty((t, c, 256), dtype=np.uint8)
+    for i in range(t):
+        for j in range(c):
+            hist = np.bincount(pixels[i, :, :, j].ravel(), minlength=256)
+            nonzero = hist[hist > 0]
+            # Pillow: step = (number of pixels - count of the last non-zero level) // 255.
+            step = (int(hist.sum()) - int(nonzero[-1])) // 255 if len(nonzero) > 1 else 0
+            if step == 0:
+                lut[i, j] = np.arange(256)
+                continue
+            below = np.concatenate(([0], np.cumsum(hist)[:-1]))  # pixels below each level
+            lut[i, j] = np.minimum((below + step // 2) // step, 255)
+    return _apply_lut(_crop(clip, region), lut)
 
 
-def invert(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
-    return clip.bitwise_not()  # 255 - x for uint8
+def invert(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+           region: Optional[Region] = None) -> torch.Tensor:
+    return _crop(clip, region).bitwise_not()  # 255 - x for uint8
 
 
-def posterize(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def posterize(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+              region: Optional[Region] = None) -> torch.Tensor:
     bits = int(op.args[0])
+    clip = _crop(clip, region)
     if bits >= 8:
         return clip
     return clip.bitwise_and((0xFF << (8 - bits)) & 0xFF)
 
 
-def solarize(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def solarize(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+             region: Optional[Region] = None) -> torch.Tensor:
     """ImageOps.solarize: invert the levels at or above the threshold."""
-    return torch.where(clip >= op.args[0], clip.bitwise_not(), clip)
+    v = np.arange(256)
+    return _apply_lut(_crop(clip, region), np.where(v < op.args[0], v, 255 - v).astype(np.uint8))
 
 
-def solarize_add(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def solarize_add(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+                 region: Optional[Region] = None) -> torch.Tensor:
     """timm's solarize_add: add to the levels below 128, saturating at 255."""
-    add = int(op.args[0])
-    added = (clip.to(torch.int16) + add).clamp_(0, 255).to(torch.uint8)
-    return torch.where(clip < 128, added, clip)
+    v = np.arange(256)
+    lut = np.where(v < 128, np.minimum(v + int(op.args[0]), 255), v).astype(np.uint8)
+    return _apply_lut(_crop(clip, region), lut)
 
 
-def color(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def color(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+          region: Optional[Region] = None) -> torch.Tensor:
     """ImageEnhance.Color: blend with the grey image."""
+    clip = _crop(clip, region)
     return _blend(_grey(clip), clip, float(op.args[0]))
 
 
-def contrast(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def contrast(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+             region: Optional[Region] = None) -> torch.Tensor:
     """ImageEnhance.Contrast: blend with the frame's mean grey level (rounded, as Pillow)."""
-    mean = _grey(clip).to(torch.float64).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend((mean + 0.5).floor_(), clip, float(op.args[0]))
+    mean = _grey(clip).to(torch.float64).mean(dim=(-3, -2, -1)).numpy()  # (T,)
+    lut = _blend_lut(np.floor(mean + 0.5), float(op.args[0]))  # (T, 256)
+    return _apply_lut(_crop(clip, region), np.repeat(lut[:, None], clip.shape[1], axis=1))
 
 
-def brightness(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def brightness(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+               region: Optional[Region] = None) -> torch.Tensor:
     """ImageEnhance.Brightness: blend with black."""
-    return _to_uint8_trunc(clip.to(torch.float32).mul_(float(op.args[0])))
+    return _apply_lut(_crop(clip, region), _blend_lut(np.float32(0), float(op.args[0])))
 
 
-def sharpness(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def sharpness(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+              region: Optional[Region] = None) -> torch.Tensor:
     """ImageEnhance.Sharpness: blend with Pillow's SMOOTH filter (kernel 1 1 1 / 1 5 1 / 1 1 1
     over 13, rounded); the one-pixel border keeps its values, as Pillow's 3x3 filter."""
     if clip.shape[-1] < 3 or clip.shape[-2] < 3:
-        return clip
-    x = clip.to(torch.int16)
+        return _crop(clip, region)
+    x = clip.contiguous().to(torch.int16)  # planar: the shifted adds run on dense rows
     rows = x[..., :-2] + x[..., 1:-1] + x[..., 2:]  # (T,3,H,W-2) horizontal sums of 3
     box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # (T,3,H-2,W-2)
     centre = x[..., 1:-1, 1:-1]
     smooth = (box + 4 * centre).to(torch.float32).div_(13.0).add_(0.5).floor_()
-    degenerate = clip.clone()
-    degenerate[..., 1:-1, 1:-1] = smooth.to(torch.uint8)
-    return _blend(degenerate, clip, float(op.args[0]))
+    degenerate = x.clone()
+    degenerate[..., 1:-1, 1:-1] = smooth.to(torch.int16)
+    return _crop(_blend(degenerate, x, float(op.args[0])), region)
 
 
-def gaussian_blur(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def gaussian_blur(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+                  region: Optional[Region] = None) -> torch.Tensor:
     """ImageFilter.GaussianBlur(radius): a separable Gaussian with sigma = radius."""
     sigma = float(op.args[0])
     if sigma <= 0:
-        return clip
+        return _crop(clip, region)
     radius = max(1, int(math.ceil(3 * sigma)))
     k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
     k = k / k.sum()
@@ -312,12 +362,13 @@ def gaussian_blur(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.
     x = clip.reshape(t * c, 1, h, w).to(torch.float32)
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    return x.add_(0.5).clamp_(0, 255).to(torch.uint8).reshape(t, c, h, w)
+    return _crop(x.add_(0.5).clamp_(0, 255).to(torch.uint8).reshape(t, c, h, w), region)
 
 
-def desaturate(clip: torch.Tensor, op: OpDraw, fill: Sequence[int]) -> torch.Tensor:
+def desaturate(clip: torch.Tensor, op: OpDraw, fill: Sequence[int],
+               region: Optional[Region] = None) -> torch.Tensor:
     factor = min(1.0, max(0.0, 1.0 - float(op.args[0])))
-    return color(clip, OpDraw("Color", (factor,)), fill)
+    return color(clip, OpDraw("Color", (factor,)), fill, region)
 
 
 # --------------------------------------------------------------------------------- affine ops
