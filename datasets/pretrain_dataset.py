@@ -36,7 +36,7 @@ from .decoders import VideoDecodeError
 from .listfile import VideoRecord, parse_list_file
 from .masking import build_masking_generator
 from .sampling import dense_train_indices
-from .transforms import resize, to_tchw
+from .transforms import clip_buffer, resize, stack_clips, to_tchw
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class PretrainTransform:
                    "bilinear")
         if self.flip and np.random.uniform() < 0.5:
             x = x.flip(-1)
-        return x.permute(1, 0, 2, 3).contiguous()
+        x = x.permute(1, 0, 2, 3)
+        return clip_buffer(x.shape).copy_(x)
 
 
 # --------------------------------------------------------------------------------- dataset
@@ -276,7 +277,7 @@ class VideoMAEPretrainDataset(Dataset):
 def collate_pretrain(batch: Sequence[Tuple[torch.Tensor, torch.Tensor, List[str]]]
                      ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """Collate pre-training items into ``(videos (B,3,T,H,W), masks (B,N) bool, bad_paths)``."""
-    videos = torch.stack([item[0] for item in batch])
+    videos = stack_clips([item[0] for item in batch])
     masks = torch.stack([item[1] for item in batch])
     bad = [p for item in batch for p in item[2]]
     return videos, masks, bad

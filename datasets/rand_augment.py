@@ -454,8 +454,9 @@ def _cubic_1d(clip: torch.Tensor, shear: float, shift: float, fill: Sequence[int
               frame: Tuple[int, int], src: Region, dst: Region) -> torch.Tensor:
     """Pillow's bicubic affine transform for a map that moves pixels along rows only
     (``x_in = x + shear * y + shift``, ``y_in = y``): the 16-tap kernel then reduces to 4 taps
-    along the row, computed with gathers (about 3x faster than ``grid_sample``, and Pillow's
-    cubic, a = -1, exactly).
+    along the row (Pillow's cubic, a = -1). A row is shifted by a constant, so rows with the
+    same whole-pixel shift are computed together from 4 slices (a translation is one group, a
+    shear a few dozen): several times faster than ``grid_sample``.
 
     Args:
         clip: uint8 ``(T, 3, h, w)`` holding the ``src`` region of frames of size ``frame``.
@@ -467,25 +468,39 @@ def _cubic_1d(clip: torch.Tensor, shear: float, shift: float, fill: Sequence[int
         dst: region to return.
     """
     t, c = clip.shape[:2]
-    fh, fw = frame
+    fw = frame[1]
     dt, dl, dh, dw = dst
-    ys = torch.arange(dt, dt + dh, dtype=torch.float64).add_(0.5).view(dh, 1)
-    xs = torch.arange(dl, dl + dw, dtype=torch.float64).add_(0.5).view(1, dw)
-    x_in = xs + shear * ys + shift  # (dh, dw)
-    inside = (x_in >= 0) & (x_in < fw)
-    u = x_in - 0.5  # sample position in pixel indices
-    i0 = u.floor()
-    frac = (u - i0).to(torch.float32)
-    # Pillow's cubic (a = -1) through the 4 pixels i0-1 .. i0+2.
+    ys = np.arange(dt, dt + dh, dtype=np.float64) + 0.5
+    offset = shear * ys + shift  # (dh,): output column x samples at index position x + offset
+    whole = np.floor(offset)
+    frac = torch.from_numpy(offset - whole).to(torch.float32).view(dh, 1)
+    # Pillow's cubic (a = -1) through the 4 pixels floor(u)-1 .. floor(u)+2, per row.
     weights = (frac * (-1 + frac * (2 - frac)), 1 + frac * frac * (frac - 2),
                frac * (1 + frac * (1 - frac)), frac * frac * (frac - 1))
     rows = clip[..., dt - src[0]:dt - src[0] + dh, :].reshape(t * c, dh, src[3]).to(torch.float32)
+    # Taps past the frame's edge take the edge pixel (Pillow clamps): 2 replicated columns on
+    # each side where the region is at the frame's edge (elsewhere its margin holds the taps).
+    pad_left = 2 if src[1] == 0 else 0
+    pad_right = 2 if src[1] + src[3] == fw else 0
+    if pad_left or pad_right:
+        rows = torch.cat([rows[..., :1]] * pad_left + [rows] + [rows[..., -1:]] * pad_right, -1)
     out = torch.zeros((t * c, dh, dw), dtype=torch.float32)
-    for k, w in enumerate(weights):
-        # Taps clamped to the frame's edge columns, as Pillow; then into the src region.
-        index = (i0.long() + (k - 1)).clamp_(0, fw - 1).sub_(src[1])
-        out.addcmul_(rows.gather(2, index.expand(t * c, dh, dw)), w)
+    shifts = whole.astype(np.int64)
+    starts = np.flatnonzero(np.diff(shifts, prepend=shifts[0] - 1))
+    for r0, r1 in zip(starts, [*starts[1:], dh]):
+        # Output column j reads padded column j + base + k for tap k; keep j where all 4 exist
+        # (the others map outside the frame and are filled below).
+        base = dl + int(shifts[r0]) - 1 - src[1] + pad_left
+        j0, j1 = max(0, -base), min(dw, rows.shape[-1] - base - 3)
+        if j0 >= j1:
+            continue
+        part = out[:, r0:r1, j0:j1]
+        for k, w in enumerate(weights):
+            part.addcmul_(rows[:, r0:r1, j0 + base + k:j1 + base + k], w[r0:r1])
     out = out.clamp_(0, 255).to(torch.uint8).reshape(t, c, dh, dw)  # truncates, as Pillow
+    x_in = torch.arange(dl, dl + dw, dtype=torch.float64).add_(0.5).view(1, dw) \
+        + torch.from_numpy(offset).view(dh, 1)
+    inside = (x_in >= 0) & (x_in < fw)
     fill_t = torch.tensor(fill, dtype=torch.uint8).view(1, c, 1, 1)
     return torch.where(inside.view(1, 1, dh, dw), out, fill_t)
 

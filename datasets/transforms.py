@@ -68,6 +68,25 @@ def to_tchw(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
+def clip_buffer(shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised uint8 tensor of shape ``(..., 3, T, H, W)`` stored as ``(..., T, H, W, 3)``.
+
+    Decoded frames and the uint8 resize are channels-last (interleaved RGB); keeping items in
+    that memory order spares each clip a transposing copy on the worker (about 2 ms for
+    16x224x224). ``normalize_video`` makes the float input contiguous on the device.
+    """
+    *lead, c, t, h, w = shape
+    return torch.empty((*lead, t, h, w, c), dtype=torch.uint8).movedim(-1, -4)
+
+
+def stack_clips(clips: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of uint8 clips into a :func:`clip_buffer` (no transposing copies)."""
+    out = clip_buffer((len(clips), *clips[0].shape))
+    for i, clip in enumerate(clips):
+        out[i].copy_(clip)
+    return out
+
+
 def resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resize a uint8 ``(T, 3, H, W)`` clip to ``size = (h, w)`` with antialiasing.
 
@@ -126,7 +145,9 @@ def normalize_video(videos: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     shape = (len(mean), 1, 1, 1)
     m = torch.tensor(mean, dtype=torch.float32, device=videos.device).view(shape) * 255.0
     s = torch.tensor(std, dtype=torch.float32, device=videos.device).view(shape) * 255.0
-    return videos.to(torch.float32).sub_(m).div_(s)
+    # Items are stored channels-last (clip_buffer); the model gets a contiguous tensor.
+    x = videos.to(torch.float32, memory_format=torch.contiguous_format)
+    return x.sub_(m).div_(s)
 
 
 class ClipRandomErasing:
@@ -212,7 +233,7 @@ class TrainTransform:
         self.flip = flip
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        """Args: frames: uint8 ``(T, H, W, 3)``. Returns: uint8 ``(3, T, S, S)``."""
+        """Args: frames: uint8 ``(T, H, W, 3)``. Returns: uint8 ``(3, T, S, S)`` (a view)."""
         x = to_tchw(frames)
         # Draw order as in the original pipeline: RandAugment's ops, then the crop.
         drawn = self.rand_augment.draw() if self.rand_augment is not None else []
@@ -226,7 +247,7 @@ class TrainTransform:
         x = resize(x, (self.input_size, self.input_size), self.resize_mode)
         if self.flip and np.random.uniform() < 0.5:
             x = x.flip(-1)
-        return x.permute(1, 0, 2, 3).contiguous()
+        return x.permute(1, 0, 2, 3)  # a view; the dataset copies it into its item buffer
 
 
 class ToModelInput:
