@@ -52,9 +52,15 @@ from tools.make_synthetic import MOTION_CLASSES, render_clip, write_video  # noq
 
 logger = logging.getLogger("bench_data")
 
-# x264 as the earlier version of this benchmark (crf 20: a few hundred kbit/s at 320x240 with
-# the noise below, like UCF101/HMDB51 files); avi and webm use make_synthetic's defaults.
-_H264 = {"crf": "20", "preset": "veryfast", "threads": "1"}
+# Pixel noise of std 4.5 grey levels on the rendered clips gives the bit rates of real files
+# (a few hundred kbit/s at 320x240, like UCF101/HMDB51; more at 340x256, like Kinetics), so
+# decoding costs what it costs on real data sets. x264 crf 20 as the earlier version of this
+# benchmark; mpeg4 at a fixed 400 kbit/s (its default qscale 3 squeezes the noise out to about
+# 80 kbit/s); vp9 with make_synthetic's defaults.
+NOISE_STD = 4.5
+_OPTIONS = {".mp4": {"crf": "20", "preset": "veryfast", "threads": "1"},
+            ".avi": {"b": "400k"},
+            ".webm": None}
 
 
 @dataclass
@@ -120,6 +126,15 @@ def write_frame_folder(folder: str, frames: np.ndarray) -> None:
         Image.fromarray(frame).save(os.path.join(folder, f"img_{i + 1:05d}.jpg"), quality=90)
 
 
+def _noisy_clip(seed: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    """A synthetic clip with pixel noise of std ``NOISE_STD`` (a fixed level, unlike
+    render_clip's random one, so every file has a realistic bit rate)."""
+    rng = np.random.default_rng(seed)
+    frames = render_clip(MOTION_CLASSES[seed % 8], num_frames, height, width, rng, noise_max=0.0)
+    noisy = frames + rng.normal(0.0, NOISE_STD, size=frames.shape).astype(np.float32)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
 def make_sources(folder: str, count: int, num_frames: int, fps: int,
                  sizes: Tuple[Tuple[int, int], Tuple[int, int]] = ((240, 320), (256, 340))
                  ) -> List[Source]:
@@ -140,20 +155,16 @@ def make_sources(folder: str, count: int, num_frames: int, fps: int,
     small = {".avi": [], ".mp4": [], ".webm": []}
     kinetics, folders = [], []
     for i in range(count):
-        # Noise up to 6 grey levels gives the bit rate of real clips, so decoding costs what
-        # it costs on real data sets.
-        frames = render_clip(MOTION_CLASSES[i % 8], num_frames, h, w, np.random.default_rng(i),
-                             noise_max=6.0)
+        frames = _noisy_clip(i, num_frames, h, w)
         for ext, paths in small.items():
             path = os.path.join(folder, f"v{i}{ext}")
-            write_video(path, frames, fps=fps, options=_H264 if ext == ".mp4" else None)
+            write_video(path, frames, fps=fps, options=_OPTIONS[ext])
             paths.append(path)
         folders.append(os.path.join(folder, f"v{i}_frames"))
         write_frame_folder(folders[-1], frames)
-        frames = render_clip(MOTION_CLASSES[i % 8], num_frames, kh, kw,
-                             np.random.default_rng(1000 + i), noise_max=6.0)
         kinetics.append(os.path.join(folder, f"k{i}.mp4"))
-        write_video(kinetics[-1], frames, fps=fps, options=_H264)
+        write_video(kinetics[-1], _noisy_clip(1000 + i, num_frames, kh, kw), fps=fps,
+                    options=_OPTIONS[".mp4"])
 
     def kbps(paths: Sequence[str]) -> float:
         return sum(os.path.getsize(p) * 8 for p in paths) / (len(paths) * num_frames / fps) / 1000
@@ -209,24 +220,35 @@ def timed_pass(fn: Callable[[], Tuple[int, int]]) -> Tuple[float, float, int, in
 
 
 def measure(source: Source, backend: str, train: bool, s: Settings, repeats: int,
-            folder: str) -> Tuple[Result, Result]:
-    """Interleaved passes of ours and the original over ``source``; (ours, original) results.
+            folder: str, train_cycles: int = 1) -> Tuple[Result, Result]:
+    """Interleaved passes of ours and the original over ``source``.
 
-    A pass is one training item per video (train) or all views of every video (test), so
-    both rates count videos.
+    Args:
+        source: the files.
+        backend: 'decord', 'pyav' or 'PIL' (frame folders).
+        train: training items, else test views.
+        s: settings.
+        repeats: measured passes per pipeline.
+        folder: where to write our list files.
+        train_cycles: a training pass takes this many items per video (a training item is
+            cheap next to a test video, and more items steady its rate).
+
+    Returns:
+        ``(ours, original)``; both rates count videos (a training item is one video).
     """
     timer = StageTimer()
     ours = ours_dataset(source, backend, train, s, folder)
     orig = original_dataset(source, backend, train, s, timer)
     n = len(source.paths)
+    cycles = train_cycles if train else 1
     views = 1 if train else s.test_num_segment * s.test_num_crop
 
     def run_ours() -> Tuple[int, int]:
-        return n, sum(nbytes(ours[i][0]) for i in range(n))
+        return n * cycles, sum(nbytes(ours[i % n][0]) for i in range(n * cycles))
 
     def run_orig() -> Tuple[int, int]:
         # Test: the original has one item per (video, view); a video is all its views.
-        return n, sum(nbytes(orig[i][0]) for i in range(n * views))
+        return n * cycles, sum(nbytes(orig[i % len(orig)][0]) for i in range(n * cycles * views))
 
     # Warm-up (imports, decoder and RandAugment set-up, allocator): one item each.
     ours[0]
@@ -241,7 +263,7 @@ def measure(source: Source, backend: str, train: bool, s: Settings, repeats: int
             res.cpu.append(units / cpu)
             res.wall.append(units / wall)
             res.bytes_per_item = size / units
-    results["orig"].stages = {k: v / (n * repeats) for k, v in timer.seconds.items()}
+    results["orig"].stages = {k: v / (n * cycles * repeats) for k, v in timer.seconds.items()}
     return results["ours"], results["orig"]
 
 
@@ -317,6 +339,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--videos", type=int, default=3, help="videos per format")
     p.add_argument("--video_frames", type=int, default=200, help="frames per video")
     p.add_argument("--repeats", type=int, default=3, help="measured passes per pipeline")
+    p.add_argument("--train_cycles", type=int, default=4,
+                   help="training items per video in one pass")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 small video per format, 8x112 clips, 2x3 views, 1 repeat")
     p.add_argument("--out", default="", help="write the markdown report here (default: print)")
@@ -327,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.quick:
         s = Settings(num_frames=8, sampling_rate=2, input_size=112, short_side_size=112,
                      test_num_segment=2, test_num_crop=3)
-        a.videos, a.video_frames, a.repeats = 1, 40, 1
+        a.videos, a.video_frames, a.repeats, a.train_cycles = 1, 40, 1, 1
         sizes = ((120, 160), (128, 170))
     else:
         s = Settings()
@@ -346,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for backend in source.backends:
                 for train, rows in ((True, train_rows), (False, test_rows)):
                     o, b = measure(source, backend, train, s, a.repeats,
-                                   os.path.join(tmp, "lists"))
+                                   os.path.join(tmp, "lists"), a.train_cycles)
                     rows.append((source.name, backend, o, b))
                     logger.info("%s %s %s: ours %.2f/s, original %.2f/s (CPU)", source.name,
                                 backend, "train" if train else "test", _med(o.cpu), _med(b.cpu))
@@ -379,9 +403,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"are low). Run time {time.perf_counter() - t_start:.0f} s"
         + (" (--quick smoke run: not a measurement)." if a.quick else "."),
         "",
-        f"Inputs: {a.videos} synthetic clips per format (tools/make_synthetic.py render_clip "
-        f"with pixel noise so the bit rate is realistic), {a.video_frames} frames at 30 fps; "
-        f"the same clips as avi/mpeg4 (qscale 3), mp4/h264 (x264 veryfast crf 20), webm/vp9 "
+        f"Inputs: {a.videos} synthetic clips per format (tools/make_synthetic.py render_clip), "
+        f"{a.video_frames} frames at 30 fps, "
+        f"pixel noise std {NOISE_STD}; the same clips as avi/mpeg4 (400 kbit/s), mp4/h264 (x264 "
+        f"veryfast crf 20), webm/vp9 "
         f"(crf 30, realtime) and frame folders (img_00001.jpg, ..., JPEG quality 90), and other "
         f"clips at {sizes[1][1]}x{sizes[1][0]} (Kinetics-like) as mp4/h264. Bit rates: {kbps}.",
         "",
@@ -395,10 +420,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "(per-frame PIL RandAugment, ToTensor, float normalise, float crop-resize, timm random "
         "erasing per frame; at test one item per view, each decoding every "
         f"{s.sampling_rate}th frame of the whole video and resizing them with PIL, then "
-        "ClipToTensor), float32 items. Each pass handles every video of a source once (training: "
-        f"one item; test: all {views} views); after a warm-up item, {a.repeats} passes per "
+        "ClipToTensor), float32 items. A pass handles every video of a source (training: "
+        f"{a.train_cycles} items per video; test: all {views} views); after a warm-up item, "
+        f"{a.repeats} passes per "
         "pipeline alternate between ours and the original (ours first on even repeats). Rates are "
-        "per CPU-second of the process (a worker with a core of its own) and per wall-clock second.",
+        "per CPU-second of the process (a worker with a core of its own; this counts the "
+        "decoders' own helper threads too, which is why a wall-clock rate can exceed the CPU "
+        "one) and per wall-clock second (lower when the machine is shared).",
         "",
         *rate_table("Training", "items/s, one item = one video -> num_sample clips", train_rows),
         *rate_table("Test", f"videos/s, all {views} views", test_rows),

@@ -182,7 +182,8 @@ def _crop_params(height: int, width: int, scale: Tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def tensor_normalize(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def tensor_normalize(tensor: torch.Tensor, mean: Sequence[float],
+                     std: Sequence[float]) -> torch.Tensor:
     """The original's ``tensor_normalize``: out-of-place ``(x - mean) / std`` on the last dim."""
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
@@ -216,8 +217,9 @@ class OriginalStyleDataset:
                  backend: str = "decord", num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, short_side_size: int = 224, test_num_segment: int = 5,
                  test_num_crop: int = 3, num_sample: int = 2,
-                 aa: Optional[str] = "rand-m4-n2-mstd0.2-inc1", train_interpolation: str = "bicubic",
-                 reprob: float = 0.25, flip: bool = True, timer: Optional[StageTimer] = None) -> None:
+                 aa: Optional[str] = "rand-m4-n2-mstd0.2-inc1",
+                 train_interpolation: str = "bicubic", reprob: float = 0.25, flip: bool = True,
+                 timer: Optional[StageTimer] = None) -> None:
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if backend not in BACKENDS:
@@ -241,7 +243,8 @@ class OriginalStyleDataset:
         self.erase = None
         if mode == "train" and reprob > 0:
             from timm.data.random_erasing import RandomErasing
-            self.erase = RandomErasing(reprob, mode="pixel", max_count=1, num_splits=1, device="cpu")
+            self.erase = RandomErasing(reprob, mode="pixel", max_count=1, num_splits=1,
+                                       device="cpu")
         from torchvision import transforms
         self._to_pil, self._to_tensor = transforms.ToPILImage(), transforms.ToTensor()
 
@@ -316,12 +319,14 @@ class OriginalStyleDataset:
             height, width = buffer.shape[1:3]
             if min(height, width) != self.short_side_size:  # the original skips matching clips
                 new_h, new_w = resize_sizes(height, width, self.short_side_size)
-                buffer = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BILINEAR))
-                                   for f in buffer])
+                buffer = np.stack([
+                    np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BILINEAR))
+                    for f in buffer])
         with t.stage("crop"):
             s = self.short_side_size
             spatial_step = (max(buffer.shape[1], buffer.shape[2]) - s) / (self.test_num_crop - 1)
-            temporal_step = max((buffer.shape[0] - self.num_frames) / (self.test_num_segment - 1), 0)
+            temporal_step = max(
+                (buffer.shape[0] - self.num_frames) / (self.test_num_segment - 1), 0)
             t0, s0 = int(chunk_nb * temporal_step), int(split_nb * spatial_step)
             if buffer.shape[1] >= buffer.shape[2]:
                 buffer = buffer[t0:t0 + self.num_frames, s0:s0 + s, :, :]
@@ -330,8 +335,10 @@ class OriginalStyleDataset:
         with t.stage("to_tensor"):
             clip = clip_to_tensor(buffer)
         with t.stage("normalize"):
+            # video_transforms.Normalize: clone, then in-place subtract and divide.
             clip = clip.clone()
-            clip.sub_(torch.tensor(MEAN)[:, None, None, None]).div_(torch.tensor(STD)[:, None, None, None])
+            clip.sub_(torch.tensor(MEAN)[:, None, None, None])
+            clip.div_(torch.tensor(STD)[:, None, None, None])
         name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
         return clip, self.labels[video], name, chunk_nb, split_nb
 

@@ -25,7 +25,8 @@ def _pixels(clip: torch.Tensor) -> torch.Tensor:
 def _codes(clip: torch.Tensor):
     """Frame indices of an index-coded clip, whatever its dtype."""
     if clip.dtype == torch.uint8:
-        clip = (clip.float() / 255 - torch.tensor(MEAN).view(3, 1, 1, 1)) / torch.tensor(STD).view(3, 1, 1, 1)
+        mean, std = torch.tensor(MEAN).view(3, 1, 1, 1), torch.tensor(STD).view(3, 1, 1, 1)
+        clip = (clip.float() / 255 - mean) / std
     return decode_frame_codes(clip)
 
 
