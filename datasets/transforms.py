@@ -151,8 +151,9 @@ def normalize_video(videos: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
 
 
 class ClipRandomErasing:
-    """Random erasing with one box per erase shared by all frames of the clip (a static
-    occluder), unlike VideoMAE, which erased a different box in every frame.
+    """Random erasing as VideoMAE's default (``cube=True``): each box is drawn once per clip and
+    covers the same place in every frame; its pixels ('pixel' noise, 'rand' colour) are drawn
+    afresh for every frame.
 
     Args:
         probability: chance that a clip is erased (``--reprob``).
@@ -190,17 +191,17 @@ class ClipRandomErasing:
                 if 0 < eh < h and 0 < ew < w:
                     top = int(np.random.randint(0, h - eh + 1))
                     left = int(np.random.randint(0, w - ew + 1))
-                    clip[:, :, top:top + eh, left:left + ew] = self._fill(c, eh, ew, clip.device)
+                    clip[:, :, top:top + eh, left:left + ew] = self._fill(c, t, eh, ew, clip.device)
                     break
         return clip
 
-    def _fill(self, c: int, eh: int, ew: int, device: torch.device) -> torch.Tensor:
-        # Shape (C, 1, h, w) broadcasts over time: the patch is the same in every frame. The
-        # noise is drawn where the clip is (torch's generator for that device).
+    def _fill(self, c: int, t: int, eh: int, ew: int, device: torch.device) -> torch.Tensor:
+        # New pixels for every frame, as VideoMAE; drawn where the clip is (torch's generator
+        # for that device).
         if self.mode == "pixel":
-            return torch.randn((c, 1, eh, ew), device=device)
+            return torch.randn((c, t, eh, ew), device=device)
         if self.mode == "rand":
-            return torch.randn((c, 1, 1, 1), device=device)
+            return torch.randn((c, t, 1, 1), device=device)
         return torch.zeros((c, 1, 1, 1), device=device)
 
 

@@ -40,23 +40,29 @@ def test_training_clip_shapes_and_repeated_augmentation(media, tmp_path):
 
 
 def test_randaugment_and_erasing_are_clip_consistent(media, tmp_path):
-    # A static clip stays static: every frame received the same ops, crop, flip and box (the
-    # box drawn on the device, after normalisation, by the engine's ToModelInput).
+    # A static clip stays static: every frame received the same ops, crop and flip; random
+    # erasing (on the device, by the engine's ToModelInput) puts its box at the same place in
+    # every frame, with new noise per frame (VideoMAE's cube erasing).
     write_list(str(tmp_path / "train.csv"), [(str(media / "still"), 0)])
     args = make_args(str(tmp_path), nb_classes=1, num_frames=8, input_size=32, is_aa=True,
                      aa="rand-m9-n4-mstd0.5-inc1", reprob=1.0, recount=2)
     ds, _ = build_dataset(True, False, args)
     np.random.seed(0)
     torch.manual_seed(0)
-    to_input = ToModelInput.for_training(reprob=1.0, recount=2)
     batch = torch.stack([ds[0][0][0] for _ in range(6)])
-    for clip in [*batch, *to_input(batch)]:
+    for clip in batch:
         for t in range(1, clip.shape[1]):
             assert torch.equal(clip[:, t], clip[:, 0])
-    erased = to_input(batch)
-    assert len({c.sum().item() for c in erased}) == 6  # but the clips differ from each other
-    # Every clip was erased (reprob 1): it differs from the clip only normalised.
-    assert all(not torch.equal(e, n) for e, n in zip(erased, normalize_video(batch)))
+    assert len({c.sum().item() for c in batch}) == 6  # but the clips differ from each other
+    plain = normalize_video(batch)
+    erased = ToModelInput.for_training(reprob=1.0, recount=2)(batch)
+    for e, p in zip(erased, plain):
+        changed = (e != p).any(dim=0)  # (T, H, W)
+        assert changed[0].any()  # erased (reprob 1)
+        assert all(torch.equal(changed[t], changed[0]) for t in range(1, len(changed)))
+        box = e[:, :, changed[0]]  # (3, T, pixels): fresh noise in every frame
+        assert not torch.equal(box[:, 0], box[:, 1])
+        assert torch.equal(e[:, :, ~changed[0]], p[:, :, ~changed[0]])
 
 
 RA_CONFIGS = ["rand-m9-n3-mstd0.5", "rand-m4-n2-mstd0.2-inc1", "rand-m10-n4-mstd1-inc1",

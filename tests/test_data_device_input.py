@@ -96,8 +96,8 @@ def test_training_step_normalises_and_erases_on_the_device(tmp_path):
     loss, n, _ = step(model, (clips, labels), Backend)
     assert n == 4 and torch.equal(seen[-1], _worker_normalised(clips))
     assert torch.allclose(loss, criterion(model(_worker_normalised(clips)), labels))
-    # With erasing (reprob 1): the box is the same in every frame and holds N(0, 1) noise in
-    # normalised units; the rest of the clip is the normalised clip.
+    # With erasing (reprob 1): the box is at the same place in every frame and holds N(0, 1)
+    # noise in normalised units, new in every frame; the rest of the clip is the normalised clip.
     step = engine.classification_step(criterion, to_input=ToModelInput.for_training(1.0))
     torch.manual_seed(1)
     np.random.seed(1)
@@ -107,5 +107,6 @@ def test_training_step_normalises_and_erases_on_the_device(tmp_path):
         changed = (e != p).any(dim=0).any(dim=0)  # (H, W) pixels erased in some frame/channel
         assert 0 < changed.float().mean() < 0.5
         box = e[:, :, changed]  # (3, T, pixels)
-        assert torch.equal(box, box[:, :1].expand_as(box))  # one patch for all frames
+        assert not torch.equal(box[:, 0], box[:, 1])  # new noise per frame
         assert abs(float(box.mean())) < 0.5 and 0.6 < float(box.std()) < 1.4
+        assert torch.equal(e[:, :, ~changed], p[:, :, ~changed])
