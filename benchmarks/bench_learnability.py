@@ -20,20 +20,21 @@ import sys
 import time
 from typing import Dict, List
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from datasets.transforms import normalize  # noqa: E402
+from datasets.transforms import normalize_video  # noqa: E402
 from models import create_model  # noqa: E402
 from tools.make_synthetic import render_clip_batch  # noqa: E402
 
 
 def to_input(clips) -> torch.Tensor:
     """uint8 (B, T, H, W, 3) -> the loader's normalised float (B, 3, T, H, W)."""
-    return torch.stack([normalize(torch.from_numpy(c).permute(0, 3, 1, 2)) for c in clips])
+    return normalize_video(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3))
 
 
 @torch.no_grad()

@@ -148,7 +148,7 @@ class ClipRandAugment:
         for k, op in enumerate(drawn):
             src, dst = needs[k], needs[k + 1]
             if op.name in GEOMETRIC:
-                x = AFFINE_OPS[op.name](x, op, self.fill, frame, src, dst)
+                x = affine_op(x, op, self.fill, frame, src, dst)
             else:  # dst within src, relative to it
                 rel = None if src == dst else (dst[0] - src[0], dst[1] - src[1]) + dst[2:]
                 x = OPS[op.name](x, op, self.fill, rel)
@@ -524,4 +524,3 @@ OPS: Dict[str, OpFn] = {
     "GaussianBlur": gaussian_blur, "GaussianBlurRand": gaussian_blur,
     **{name: affine_op for name in GEOMETRIC},
 }
-AFFINE_OPS = {name: affine_op for name in GEOMETRIC}

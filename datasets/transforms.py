@@ -102,34 +102,13 @@ def resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> to
     return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """uint8 ``(T, 3, H, W)`` -> float32 ``(3, T, H, W)`` normalised with ``mean``/``std``.
-
-    Args:
-        x: uint8 clip.
-        mean: per-channel mean in [0, 1] units.
-        std: per-channel std in [0, 1] units.
-        out: float32 ``(3, T, H, W)`` tensor to write into (e.g. one view of a test item),
-            saving an allocation and a later copy.
-    """
-    t, c, h, w = x.shape
-    # Convert straight into the (3, T, H, W) layout, then normalise in place: fewer passes
-    # over memory than float() -> arithmetic -> permute().contiguous().
-    if out is None:
-        out = torch.empty((c, t, h, w), dtype=torch.float32)
-    out.copy_(x.permute(1, 0, 2, 3))
-    out.sub_(torch.tensor(mean, dtype=torch.float32).view(c, 1, 1, 1) * 255.0)
-    out.div_(torch.tensor(std, dtype=torch.float32).view(c, 1, 1, 1) * 255.0)
-    return out
-
-
 def normalize_video(videos: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """uint8 videos ``(..., 3, T, H, W)`` -> float32 normalised with ``mean``/``std``, on their device.
 
-    The same float32 arithmetic as :func:`normalize` (subtract ``255 * mean``, divide by
-    ``255 * std``), so a clip normalised here equals one normalised on a worker bit for bit.
+    The same float32 arithmetic as the worker-side normalisation this replaced (subtract
+    ``255 * mean``, divide by ``255 * std``; tests/test_data_device_input.py keeps it as the
+    reference), so the model inputs are the same bits.
     Floating-point input is taken as already normalised (in-memory clips of tests and tools)
     and returned as it is.
 

@@ -278,16 +278,16 @@ class VideoClsDataset(Dataset):
         """Resized uint8 frames (T,3,h,w) of each temporal view."""
         if self.config.decode_once:
             # Decode the union of all views' frames once, resize once, then index per view.
-            per_view: List[np.ndarray] = []
+            inverse: List[np.ndarray] = []  # per view: positions of its frames in the union
 
             def union(n: int) -> np.ndarray:
-                per_view.extend(self.test_view_indices(n))
-                return np.unique(np.concatenate(per_view))
+                per_view = self.test_view_indices(n)
+                frames, where = np.unique(np.concatenate(per_view), return_inverse=True)
+                inverse.extend(where.reshape(len(per_view), -1))
+                return frames
 
-            frames = self._read(rec, union)
-            inverse = np.unique(np.concatenate(per_view), return_inverse=True)[1]
-            frames = self._eval_resize(frames)
-            return [frames[torch.from_numpy(inv)] for inv in inverse.reshape(len(per_view), -1)]
+            frames = self._eval_resize(self._read(rec, union))
+            return [frames[torch.from_numpy(inv)] for inv in inverse]
         # Baseline for the benchmark and tests: one decode per (segment, crop) view, as in a
         # dataset with one item per view (VideoMAE); the crops of a segment share frames.
         views = []

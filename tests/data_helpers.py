@@ -15,8 +15,8 @@ from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tools.make_synthetic import render_clip, write_video
 
 __all__ = ["write_video", "index_coded_frames", "decode_frame_codes", "gradient_frames",
-           "textured_frames", "write_list", "make_args", "denormalize", "FixedRng",
-           "write_frame_folder", "CODE_BASE", "CODE_STEP"]
+           "textured_frames", "write_faststart_mp4", "write_list", "make_args", "denormalize",
+           "FixedRng", "write_frame_folder", "CODE_BASE", "CODE_STEP"]
 
 # Frame i of an index-coded video is uniform grey CODE_BASE + CODE_STEP * i: after lossy coding
 # and any resize/crop the index is still recovered by rounding (error << CODE_STEP / 2).
@@ -67,6 +67,24 @@ def write_frame_folder(folder: str, frames: np.ndarray, quality: int = 95) -> No
     os.makedirs(folder, exist_ok=True)
     for i, frame in enumerate(frames):
         Image.fromarray(frame).save(os.path.join(folder, f"img_{i + 1:05d}.jpg"), quality=quality)
+
+
+def write_faststart_mp4(path: str, num_frames: int = 40) -> bytes:
+    """An h264 mp4 of random 64x48 frames with its index at the start (``+faststart``), so a
+    file cut short still claims every frame. Returns the file's bytes."""
+    import av
+
+    frames = np.random.default_rng(0).integers(0, 255, (num_frames, 48, 64, 3), dtype=np.uint8)
+    with av.open(path, "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for fr in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def write_list(path: str, entries: Iterable[Tuple[str, int]], sep: str = " ") -> str:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from datasets.decoders import VideoDecodeError, open_video
-from tests.data_helpers import textured_frames, write_frame_folder, write_video
+from tests.data_helpers import (textured_frames, write_faststart_mp4, write_frame_folder,
+                                write_video)
 
 N_FRAMES = 24
 
@@ -117,19 +118,8 @@ def test_bad_inputs_raise_with_path(tmp_path, backend):
 def test_pyav_truncated_stream_is_bounded(tmp_path):
     # A faststart mp4 keeps its index (claiming all frames) when cut: PyAV must stop at the end
     # of the data and report the file as truncated rather than loop or return garbage.
-    import av
-
     path = str(tmp_path / "faststart.mp4")
-    frames = np.random.default_rng(0).integers(0, 255, (40, 48, 64, 3), dtype=np.uint8)
-    with av.open(path, "w", options={"movflags": "+faststart"}) as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for fr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    data = open(path, "rb").read()
+    data = write_faststart_mp4(path)
     cut = str(tmp_path / "cut.mp4")
     open(cut, "wb").write(data[: len(data) // 2])
     reader = open_video(cut, "pyav")

@@ -1,14 +1,15 @@
 """Items leave the workers as uint8; the engine normalises (and erases) them on the device.
 
-The previous path normalised on the worker (``datasets.transforms.normalize``): the new one must
-give the same model inputs and logits, for test views, validation clips and training batches.
+The previous path normalised on the worker (written out below as ``_worker_normalised``, the
+arithmetic of the removed ``datasets.transforms.normalize``): the new one must give the same
+model inputs and logits, for test views, validation clips and training batches.
 """
 import numpy as np
 import torch
 
 import engine
 from datasets import build_dataset, collate_eval, collate_train
-from datasets.transforms import ToModelInput, normalize, normalize_video
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, ToModelInput, normalize_video
 from engine_eval import _forward_eval, final_test
 from tests.data_helpers import make_args, textured_frames, write_list, write_video
 from tests.helpers import tiny_model
@@ -25,9 +26,12 @@ def _data(tmp_path, **kw):
 
 
 def _worker_normalised(clips: torch.Tensor) -> torch.Tensor:
-    """The previous worker-side path: each uint8 (3,T,H,W) clip through ``normalize``."""
+    """The previous worker-side path, per uint8 (3,T,H,W) clip: float32 copy, subtract
+    255 * ImageNet mean, divide by 255 * ImageNet std, per channel."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
     flat = clips.reshape(-1, *clips.shape[-4:])
-    out = torch.stack([normalize(c.permute(1, 0, 2, 3)) for c in flat])
+    out = torch.stack([(c.to(torch.float32) - mean) / std for c in flat])
     return out.reshape(clips.shape)
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 from datasets import build_dataset, decoders, open_video
 from datasets.decoders import VideoDecodeError
 from tests.data_helpers import (decode_frame_codes, index_coded_frames, make_args,
-                                textured_frames, write_frame_folder, write_list, write_video)
+                                textured_frames, write_faststart_mp4, write_frame_folder,
+                                write_list, write_video)
 from tools import extract_frames
 from tools.extract_frames import output_size
 
@@ -101,16 +102,7 @@ def test_cut_video_fails_without_leaving_a_folder(tmp_path):
     import av
 
     path = str(tmp_path / "faststart.mp4")
-    frames = np.random.default_rng(0).integers(0, 255, (40, 48, 64, 3), dtype=np.uint8)
-    with av.open(path, "w", options={"movflags": "+faststart"}) as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for fr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    data = open(path, "rb").read()
+    data = write_faststart_mp4(path)
     with av.open(path) as c:
         end_of_21st = [p.pos + p.size for p in c.demux(video=0) if p.size][20]
     # Cut inside a packet (the decoder raises) and after a whole packet (decoding just ends).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 import engine
 import optim_factory
 import utils
-from datasets.transforms import normalize
+from datasets.transforms import normalize_video
 from models import create_model, load_pretrained
 from utils.backend import PlainBackend
 from tools.demo import BACKBONE_DIR, BACKBONE_FILE, DemoConfig
@@ -41,8 +42,8 @@ def motion_clips(per_class: int, seed: int) -> tuple:
     """ImageNet-normalised clips (B, 3, T, S, S) of the demo's classes and sizes, in memory."""
     clips, labels = render_clip_batch(per_class, seed, NUM_CLASSES, CFG.num_frames,
                                       CFG.video_size, CFG.input_size)
-    # The loader's own normalisation, clip by clip: (T, H, W, 3) -> (3, T, H, W).
-    x = torch.stack([normalize(torch.from_numpy(c).permute(0, 3, 1, 2)) for c in clips])
+    # The loader's own normalisation: (N, T, H, W, 3) uint8 -> (N, 3, T, H, W) float.
+    x = normalize_video(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3))
     return x, torch.from_numpy(labels)
 
 
