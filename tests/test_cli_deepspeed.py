@@ -48,3 +48,34 @@ def test_deepspeed_trains_saves_and_resumes(tmp_path, data, nproc):
                        resume=os.path.join(out, "checkpoint-last")))
     again = final_record(str(tmp_path / "eval"))
     assert (again["Final top-1"], again["Final top-5"]) == (trained["Final top-1"], trained["Final top-5"])
+
+
+def test_deepspeed_run_leaves_no_process_group_alive(tmp_path, data, monkeypatch):
+    """After ``main`` returns, no process group made during the run is alive. DeepSpeed keeps a
+    world group of its own (``dist.new_group``) in a module global, which torch's
+    ``destroy_process_group`` left alive with its gloo threads and sockets until interpreter
+    exit, where a peer tearing down aborted a two-process run now and then ("terminate called
+    without an active exception"); the run must tear down through ``deepspeed.comm``."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    made = []
+    new_group = dist.new_group
+
+    def recording_new_group(*args, **kwargs):
+        group = new_group(*args, **kwargs)
+        made.append(weakref.ref(group))
+        return group
+
+    monkeypatch.setattr(dist, "new_group", recording_new_group)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # one process, the run makes its own group
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    run_main(tiny_argv(data, str(tmp_path / "ds"), "lora", epochs=1, enable_deepspeed=True,
+                       disable_eval_during_finetuning=True))
+    gc.collect()
+    assert made, "DeepSpeed made no group of its own: this test checks nothing"
+    assert not dist.is_initialized()
+    assert [ref() for ref in made] == [None] * len(made)

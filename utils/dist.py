@@ -13,6 +13,7 @@ import random
 import re
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
@@ -267,8 +268,19 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
 
 
 def destroy_process_group(state: DistState) -> None:
-    """Tear down the group this run created (so ``main`` can be called again in one process)."""
+    """Tear down the group this run created (so ``main`` can be called again in one process).
+
+    Through DeepSpeed when it joined the group: it keeps groups of its own (a world group made
+    with ``new_group``) in module globals, which torch's ``destroy_process_group`` leaves alive
+    with their gloo threads running until interpreter exit, where a peer closing its sockets
+    aborted the process now and then ("terminate called without an active exception").
+    ``deepspeed.comm.destroy_process_group`` destroys the groups and drops those references.
+    """
     if state.owns_group and is_dist_avail_and_initialized():
-        dist.destroy_process_group()
+        ds_comm = sys.modules.get("deepspeed.comm")
+        if ds_comm is not None and ds_comm.is_initialized():
+            ds_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
     for key in state.env_set:
         os.environ.pop(key, None)
