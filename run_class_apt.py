@@ -433,6 +433,12 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         raise ConfigError("--compile is not supported with --enable_deepspeed")
     if cfg.eval and cfg.deepspeed:
         logger.info("--eval evaluates without the DeepSpeed engine (same numbers)")
+    if cfg.deepspeed and not cfg.eval:
+        # Imported before the process group exists: DeepSpeed's TorchBackend takes
+        # GroupMember.WORLD as a default argument when its module is imported, a reference that
+        # would keep the group (and its gloo threads) alive after the run tears it down.
+        from utils import ds
+        ds.import_deepspeed(torch.device(cfg.run.device or utils.default_device_name()))
     with started_run(cfg.run, force_group=cfg.deepspeed and not cfg.eval) as dist:
         path, ckpt = "", None
         if cfg.eval:

@@ -2,12 +2,16 @@
 and resume; no DeepSpeed op is compiled; its checkpoints are evaluated like any other."""
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 import utils
 from models import read_checkpoint
-from tests.engine_helpers import final_record, read_log, run_cli, run_main, tiny_argv
+from tests.engine_helpers import (ROOT, final_record, read_log, run_cli, run_main,
+                                  subprocess_env, tiny_argv)
 
 pytest.importorskip("deepspeed")
 
@@ -50,32 +54,48 @@ def test_deepspeed_trains_saves_and_resumes(tmp_path, data, nproc):
     assert (again["Final top-1"], again["Final top-5"]) == (trained["Final top-1"], trained["Final top-5"])
 
 
-def test_deepspeed_run_leaves_no_process_group_alive(tmp_path, data, monkeypatch):
-    """After ``main`` returns, no process group made during the run is alive. DeepSpeed keeps a
-    world group of its own (``dist.new_group``) in a module global, which torch's
-    ``destroy_process_group`` left alive with its gloo threads and sockets until interpreter
-    exit, where a peer tearing down aborted a two-process run now and then ("terminate called
-    without an active exception"); the run must tear down through ``deepspeed.comm``."""
-    import gc
-    import weakref
 
+GROUPS_SCRIPT = textwrap.dedent('''
+    import gc, json, sys, weakref
+    sys.path.insert(0, sys.argv[1])
     import torch.distributed as dist
-
     made = []
-    new_group = dist.new_group
-
+    init_process_group, new_group = dist.init_process_group, dist.new_group
+    def recording_init(*args, **kwargs):
+        init_process_group(*args, **kwargs)
+        made.append(("default", weakref.ref(dist.group.WORLD)))
     def recording_new_group(*args, **kwargs):
         group = new_group(*args, **kwargs)
-        made.append(weakref.ref(group))
+        made.append(("new_group", weakref.ref(group)))
         return group
-
-    monkeypatch.setattr(dist, "new_group", recording_new_group)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)  # one process, the run makes its own group
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
-    run_main(tiny_argv(data, str(tmp_path / "ds"), "lora", epochs=1, enable_deepspeed=True,
-                       disable_eval_during_finetuning=True))
+    dist.init_process_group, dist.new_group = recording_init, recording_new_group
+    import run_class_apt
+    assert "deepspeed" not in sys.modules  # imported by the run, as from the command line
+    status = run_class_apt.cli(sys.argv[3:])
     gc.collect()
-    assert made, "DeepSpeed made no group of its own: this test checks nothing"
-    assert not dist.is_initialized()
-    assert [ref() for ref in made] == [None] * len(made)
+    with open(sys.argv[2], "w") as f:
+        json.dump({"status": status, "alive": [kind for kind, ref in made if ref() is not None],
+                   "made": [kind for kind, _ in made]}, f)
+''')
+
+
+def test_deepspeed_run_leaves_no_process_group_alive(tmp_path, data):
+    """After a DeepSpeed run no process group it made is alive in the process. DeepSpeed keeps
+    a world group of its own (``dist.new_group``) in a module global, which torch's
+    ``destroy_process_group`` leaves alive, and its TorchBackend, imported after the group
+    exists, holds the default group as a default argument: both kept gloo threads and sockets
+    running into interpreter exit, where a peer tearing down aborted a two-process run now and
+    then ("terminate called without an active exception")."""
+    script = tmp_path / "groups.py"
+    script.write_text(GROUPS_SCRIPT)
+    result = tmp_path / "groups.json"
+    argv = tiny_argv(data, str(tmp_path / "ds"), "lora", epochs=1, enable_deepspeed=True,
+                     disable_eval_during_finetuning=True)
+    env = {"TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}
+    proc = subprocess.run([sys.executable, str(script), ROOT, str(result), *argv], cwd=ROOT,
+                          env=subprocess_env(env), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    groups = json.loads(result.read_text())
+    assert groups["status"] == 0
+    assert groups["made"] == ["default", "new_group"]  # the run's group and DeepSpeed's own
+    assert groups["alive"] == []
