@@ -124,11 +124,14 @@ def build_probe_loaders(data_path: str, args, batch_size: int
         num_classes = sum(1 for line in f if line.strip())
     config = VideoDataConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate,
                              input_size=args.input_size, short_side_size=args.input_size,
-                             video_backend=getattr(args, "video_backend", "decord") or "decord")
+                             video_backend=getattr(args, "video_backend", "decord") or "decord",
+                             allow_duplicates=bool(getattr(args, "allow_duplicates",
+                                                           VideoDataConfig.allow_duplicates)))
     loaders = []
     for split in ("train", "val"):
         path = os.path.join(data_path, f"{split}.csv")
-        records = parse_list_file(path, num_classes, "", require_all_classes=False)
+        records = parse_list_file(path, num_classes, "", require_all_classes=False,
+                                  allow_duplicates=config.allow_duplicates)
         dataset = VideoClsDataset(records, "val", config, path)
         loaders.append(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                                    num_workers=args.num_workers))

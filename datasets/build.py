@@ -86,6 +86,7 @@ def config_from_args(args: argparse.Namespace, mode: str) -> VideoDataConfig:
         recount=int(option("recount")),
         video_backend=option("video_backend"),
         max_bad_fraction=float(option("max_bad_fraction")),
+        allow_duplicates=bool(option("allow_duplicates")),
     )
 
 
@@ -100,7 +101,7 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
             ``nb_classes``, ``num_frames``, ``sampling_rate``, ``input_size``,
             ``short_side_size``, ``test_num_segment``, ``test_num_crop``, ``num_sample``,
             ``is_aa``, ``aa``, ``train_interpolation``, ``reprob``, ``remode``, ``recount``,
-            ``video_backend``, ``max_bad_fraction``).
+            ``video_backend``, ``max_bad_fraction``, ``allow_duplicates``).
 
     Returns:
         ``(dataset, nb_classes)``.
@@ -115,9 +116,11 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
     if not data_path:
         raise ValueError("--data_path (the folder with train.csv, val.csv and test.csv) is required")
     list_path = os.path.join(data_path, f"{mode}.csv")
+    config = config_from_args(args, mode)
     records = parse_list_file(list_path, nb_classes, getattr(args, "data_root", "") or "",
-                              require_all_classes=(mode == "train"))
-    dataset = VideoClsDataset(records, mode, config_from_args(args, mode), list_path)
+                              require_all_classes=(mode == "train"),
+                              allow_duplicates=config.allow_duplicates)
+    dataset = VideoClsDataset(records, mode, config, list_path)
     logger.info("%s split: %d videos from %s (%d classes, backend %s)", mode, len(dataset),
                 list_path, nb_classes, dataset.config.video_backend)
     return dataset, nb_classes

@@ -5,13 +5,23 @@ label is the last field, so a path may itself contain spaces. Blank lines and li
 ``#`` are skipped. Relative paths are joined to ``data_root``; when ``data_root`` is empty they
 are taken relative to the folder of the list file, so a data set folder (list files next to the
 videos, as the synthetic generator writes it) can be moved as a whole.
+
+A UTF-8 byte-order mark (editors on Windows write one) is dropped. A video listed twice (the same
+resolved path, with the same label or a conflicting one) is an error naming both lines, unless
+``allow_duplicates`` (``--allow_duplicates``): then the lines are kept and one warning counts them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+# Repeated lines named in one message; the rest are counted.
+SHOWN_DUPLICATES = 5
 
 
 class ListFileError(ValueError):
@@ -34,7 +44,8 @@ class VideoRecord:
 
 
 def parse_list_file(list_path: str, nb_classes: int, data_root: str = "",
-                    require_all_classes: bool = False) -> List[VideoRecord]:
+                    require_all_classes: bool = False,
+                    allow_duplicates: bool = False) -> List[VideoRecord]:
     """Read and validate a list file.
 
     Args:
@@ -44,20 +55,23 @@ def parse_list_file(list_path: str, nb_classes: int, data_root: str = "",
         require_all_classes: also require that every class in ``[0, nb_classes)`` occurs (used
             for the training list: a training set missing a class, or a wrong ``--nb_classes``,
             is a configuration error; validation/test lists may legitimately lack classes).
+        allow_duplicates: keep a video listed more than once (``--allow_duplicates``) with a
+            warning; by default that is an error.
 
     Returns:
         The records, in file order.
 
     Raises:
-        ListFileError: missing/empty file, unparsable line, label out of range, or class count
-            mismatch; the message names the file and the line.
+        ListFileError: missing/empty file, unparsable line, label out of range, class count
+            mismatch, or a video listed twice; the message names the file and the lines.
     """
     if not os.path.isfile(list_path):
         raise ListFileError(f"{list_path}: list file not found (expected under --data_path)")
     base = data_root if data_root else os.path.dirname(os.path.abspath(list_path))
     records: List[VideoRecord] = []
     first_line_of: Dict[int, int] = {}
-    with open(list_path, "r", encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark would otherwise become part of the first path.
+    with open(list_path, "r", encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -73,6 +87,7 @@ def parse_list_file(list_path: str, nb_classes: int, data_root: str = "",
             first_line_of.setdefault(label, lineno)
     if not records:
         raise ListFileError(f"{list_path}: no videos listed")
+    check_duplicates(records, list_path, allow_duplicates)
     if require_all_classes and len(first_line_of) != nb_classes:
         missing = sorted(set(range(nb_classes)) - set(first_line_of))
         shown = ", ".join(str(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -81,6 +96,49 @@ def parse_list_file(list_path: str, nb_classes: int, data_root: str = "",
             f"{nb_classes} (largest label {max(first_line_of)} on line "
             f"{first_line_of[max(first_line_of)]}); labels never used: {shown}")
     return records
+
+
+def check_duplicates(records: Sequence[VideoRecord], list_path: str,
+                     allow_duplicates: bool = False) -> None:
+    """Refuse (or, with ``allow_duplicates``, warn once about) videos listed more than once.
+
+    A repeated line silently weighs that video twice in every epoch (and counts it twice in
+    the test); the same video with another label contradicts itself. Both are named with their
+    line numbers. Paths are compared after ``os.path.normpath`` (``a/./b.mp4`` is ``a/b.mp4``).
+
+    Args:
+        records: the parsed lines (paths already resolved).
+        list_path: the list file, for the message.
+        allow_duplicates: ``--allow_duplicates``: keep them and log one warning.
+
+    Raises:
+        ListFileError: a video listed twice and ``allow_duplicates`` is False.
+    """
+    first: Dict[str, VideoRecord] = {}
+    repeats: List[str] = []
+    conflicts = 0
+    for rec in records:
+        seen = first.setdefault(os.path.normpath(rec.path), rec)
+        if seen is rec:
+            continue
+        if seen.label != rec.label:
+            conflicts += 1
+            repeats.append(f"{list_path}:{rec.line}: {rec.path} has label {rec.label}, line "
+                           f"{seen.line} gives it label {seen.label}")
+        else:
+            repeats.append(f"{list_path}:{rec.line}: {rec.path} repeats line {seen.line}")
+    if not repeats:
+        return
+    counts = f"{len(repeats)} repeated line(s), {conflicts} with a conflicting label"
+    if allow_duplicates:
+        logger.warning("%s: %s, kept as listed (--allow_duplicates); first: %s", list_path,
+                       counts, repeats[0])
+        return
+    more = len(repeats) - SHOWN_DUPLICATES
+    raise ListFileError(
+        f"{list_path}: videos listed more than once ({counts}): "
+        + "; ".join(repeats[:SHOWN_DUPLICATES]) + (f"; ... and {more} more" if more > 0 else "")
+        + ". Remove the repeated lines, or pass --allow_duplicates to keep them")
 
 
 def _split_line(line: str, list_path: str, lineno: int) -> Tuple[str, int]:

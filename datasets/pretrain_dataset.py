@@ -37,6 +37,7 @@ from .listfile import VideoRecord, parse_list_file
 from .masking import build_masking_generator
 from .sampling import dense_train_indices
 from .transforms import clip_buffer, resize, stack_clips, to_tchw
+from .video_dataset import VideoDataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,8 @@ def build_pretraining_dataset(args: argparse.Namespace, patch_size: int = 16
     Args:
         args: needs ``data_path``, ``data_root``, ``num_frames``, ``sampling_rate``,
             ``input_size``, ``tubelet_size``, ``mask_type``, ``mask_ratio``; optional
-            ``data_set``, ``flip``, ``video_backend``, ``max_bad_fraction``, ``cache_videos``.
+            ``data_set``, ``flip``, ``video_backend``, ``max_bad_fraction``, ``cache_videos``,
+            ``allow_duplicates``.
         patch_size: the model's spatial patch side.
 
     Raises:
@@ -319,7 +321,9 @@ def build_pretraining_dataset(args: argparse.Namespace, patch_size: int = 16
     list_path = pretrain_list_path(args.data_path)
     # Labels are not used: accept any non-negative integer (unlabelled videos are listed as 0).
     records = parse_list_file(list_path, nb_classes=sys.maxsize,
-                              data_root=getattr(args, "data_root", "") or "")
+                              data_root=getattr(args, "data_root", "") or "",
+                              allow_duplicates=bool(getattr(args, "allow_duplicates",
+                                                            VideoDataConfig.allow_duplicates)))
     flip = bool(getattr(args, "flip", False))
     if flip and getattr(args, "data_set", "") == "SSV2":
         raise ValueError("--flip with --data_set SSV2: flipping changes Something-Something "

@@ -62,6 +62,8 @@ class VideoDataConfig:
         recount: random erasing count (``--recount``).
         video_backend: 'decord' or 'pyav' (``--video_backend``).
         max_bad_fraction: ``--max_bad_fraction``.
+        allow_duplicates: keep videos listed twice in the list file (``--allow_duplicates``;
+            read by ``parse_list_file``).
         decode_once: test mode decodes each video once for all its views (False: once per
             view, kept only to measure the difference).
     """
@@ -83,6 +85,7 @@ class VideoDataConfig:
     recount: int = 1
     video_backend: str = "decord"
     max_bad_fraction: float = 0.01
+    allow_duplicates: bool = False
     decode_once: bool = True
 
     def validate(self, mode: str = "train") -> None:

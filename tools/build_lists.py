@@ -43,7 +43,7 @@ def _lines(path: str) -> Iterable[Tuple[int, str]]:
     """Non-empty stripped lines with 1-based numbers (official files use CRLF line ends)."""
     if not os.path.isfile(path):
         raise SplitFileError(f"{path}: file not found")
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
             if line:
@@ -140,7 +140,7 @@ def ssv2_entries(labels_dir: str, ext: str = "webm") -> Tuple[Dict[str, List[Ent
         that ``labels.json`` gives its template with the brackets removed.
     """
     labels_path = os.path.join(labels_dir, "labels.json")
-    with open(labels_path, "r", encoding="utf-8") as f:
+    with open(labels_path, "r", encoding="utf-8-sig") as f:
         label_ids = {name: int(i) for name, i in json.load(f).items()}
     classes = [""] * len(label_ids)
     for name, i in label_ids.items():
@@ -148,7 +148,7 @@ def ssv2_entries(labels_dir: str, ext: str = "webm") -> Tuple[Dict[str, List[Ent
     out: Dict[str, List[Entry]] = {}
     for kind in ("train", "validation"):
         path = os.path.join(labels_dir, f"{kind}.json")
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             items = json.load(f)
         entries = []
         for k, item in enumerate(items):
@@ -200,7 +200,7 @@ def kinetics_entries(annotations_dir: str, video_dir: str
         path = next((q for q in paths if os.path.isfile(q)), None)
         if path is None:
             raise SplitFileError(f"{' or '.join(paths)}: file not found")
-        with open(path, "r", encoding="utf-8", newline="") as f:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             need = {"label", "youtube_id", "time_start", "time_end"}
             if not need <= set(reader.fieldnames or []):
@@ -240,6 +240,31 @@ def _with_ext(rel: str, ext: Optional[str]) -> str:
     return f"{stem}.{ext}" if ext else stem
 
 
+def unique_entries(split: str, entries: Sequence[Entry]) -> List[Entry]:
+    """``entries`` with each path once (the first line kept), since the training scripts refuse
+    a list that names a video twice. Official split files have no repeats, but Kinetics clips
+    matched by YouTube id alone, or ``--ext`` mapping ``a.avi`` and ``a.mp4`` to one name, can
+    give some; they are dropped with one warning naming the first few.
+
+    Args:
+        split: the split's name, for the warning.
+        entries: ``(path, label)`` as they will be written.
+    """
+    first: Dict[str, int] = {}
+    kept: List[Entry] = []
+    dropped: List[str] = []
+    for path, label in entries:
+        if path in first:
+            dropped.append(f"{path} (label {label}; kept label {first[path]})")
+            continue
+        first[path] = label
+        kept.append((path, label))
+    if dropped:
+        logger.warning("%s: %d repeated videos left out (each is listed once): %s%s", split,
+                       len(dropped), "; ".join(dropped[:5]), " ..." if len(dropped) > 5 else "")
+    return kept
+
+
 def write_lists(out_dir: str, splits: Dict[str, List[Entry]], classes: Sequence[str],
                 video_root: str = "", ext: Optional[str] = None) -> Dict[str, str]:
     """Write ``<split>.csv`` files and ``classes.txt``.
@@ -252,15 +277,16 @@ def write_lists(out_dir: str, splits: Dict[str, List[Entry]], classes: Sequence[
         ext: new extension for every path (None keeps it, '' removes it).
 
     Returns:
-        Split name -> written list file.
+        Split name -> written list file. A video named twice in a split is written once
+        (``unique_entries``).
     """
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     for split, entries in splits.items():
         path = os.path.join(out_dir, f"{split}.csv")
+        entries = unique_entries(split, [(_with_ext(rel, ext), label) for rel, label in entries])
         with open(path, "w", encoding="utf-8") as f:
-            for rel, label in entries:
-                p = _with_ext(rel, ext)
+            for p, label in entries:
                 f.write(f"{os.path.join(video_root, p) if video_root else p} {label}\n")
         written[split] = path
         logger.info("%s: %d videos", path, len(entries))

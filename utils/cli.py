@@ -151,7 +151,7 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                         data_sets: Sequence[str] = DATA_SETS,
                         video_backends: Sequence[str] = VIDEO_BACKENDS) -> ArgumentGroup:
     """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``, ``--num_frames``,
-    ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``."""
+    ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``, ``--allow_duplicates``."""
     from datasets.video_dataset import VideoDataConfig
     defaults = VideoDataConfig()  # the data options' defaults are declared there, once
     g = parser.add_argument_group("data")
@@ -163,6 +163,9 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
     g.add_argument("--sampling_rate", type=int, default=defaults.sampling_rate)
     g.add_argument("--video_backend", default=defaults.video_backend, choices=tuple(video_backends), help="new")
     g.add_argument("--max_bad_fraction", type=float, default=defaults.max_bad_fraction, help=max_bad_fraction_help)
+    g.add_argument("--allow_duplicates", action="store_true", default=defaults.allow_duplicates,
+                   help="new: keep videos listed more than once in a list file (one warning "
+                        "counts them); by default a repeated video is an error naming its lines")
     return g
 
 

@@ -227,6 +227,7 @@ class DataConfig:
     recount: int
     video_backend: str
     max_bad_fraction: float
+    allow_duplicates: bool
     batch_size: int
     batch_size_val: int
     num_workers: int
@@ -343,6 +344,7 @@ class PretrainDataConfig:
     flip: bool
     video_backend: str
     max_bad_fraction: float
+    allow_duplicates: bool
     cache_videos: bool
     cache_max_gb: float
     batch_size: int
