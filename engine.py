@@ -243,10 +243,7 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
     to_input = ToModelInput.for_training(cfg.data.reprob, cfg.data.remode, cfg.data.recount)
     step_fn = classification_step(build_criterion(cfg.train.smoothing, mixup_fn is not None),
                                   mixup_fn, to_input)
-    assigner = optim_factory.layer_decay_assigner(run.model, cfg.optim.layer_decay)
-    optimizer = optim_factory.create_optimizer(
-        cfg.optim, run.model, get_num_layer=assigner.get_layer_id if assigner else None,
-        get_layer_scale=assigner.get_scale if assigner else None)
+    optimizer = optim_factory.build_optimizer(cfg.optim, run.model)
     model_ema = None
     if cfg.train.model_ema:
         from timm.utils import ModelEmaV3

@@ -8,7 +8,9 @@ Rules:
   parameters of normalisation layers, names in ``model.no_weight_decay()`` and the tensors the
   transfer type exempts by structure (``TransferMethod.no_weight_decay``: APT's
   ``prompt_embeddings_k/v`` and ``prompt_scale``, VPT's prompt tokens, Approximated Prompt
-  Tuning's ``prompts``); ``decay_prompts=True`` decays those too, as the original APT code did.
+  Tuning's ``prompts``), unless they are decayed: ``decay_prompts`` (``--decay_prompts`` /
+  ``--no_decay_prompts``), by default the type's ``decay_prompts_default`` (APT: yes, as the
+  original APT code, whose VideoMAE groups decay every tensor of more than one dimension).
 * Layer decay (``--layer_decay`` < 1) as VideoMAE's ``LayerDecayValueAssigner``: layer id 0 for
   the patch and position embeddings, ``i + 1`` for ``blocks.i`` (adapters and LoRA factors live
   inside their block and take its id), ``num_layers + 1`` for everything else (norms, head).
@@ -73,25 +75,38 @@ def _norm_param_names(model: nn.Module) -> set:
     return names
 
 
-def method_no_decay_ids(model: nn.Module) -> set:
-    """ids of the tensors the model's transfer type exempts from weight decay."""
+def method_no_decay_ids(model: nn.Module, decay_prompts: Optional[bool] = None) -> set:
+    """ids of the tensors the model's transfer type exempts from weight decay.
+
+    Args:
+        model: the model (its ``transfer`` answers; none: nothing exempt).
+        decay_prompts: True/False from ``--decay_prompts``/``--no_decay_prompts``; None: the
+            type's ``decay_prompts_default``.
+    """
     method = getattr(model, "transfer", None)
-    return set(method.no_decay_ids) if method is not None else set()
+    if method is None:
+        return set()
+    decay = method.decay_prompts_default if decay_prompts is None else decay_prompts
+    return set() if decay else set(method.no_decay_ids)
 
 
 def get_parameter_groups(model: nn.Module, weight_decay: float = 1e-5,
                          skip_list: Iterable[str] = (),
                          get_num_layer: Optional[Callable[[str], int]] = None,
                          get_layer_scale: Optional[Callable[[int], float]] = None,
-                         decay_prompts: bool = False) -> List[Dict]:
+                         decay_prompts: Optional[bool] = None) -> List[Dict]:
     """Parameter groups of the trainable tensors: (layer id) x (decay / no decay).
 
     Each group carries ``weight_decay``, ``lr_scale`` (layer decay, 1 without it) and the names
     of its parameters (``param_names``, for logs; optimizers ignore extra keys).
+
+    Args:
+        decay_prompts: decay the tensors the transfer type exempts (None: the type's default,
+            see ``method_no_decay_ids``).
     """
     skip = set(skip_list)
     norms = _norm_param_names(model)
-    exempt = set() if decay_prompts else method_no_decay_ids(model)
+    exempt = method_no_decay_ids(model, decay_prompts)
     groups: Dict[str, Dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -116,6 +131,18 @@ def get_parameter_groups(model: nn.Module, weight_decay: float = 1e-5,
     return list(groups.values())
 
 
+def _log_prompt_decay(model: nn.Module, decay_prompts: Optional[bool]) -> None:
+    """One line saying whether the transfer type's prompt tensors take weight decay, and why."""
+    method = getattr(model, "transfer", None)
+    if method is None or not method.no_decay_ids:
+        return
+    decayed = not method_no_decay_ids(model, decay_prompts)
+    why = (f"the {method.name} default" if decay_prompts is None else
+           "--decay_prompts" if decay_prompts else "--no_decay_prompts")
+    logger.info("weight decay on the %s prompt tensors: %s (%s)", method.name,
+                "yes" if decayed else "no", why)
+
+
 def create_optimizer(args: Any, model: nn.Module,
                      get_num_layer: Optional[Callable[[str], int]] = None,
                      get_layer_scale: Optional[Callable[[int], float]] = None
@@ -125,14 +152,16 @@ def create_optimizer(args: Any, model: nn.Module,
     Args:
         args: the optimisation settings (``OptimConfig`` or a namespace): ``opt`` ('adamw' |
             'sgd' | 'adam'), ``lr``, ``weight_decay``, ``opt_eps``, ``opt_betas``, ``momentum``,
-            ``decay_prompts`` (optional).
+            ``decay_prompts`` (optional; None or missing: the transfer type's default).
         model: the unwrapped model; names in ``model.no_weight_decay()`` take no decay.
         get_num_layer / get_layer_scale: layer decay (``LayerDecayValueAssigner``).
     """
     opt = args.opt.lower()
     skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    decay_prompts = getattr(args, "decay_prompts", None)
     params = get_parameter_groups(model, args.weight_decay, skip_list, get_num_layer,
-                                  get_layer_scale, getattr(args, "decay_prompts", False))
+                                  get_layer_scale, decay_prompts)
+    _log_prompt_decay(model, decay_prompts)
     kwargs = {"lr": args.lr, "weight_decay": 0.0}
     if opt in ("adamw", "adam"):
         if getattr(args, "opt_eps", None) is not None:
@@ -148,3 +177,18 @@ def create_optimizer(args: Any, model: nn.Module,
     else:
         raise ValueError(f"--opt {args.opt!r} is not supported; use adamw or sgd")
     return optimizer
+
+
+def build_optimizer(args: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """The fine-tuning run's optimizer: ``create_optimizer`` with the layer decay of
+    ``args.layer_decay`` (the one place both are put together, for the engine and the tests
+    that compare the recipes' groups with the original code's).
+
+    Args:
+        args: the optimisation settings (``OptimConfig``), ``layer_decay`` included.
+        model: the unwrapped model.
+    """
+    assigner = layer_decay_assigner(model, float(getattr(args, "layer_decay", 1.0)))
+    return create_optimizer(args, model,
+                            get_num_layer=assigner.get_layer_id if assigner else None,
+                            get_layer_scale=assigner.get_scale if assigner else None)

@@ -87,9 +87,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = add_optimizer_args(parser, opt="sgd", opt_choices=["adamw", "sgd", "adam", "momentum"],
                            weight_decay=0.001)
-    g.add_argument("--decay_prompts", action="store_true", default=False,
-                   help="new: apply weight decay to the tensors the transfer type exempts "
-                        "(prompts) too, as the original code did")
+    # default None: the transfer type decides (APT decays its prompts, as the original code).
+    g.add_argument("--decay_prompts", action="store_true", default=None,
+                   help="new: apply weight decay to the prompt tensors the transfer type exempts "
+                        "(default: the type's choice; on for APT, as the original code)")
+    g.add_argument("--no_decay_prompts", action="store_false", dest="decay_prompts",
+                   help="new: no weight decay on the prompt tensors (and APT's prompt_scale)")
 
     g = add_schedule_args(parser, lr=0.1, min_lr=1e-6, warmup_epochs=10)
     g.add_argument("--layer_decay", type=float, default=1.0)

@@ -51,16 +51,21 @@ def test_cosine_schedule_warmup_peak_and_end():
 # ------------------------------------------------------------------------------ param groups
 def test_parameter_groups_only_trainable_and_no_decay_rules():
     model = _micro("prompt", prompt_reparam=True)
-    groups = optim_factory.get_parameter_groups(model, 0.05, model.no_weight_decay())
+    groups = optim_factory.get_parameter_groups(model, 0.05, model.no_weight_decay(),
+                                                decay_prompts=False)
     names = {n: g for g in groups for n in g["param_names"]}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(names) == trainable  # the frozen backbone is not in the optimizer
     decayed = {n for n, g in names.items() if g["weight_decay"] > 0}
     assert decayed == {"head.weight"}  # prompts, prompt_scale, fc_norm, biases: no decay
-    g2 = optim_factory.get_parameter_groups(model, 0.05, (), decay_prompts=True)
-    decayed2 = {n for g in g2 if g["weight_decay"] > 0 for n in g["param_names"]}
-    assert decayed2 == {"head.weight", "prompt_embeddings_k", "prompt_embeddings_v",
-                        "prompt_scale"}
+    everything = {"head.weight", "prompt_embeddings_k", "prompt_embeddings_v", "prompt_scale"}
+    for decay_prompts in (True, None):  # None: APT's default, decayed as the original code
+        g2 = optim_factory.get_parameter_groups(model, 0.05, (), decay_prompts=decay_prompts)
+        decayed2 = {n for g in g2 if g["weight_decay"] > 0 for n in g["param_names"]}
+        assert decayed2 == everything, decay_prompts
+    vpt = _micro("vpt")  # VPT keeps its prompt tokens undecayed unless --decay_prompts
+    g3 = optim_factory.get_parameter_groups(vpt, 0.05, ())
+    assert {n for g in g3 if g["weight_decay"] > 0 for n in g["param_names"]} == {"head.weight"}
 
 
 def test_layer_decay_ids_and_scales():

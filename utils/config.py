@@ -94,7 +94,7 @@ class OptimConfig:
     batch_size: int
     update_freq: int = 1
     layer_decay: float = 1.0
-    decay_prompts: bool = False
+    decay_prompts: Optional[bool] = None  # None: the transfer type's decay_prompts_default
 
     def schedules(self, world_size: int, steps_per_epoch: int) -> Schedules:
         """VideoMAE's linear scaling rule (the lr flags are for a total batch of 256), then a

@@ -12,7 +12,9 @@ A transfer type is one file holding two things:
 
 Which tensors train is decided by structure: the parameters ``inject`` returns plus the
 classifier's norm and head; everything else is frozen. Which of them take no weight decay is
-decided the same way (``no_weight_decay``). No parameter name is ever matched against a pattern.
+decided the same way (``no_weight_decay``), and so is whether they are decayed all the same by
+default (``decay_prompts_default``, the choice of the type's original code; ``--decay_prompts`` /
+``--no_decay_prompts`` override it). No parameter name is ever matched against a pattern.
 """
 from __future__ import annotations
 
@@ -140,6 +142,9 @@ class TransferMethod:
     trains_backbone: bool = False  # end2end / random: every parameter trains
     loads_pretrained: bool = True  # random: --finetune is ignored
     num_prefix_tokens: int = 0  # tokens prepended to the sequence, dropped before pooling
+    # Whether the ``no_weight_decay`` tensors take the weight decay anyway unless
+    # ``--no_decay_prompts`` (True where the type's original code decays them).
+    decay_prompts_default: bool = False
 
     def __init__(self, config: Optional[MethodConfig] = None, **settings: Any) -> None:
         if config is None:
@@ -157,7 +162,8 @@ class TransferMethod:
 
     def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
         """The injected tensors that take no weight decay (prompts: they are inputs, not
-        weights). 1-D tensors, biases and norms never take it anyway (``optim_factory``)."""
+        weights) unless ``decay_prompts_default`` or ``--decay_prompts`` says they do. 1-D
+        tensors, biases and norms never take it anyway (``optim_factory``)."""
         return []
 
     def attach(self, model: nn.Module) -> "TransferMethod":

@@ -43,6 +43,11 @@ class AttentionPromptTuning(TransferMethod):
 
     config_class = APTConfig
     config: APTConfig
+    # The original APT code (wgcban/apt) builds its groups with VideoMAE's get_parameter_groups:
+    # no decay only for 1-D tensors, '.bias' names and {'pos_embed', 'cls_token'}, so the prompts
+    # (L, P, head_dim) and prompt_scale (L, 2, P) take the base weight decay. The recipes
+    # reproduce the paper, hence on by default; --no_decay_prompts exempts them.
+    decay_prompts_default = True
 
     def __init__(self, config: Optional[APTConfig] = None, **settings: object) -> None:
         super().__init__(config, **settings)
