@@ -666,6 +666,39 @@ def find_resume_checkpoint(output_dir: str) -> Optional[str]:
     return candidates[0] if candidates else None
 
 
+# A run folder's best checkpoint: the file of plain runs, the folder of DeepSpeed runs.
+BEST_NAMES = ("checkpoint-best.pth", "checkpoint-best")
+
+
+def find_run_checkpoint(path: str, flag: str = "--resume") -> str:
+    """The checkpoint a user means by ``path``: itself when it is a checkpoint file or a DeepSpeed
+    checkpoint folder; for a run's output folder, its best checkpoint if it has one, else the
+    newest (``resume_candidates``). The choice is logged.
+
+    Args:
+        path: a checkpoint, or a run's ``--output_dir``.
+        flag: the flag that named it, for messages.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or is a folder without any checkpoint (the
+            message names the folder and the names looked for).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{flag} {path}: no such checkpoint or run folder")
+    if not os.path.isdir(path) or _is_checkpoint(path):
+        return path
+    best = [p for p in (os.path.join(path, n) for n in BEST_NAMES) if _is_checkpoint(p)]
+    found = best[0] if best else find_resume_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(
+            f"{flag} {path}: no checkpoint in this run folder (looked for checkpoint-best.pth, "
+            f"checkpoint-best/, checkpoint-last.pth, checkpoint-last/ and checkpoint-<N>.pth or "
+            f"checkpoint-<N>/ with {DS_MODEL_FILE})")
+    logger.info("%s %s: using %s (%s)", flag, path, found,
+                "its best checkpoint" if best else "no best checkpoint; the newest")
+    return found
+
+
 def load_newest_readable(output_dir: str, load: Callable[[str], Loaded]
                          ) -> Optional[Tuple[str, Loaded]]:
     """``(path, load(path))`` for the newest checkpoint in ``output_dir`` that ``load`` can read.

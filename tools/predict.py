@@ -4,6 +4,7 @@ Usage::
 
     python tools/predict.py --resume OUT/checkpoint-best.pth VIDEO_OR_FOLDER [...] \\
         [--finetune BACKBONE] [--topk 5] [--output predictions.json|.csv]
+    python tools/predict.py --resume OUT VIDEO ...   # a run folder: its best, else newest
     python tools/predict.py --tasks ucf101=OUT1/checkpoint-best.pth,hmdb51=OUT2/... VIDEO ...
 
 ``--tasks`` answers every video for every task (APT or linear-probe checkpoints trained on one
@@ -70,11 +71,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--resume", metavar="CKPT",
                        help="training checkpoint of run_class_apt.py (checkpoint-*.pth or a "
-                            "DeepSpeed checkpoint-*/ folder)")
+                            "DeepSpeed checkpoint-*/ folder), or a run's --output_dir (its "
+                            "best checkpoint, else its newest)")
     which.add_argument("--tasks", action="append", metavar="NAME=CKPT[,NAME=CKPT...]",
-                       help="several tasks' checkpoints (APT or linear probing) on one shared "
-                            "frozen backbone, comma-separated or the flag repeated; answered in "
-                            "one forward pass per batch, every video for every task")
+                       help="several tasks' checkpoints (APT or linear probing; a run folder "
+                            "as for --resume) on one shared frozen backbone, comma-separated or "
+                            "the flag repeated; answered in one forward pass per batch, every "
+                            "video for every task")
     p.add_argument("--finetune", default="", metavar="BACKBONE",
                    help="the backbone the checkpoint was trained on, when the file it recorded "
                         "is no longer there (checkpoints of frozen-backbone methods hold only "
@@ -84,7 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"'<label> <name>' per line (default: {CLASSES_FILE} next to the "
                         f"checkpoint's list files, else class indices)")
     p.add_argument("--output", default="", metavar="FILE",
-                   help="also write the answers to FILE.json or FILE.csv")
+                   help="also write the answers to FILE.json or FILE.csv (its folder is created "
+                        "before any video is read)")
     g = p.add_argument_group("clip and views (default: the checkpoint's flags)")
     for name in ("num_frames", "sampling_rate", "input_size", "short_side_size",
                  "test_num_segment", "test_num_crop"):
@@ -169,7 +173,7 @@ def read_class_names(path: str, num_classes: int, flag: str = "--class_names") -
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path}: no such file")
     names = [str(i) for i in range(num_classes)]
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
         for lineno, raw in enumerate(f, start=1):
             parts = raw.strip().split(None, 1)
             if not parts:
@@ -463,18 +467,43 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--output {args.output}: the name must end in .json or .csv")
 
 
+def prepare_output(path: str) -> None:
+    """Create the folder of ``--output`` and check it can be written, before any model is
+    loaded or video decoded (a run that answered every video must not fail at the end).
+
+    Raises:
+        ConfigError: the folder cannot be created, or is not writable; names the file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:  # a regular file on the way (ENOTDIR, EEXIST), no permission, ...
+        raise ConfigError(f"--output {path}: cannot create its folder {folder}: "
+                          f"{err.strerror or err}") from err
+    if os.path.isdir(path):
+        raise ConfigError(f"--output {path}: is a folder; name a .json or .csv file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {path}: cannot write into its folder {folder} "
+                          f"(permission denied)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Answer for the videos of the parsed command line; returns the exit status (0 when at
     least one video was read, 1 when none could be)."""
+    from models.checkpoint import find_run_checkpoint
     check_args(args)
+    if args.output:
+        prepare_output(args.output)
     videos = find_videos(args.videos)
     device = torch.device(args.device or utils.default_device_name())
     overrides = {k: getattr(args, k) for k in CLIP_FLAGS + ("data_set", "amp")}
     if args.tasks:
-        answers = predict_tasks(parse_tasks(args.tasks), videos, device, overrides, args)
+        tasks = {name: find_run_checkpoint(path, "--tasks")
+                 for name, path in parse_tasks(args.tasks).items()}
+        answers = predict_tasks(tasks, videos, device, overrides, args)
         return report(answers, args)
-    loaded = load_model(args.resume, device, overrides, args.finetune, args.class_names,
-                        args.unsafe_load)
+    loaded = load_model(find_run_checkpoint(args.resume), device, overrides, args.finetune,
+                        args.class_names, args.unsafe_load)
     views = loaded.cfg.data.test_views
     logger.info("%d videos, %d views each (%d segments x %d crops), %d frames of %dx%d",
                 len(videos), views, loaded.cfg.data.test_num_segment,
