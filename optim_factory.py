@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from utils.config import canonical_optimizer
+
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -129,7 +131,7 @@ def create_optimizer(args: Any, model: nn.Module,
         model: the unwrapped model; names in ``model.no_weight_decay()`` take no decay.
         get_num_layer / get_layer_scale: layer decay (``LayerDecayValueAssigner``).
     """
-    opt = args.opt.lower()
+    opt = canonical_optimizer(args.opt)
     skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     params = get_parameter_groups(model, args.weight_decay, skip_list, get_num_layer,
                                   get_layer_scale, getattr(args, "decay_prompts", False))
@@ -143,7 +145,7 @@ def create_optimizer(args: Any, model: nn.Module,
             kwargs["betas"] = tuple(args.opt_betas)
         cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
         optimizer = cls(params, **kwargs)
-    elif opt in ("sgd", "momentum"):
+    elif opt == "sgd":
         optimizer = torch.optim.SGD(params, momentum=args.momentum, nesterov=True, **kwargs)
     else:
         raise ValueError(f"--opt {args.opt!r} is not supported; use adamw or sgd")
