@@ -15,7 +15,7 @@ import run_class_apt
 import run_mae_pretraining
 from tests.engine_helpers import (ROOT, SYNTH, read_log, subprocess_env, tiny_argv,
                                   write_tiny_backbone)
-from tests.pretrain_helpers import pretrain_argv
+from tests.pretrain_helpers import pretrain_argv, synthetic_videos  # noqa: F401  (fixture)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -144,6 +144,14 @@ def test_a_diverging_lr_stops_naming_lr_and_keeps_the_checkpoints(tmp_path, data
     assert "NonFiniteLossError" in error and "diverged" in error and "--lr" in error
     assert "learning rate" in error and "global step" in error
     assert _checkpoints(out) == before  # checkpoint-last and -0 unchanged, no checkpoint-1
+
+
+def test_a_diverging_pretraining_stops_naming_lr(tmp_path, synthetic_videos, caplog):
+    out = str(tmp_path / "pretrain")
+    error = _refused(run_mae_pretraining.cli, pretrain_argv(synthetic_videos, out, "--epochs", "1",
+                                                            "--lr", "1e9"), caplog)
+    assert "NonFiniteLossError" in error and "diverged" in error and "--lr" in error
+    assert not [n for n in os.listdir(out) if n.startswith("checkpoint")]
 
 
 def test_a_healthy_run_never_reaches_the_divergence_bound(trained):
