@@ -33,8 +33,18 @@ logger = logging.getLogger(__name__)
 StepFn = Callable[[Any, Sequence[Any], Any], Tuple[torch.Tensor, int, Dict[str, Optional[float]]]]
 
 
+# A training loss above this stops the run as diverged. Both losses trained here are means of
+# per-clip terms that start small: cross-entropy at ln(classes) (< 7 for 1000 classes; label
+# smoothing and mixup only lower its maximum), the MAE loss near 1 on per-patch normalised
+# targets and on raw [0, 1] pixels. Healthy training only lowers them, so 1e4 (> 1000x any
+# start) is never reached unless the weights blow up, as with a learning rate far too high
+# (--lr 1e9 reaches ~1e16 within a few steps).
+DIVERGED_LOSS = 1e4
+
+
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the global step."""
+    """The training loss became NaN or infinite, or exploded past ``DIVERGED_LOSS``; the
+    message names the global step and the learning rate (``--lr``)."""
 
 
 class RunStopped(RuntimeError):
@@ -42,21 +52,27 @@ class RunStopped(RuntimeError):
 
 
 def stop_together(loss_value: float, stop_error: Optional[BaseException], device: torch.device,
-                  it: int, epoch: int, step: int) -> None:
-    """Raise on every rank if the loss is not finite, or any rank hit an error, on any rank.
+                  it: int, epoch: int, step: int, lr: Optional[float] = None) -> None:
+    """Raise on every rank if the loss is not finite or above ``DIVERGED_LOSS``, or any rank hit
+    an error, on any rank.
 
     Every rank must stop together, or the others would wait forever in the next all-reduce.
-    ``it`` is the global step, ``step`` the iteration within ``epoch``.
+    ``it`` is the global step, ``step`` the iteration within ``epoch``, ``lr`` the step's
+    learning rate (``--lr`` scaled by the total batch and the schedule), for the message.
     """
-    finite = math.isfinite(loss_value)
-    if utils.all_ranks_ok(finite and stop_error is None, device):
+    healthy = math.isfinite(loss_value) and loss_value <= DIVERGED_LOSS
+    if utils.all_ranks_ok(healthy and stop_error is None, device):
         return
     if stop_error is not None:
         raise stop_error
-    if not finite:
+    if not healthy:
+        what = "not finite" if not math.isfinite(loss_value) else f"above {DIVERGED_LOSS:g}"
+        at_lr = "" if lr is None else (f" at learning rate {lr:.3g} (this step's --lr, scaled "
+                                       f"by the total batch / 256 and the schedule)")
         raise NonFiniteLossError(
-            f"loss is {loss_value} at global step {it} (epoch {epoch}, iteration {step} of the "
-            f"epoch): stopping. Lower --lr, set --clip_grad, or check the data")
+            f"loss is {loss_value:.4g} ({what}) at global step {it} (epoch {epoch}, iteration "
+            f"{step} of the epoch): training diverged{at_lr}. Lower --lr, set --clip_grad, or "
+            f"check the data")
     raise RunStopped(f"another rank stopped the run at global step {it}; see its log")
 
 
@@ -122,7 +138,8 @@ def train_one_epoch(backend: Any, step_fn: StepFn, data_loader: Iterable, epoch:
         ``grad_norm``, ``loss_scale`` and the step's metrics) and ``bad_videos``.
 
     Raises:
-        NonFiniteLossError: the loss is NaN/inf on some rank; names the global step.
+        NonFiniteLossError: the loss is NaN/inf or above ``DIVERGED_LOSS`` on some rank;
+            names the global step and the learning rate.
     """
     backend.model.train(True)
     metric_logger = utils.MetricLogger(delimiter="  ")
@@ -151,7 +168,8 @@ def train_one_epoch(backend: Any, step_fn: StepFn, data_loader: Iterable, epoch:
         with backend.accumulating(last_micro):
             loss, clips, metrics = step_fn(backend.model, inputs, backend)
             loss_value = loss.item()
-            stop_together(loss_value, stop_error, device, it, epoch, micro)
+            stop_together(loss_value, stop_error, device, it, epoch, micro,
+                          lr=max(g["lr"] for g in backend.optimizer.param_groups))
             grad_norm = backend.backward(loss, last_micro)
         if last_micro and model_ema is not None:
             model_ema.update(backend.module, step=it)
@@ -254,7 +272,8 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
     backend = build_backend(cfg, run, optimizer)
 
     checkpoints = TrainingCheckpoints(cfg.run.output_dir, {**cfg.flags, **run_facts(run.dist)},
-                                      run.backbone_path, unsafe=cfg.run.unsafe_load)
+                                      run.backbone_path, unsafe=cfg.run.unsafe_load,
+                                      reset_optimizer=cfg.run.reset_optimizer)
     meta = checkpoints.resume(cfg.run.resume, cfg.run.auto_resume, backend, model_ema)
     start_epoch = cfg.run.start_epoch if meta is None else int(meta["epoch"]) + 1
     best_acc = float((meta or {}).get("best_acc") or 0.0)

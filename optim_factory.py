@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from utils.config import canonical_optimizer
+
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -156,7 +158,7 @@ def create_optimizer(args: Any, model: nn.Module,
         model: the unwrapped model; names in ``model.no_weight_decay()`` take no decay.
         get_num_layer / get_layer_scale: layer decay (``LayerDecayValueAssigner``).
     """
-    opt = args.opt.lower()
+    opt = canonical_optimizer(args.opt)
     skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     decay_prompts = getattr(args, "decay_prompts", None)
     params = get_parameter_groups(model, args.weight_decay, skip_list, get_num_layer,
@@ -172,7 +174,7 @@ def create_optimizer(args: Any, model: nn.Module,
             kwargs["betas"] = tuple(args.opt_betas)
         cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
         optimizer = cls(params, **kwargs)
-    elif opt in ("sgd", "momentum"):
+    elif opt == "sgd":
         optimizer = torch.optim.SGD(params, momentum=args.momentum, nesterov=True, **kwargs)
     else:
         raise ValueError(f"--opt {args.opt!r} is not supported; use adamw or sgd")

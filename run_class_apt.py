@@ -460,8 +460,6 @@ def cli(argv: Optional[List[str]] = None) -> int:
     from datasets import ListFileError, TooManyBadVideos
     from models import CheckpointError
     args = get_args_parser().parse_args(argv)
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
     try:
         main(args)
     except (ValueError, FileNotFoundError, ListFileError, CheckpointError, TooManyBadVideos,

@@ -33,7 +33,7 @@ import engine
 import engine_for_pretraining
 import optim_factory
 import utils
-from models.checkpoint import TrainingCheckpoints
+from models.checkpoint import TrainingCheckpoints, saved_flags
 from models.pretrain import create_pretrain_model, finetune_model_for, list_pretrain_models
 from utils.backend import PlainBackend
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
@@ -178,8 +178,7 @@ def resume_check(cfg: PretrainModelConfig) -> Callable[[Dict[str, Any], str], No
         if not isinstance(state, dict) or not any(k.startswith("encoder.") for k in state):
             raise ConfigError(f"--resume {path} is not a pre-training checkpoint (no 'model' "
                               f"with encoder.* keys)")
-        saved = ckpt.get("args") or {}
-        saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+        saved = saved_flags(ckpt)
         for key in cfg.ARCHITECTURE:
             if key in saved and saved[key] != getattr(cfg, key):
                 raise ConfigError(f"--resume {path} was trained with --{key} {saved[key]!r}, "
@@ -247,7 +246,8 @@ def pretrain(cfg: PretrainConfig, dist: utils.DistState) -> Dict[str, Any]:
                            clip_grad=cfg.optim.clip_grad)
     checkpoints = TrainingCheckpoints(cfg.run.output_dir, {**cfg.flags, **shape_flags},
                                       unsafe=cfg.run.unsafe_load,
-                                      check_resumed=resume_check(cfg.model))
+                                      check_resumed=resume_check(cfg.model),
+                                      reset_optimizer=cfg.run.reset_optimizer)
     meta = checkpoints.resume(cfg.run.resume, cfg.run.auto_resume and bool(cfg.run.output_dir),
                               backend)
     start_epoch = cfg.run.start_epoch if meta is None else int(meta["epoch"]) + 1

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from utils.config import require_at_least
+
 from . import decoders
 from .bad_videos import BadVideoTracker
 from .decoders import VideoDecodeError
@@ -159,10 +161,9 @@ class VideoMAEPretrainDataset(Dataset):
                  input_size: int, mask_generator: Callable[[], np.ndarray], flip: bool = False,
                  video_backend: str = "decord", max_bad_fraction: float = 0.01,
                  list_path: str = "", cache: bool = False) -> None:
-        for flag, value in (("num_frames", num_frames), ("sampling_rate", sampling_rate),
-                            ("input_size", input_size)):
-            if int(value) < 1:
-                raise ValueError(f"--{flag} must be >= 1, got {value}")
+        # the command line's check, for datasets made in code
+        require_at_least({"num_frames": num_frames, "sampling_rate": sampling_rate,
+                          "input_size": input_size}, 1)
         if video_backend not in decoders.BACKENDS:
             raise ValueError(f"--video_backend must be one of {decoders.BACKENDS}, "
                              f"got {video_backend!r}")

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.config import require_at_least
+
 from . import decoders
 from .bad_videos import BadVideoTracker
 from .decoders import VideoDecodeError
@@ -93,9 +95,7 @@ class VideoDataConfig:
         positive = {"num_frames": self.num_frames, "sampling_rate": self.sampling_rate,
                     "input_size": self.input_size, "test_num_segment": self.test_num_segment,
                     "test_num_crop": self.test_num_crop, "num_sample": self.num_sample}
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {value}")
+        require_at_least(positive, 1)  # the command line's check, for configs made in code
         if mode != "train" and self.short_side_size < self.input_size:
             raise ValueError(f"--short_side_size ({self.short_side_size}) must be >= "
                              f"--input_size ({self.input_size}): evaluation crops are cut from "

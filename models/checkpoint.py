@@ -57,6 +57,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from utils.config import canonical_optimizer
+
 from .vit import interpolate_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -296,16 +298,29 @@ def _deepspeed_file(path: str) -> Optional[str]:
 
 
 # --- generic state dicts ---------------------------------------------------------------------
-def select_state_dict(obj: Any, model_key: str = "model|module") -> Tuple[StateDict, str]:
-    """Pick the weights out of a checkpoint dict by the first of ``model_key`` ('a|b') present."""
+def select_state_dict(obj: Any, model_key: str = "model|module",
+                      source: str = "<state dict>") -> Tuple[StateDict, str]:
+    """Pick the weights out of a checkpoint dict by the first of ``model_key`` ('a|b') present.
+
+    Args:
+        obj: the loaded checkpoint (a dict holding the weights, or the state dict itself).
+        model_key: ``--model_key``.
+        source: the file, for the message.
+
+    Raises:
+        CheckpointError: no weights; the message names the file, the keys found and the flags.
+    """
     if isinstance(obj, Mapping):
         for key in model_key.split("|"):
             if key and key in obj and isinstance(obj[key], Mapping):
                 return dict(obj[key]), key
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj), ""
-    raise CheckpointError(f"no weights found under any of the keys {model_key!r} "
-                          f"(top-level keys: {sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj)})")
+    found = f"keys found: {sorted(map(str, obj))[:10]}" if isinstance(obj, Mapping) else \
+        f"it holds a {type(obj).__name__}, not a dict"
+    raise CheckpointError(f"--finetune {source}: no weights under any of the keys {model_key!r} "
+                          f"({found}); pass a model checkpoint, or name the key that holds the "
+                          f"weights with --model_key")
 
 
 def normalise_keys(sd: Mapping[str, torch.Tensor], model_prefix: str = "") -> Tuple[StateDict, List[str], str]:
@@ -449,7 +464,7 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, Mapping[str
         source = path
     else:
         obj, source = path_or_state_dict, "<state dict>"
-    sd, _ = select_state_dict(obj, model_key)
+    sd, _ = select_state_dict(obj, model_key, source)
     if isinstance(obj, Mapping) and "transfer_type" in obj and "backbone" in obj:
         return _load_project_checkpoint(model, obj, sd, source, unsafe)
     sd, dropped, fmt = normalise_keys(sd, model_prefix)
@@ -578,14 +593,13 @@ def load_method(model: nn.Module, checkpoint: Any, check_backbone: bool = True) 
     checkpoint must match the backbone file, when that file is still at the recorded path.
     Every trainable tensor of the model must be present; extra keys are an error.
     """
-    source = checkpoint if isinstance(checkpoint, str) else "<checkpoint>"
-    obj = torch_load(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    if isinstance(checkpoint, str):
+        source, obj = checkpoint, torch_load(checkpoint)
+    else:  # read_checkpoint records the file it read
+        source, obj = str(checkpoint.get("source") or "<checkpoint>"), checkpoint
     if check_backbone:
         verify_backbone(obj.get("backbone") or {}, source)
-    method = getattr(model, "transfer", None)
-    if method is not None and obj.get("transfer_type") not in (None, method.name):
-        raise CheckpointError(f"{source} holds a '{obj['transfer_type']}' model, but the model "
-                              f"was built with --transfer_type {method.name}")
+    check_fits(model, obj, source)
     state = obj["model"]
     expected = trainable_state_dict(model).keys()
     missing = sorted(set(expected) - set(state))
@@ -595,6 +609,43 @@ def load_method(model: nn.Module, checkpoint: Any, check_backbone: bool = True) 
                               f"unexpected {unexpected[:8]}")
     model.load_state_dict(state, strict=False)
     return obj
+
+
+def check_fits(model: nn.Module, ckpt: Mapping[str, Any], source: str) -> None:
+    """Refuse a training checkpoint of another transfer type or other tensor shapes than
+    ``model``, naming the file (a head of another class count names ``--nb_classes``).
+
+    Args:
+        model: the model the checkpoint is to be loaded into.
+        ckpt: a read training checkpoint (``model``, ``transfer_type``).
+        source: its path, for the messages.
+
+    Raises:
+        CheckpointError: the message names the file and what differs.
+    """
+    method = getattr(model, "transfer", None)
+    if method is not None and ckpt.get("transfer_type") not in (None, method.name):
+        raise CheckpointError(f"{source} holds a '{ckpt['transfer_type']}' model, but the model "
+                              f"was built with --transfer_type {method.name}")
+    own, state = model.state_dict(), ckpt["model"]
+    head = "head.weight"
+    if head in own and head in state and own[head].shape[0] != state[head].shape[0]:
+        mine, theirs = own[head].shape[0], state[head].shape[0]
+        raise CheckpointError(f"--nb_classes {mine} (or the count of --data_set) but {source} "
+                              f"has a {theirs}-class head: pass --nb_classes {theirs}, the "
+                              f"class count it was trained with")
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise CheckpointError(f"{source}: {len(mismatched)} tensors do not fit the model (it was "
+                              f"trained with other flags; they are saved under 'args'): "
+                              + "; ".join(mismatched[:10]))
+
+
+def saved_flags(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
+    """The flags a checkpoint saved under ``args`` (VideoMAE's files: a Namespace), or {}."""
+    saved = ckpt.get("args") or {}
+    return dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved)
 
 
 def load_method_state(model: nn.Module, ckpt: Dict[str, Any]) -> None:
@@ -785,16 +836,19 @@ class TrainingCheckpoints:
         unsafe: ``--unsafe_load``.
         check_resumed: called with a read checkpoint before it is loaded (pre-training refuses
             one of another architecture); raises to refuse it.
+        reset_optimizer: ``--reset_optimizer``: on resume, keep the fresh optimizer (the
+            weights, epoch and schedule step still come from the checkpoint).
     """
 
     def __init__(self, output_dir: str, flags: Mapping[str, Any],
                  backbone_path: Optional[str] = None, unsafe: bool = False,
-                 check_resumed: Optional[Any] = None) -> None:
+                 check_resumed: Optional[Any] = None, reset_optimizer: bool = False) -> None:
         self.output_dir = output_dir
         self.flags = dict(flags)
         self.backbone_path = backbone_path
         self.unsafe = unsafe
         self.check_resumed = check_resumed
+        self.reset_optimizer = reset_optimizer
 
     # --- writing -------------------------------------------------------------------------------
     def metadata(self, model: nn.Module, epoch: int, step: int, best_acc: Optional[float],
@@ -875,10 +929,13 @@ class TrainingCheckpoints:
             ckpt = ckpt or read_named_checkpoint(path, "--resume", self.unsafe)
             self._check(ckpt, backend.module, path)
             load_method_state(backend.module, ckpt)
-            backend.load_state_dict(ckpt)
+            self._load_optimizer(backend, ckpt, path)
             meta = ckpt
         if model_ema is not None and meta.get("model_ema"):
             model_ema.module.load_state_dict(meta["model_ema"], strict=False)
+        if self.reset_optimizer:
+            logger.warning("--reset_optimizer: a fresh %s optimizer; %s gave the weights, the "
+                           "epoch and the schedule step", self.flags.get("opt"), path)
         logger.info("resumed from %s (epoch %s, step %s); training continues at epoch %s", path,
                     meta.get("epoch"), meta.get("step"), int(meta.get("epoch", -1)) + 1)
         return meta
@@ -888,6 +945,29 @@ class TrainingCheckpoints:
             self.check_resumed(ckpt, path)
         if not trains_whole_model(model):  # a frozen backbone must be the one trained on
             check_backbone(ckpt, self.backbone_path, path)
+        self._check_optimizer(ckpt, path)
+
+    def _check_optimizer(self, ckpt: Dict[str, Any], path: str) -> None:
+        """Refuse to continue another optimizer's state (AdamW's moments in SGD end in a
+        ``KeyError: 'momentum'`` at the first step) unless ``--reset_optimizer``."""
+        saved, current = saved_flags(ckpt).get("opt"), self.flags.get("opt")
+        if self.reset_optimizer or not saved or not current:
+            return  # nothing to compare (a checkpoint without saved flags loads as before)
+        if canonical_optimizer(saved) != canonical_optimizer(current):
+            raise CheckpointError(f"--opt {current} but {path} was trained with --opt {saved}: "
+                                  f"its optimizer state cannot continue in another optimizer. "
+                                  f"Resume with --opt {saved}, or pass --reset_optimizer to "
+                                  f"start a fresh {current} optimizer from its weights")
+
+    def _load_optimizer(self, backend: Any, ckpt: Dict[str, Any], path: str) -> None:
+        """The optimizer and loss-scaler states of ``ckpt`` (only the scaler's with
+        ``--reset_optimizer``)."""
+        try:
+            backend.load_state_dict(ckpt, optimizer=not self.reset_optimizer)
+        except (ValueError, KeyError) as err:  # torch: other parameter groups or sizes
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's "
+                                  f"optimizer ({err}); pass --reset_optimizer to start a fresh "
+                                  f"one from its weights") from err
 
     def _resume_deepspeed(self, engine: Any, path: str,
                           ckpt: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -899,9 +979,10 @@ class TrainingCheckpoints:
                              f"checkpoint folder (checkpoint-<tag>/), not a .pth file")
         ckpt = ckpt or read_named_checkpoint(ckpt_dir, "--resume", self.unsafe)
         self._check(ckpt, engine.module, ckpt_dir)
+        check_fits(engine.module, ckpt, ckpt_dir)
         load_dir, tag = os.path.split(ckpt_dir)
         _, client = engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False,
-                                           load_optimizer_states=True,
+                                           load_optimizer_states=not self.reset_optimizer,
                                            load_lr_scheduler_states=False)
         if client is None:
             raise RuntimeError(f"DeepSpeed could not load {ckpt_dir}")

@@ -92,8 +92,10 @@ class PlainBackend:
         """Optimizer and scaler state for a checkpoint."""
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
 
-    def load_state_dict(self, ckpt: Dict[str, Any]) -> None:
-        if ckpt.get("optimizer") is not None:
+    def load_state_dict(self, ckpt: Dict[str, Any], optimizer: bool = True) -> None:
+        """Optimizer (unless ``optimizer`` is False: ``--reset_optimizer``) and scaler state of
+        a checkpoint."""
+        if optimizer and ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])

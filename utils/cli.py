@@ -174,8 +174,8 @@ def add_run_args(parser: argparse.ArgumentParser, *, resume_help: str,
                  num_workers: int = 10) -> ArgumentGroup:
     """The "output and run" group: ``--output_dir``, ``--log_dir``, ``--log_every``,
     ``--device``, ``--seed``, ``--resume``, ``--auto_resume``/``--no_auto_resume`` (default on),
-    ``--start_epoch``, ``--num_workers``, ``--pin_mem``/``--no_pin_mem`` (default on),
-    ``--amp``/``--no_amp`` (default: decided by the device), ``--amp_dtype``."""
+    ``--start_epoch``, ``--reset_optimizer``, ``--num_workers``, ``--pin_mem``/``--no_pin_mem``
+    (default on), ``--amp``/``--no_amp`` (default: decided by the device), ``--amp_dtype``."""
     g = parser.add_argument_group("output and run")
     g.add_argument("--output_dir", default="", help="where to save; empty for no saving")
     g.add_argument("--log_dir", default=None,
@@ -189,6 +189,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, resume_help: str,
     g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.set_defaults(auto_resume=True)
     g.add_argument("--start_epoch", default=0, type=int, metavar="N")
+    g.add_argument("--reset_optimizer", action="store_true", default=False,
+                   help="new: on resume, start a fresh optimizer (e.g. another --opt); the "
+                        "weights, epoch and schedule step still come from the checkpoint")
     g.add_argument("--num_workers", default=num_workers, type=int)
     g.add_argument("--pin_mem", action="store_true", help=pin_mem_help)
     g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,38 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A command line that cannot run; the message names the flag or path."""
+
+
+def require_at_least(values: Mapping[str, Any], minimum: int) -> None:
+    """Refuse the first flag whose value is below ``minimum``.
+
+    Args:
+        values: flag name (without ``--``) -> value.
+        minimum: the smallest value that can run.
+
+    Raises:
+        ConfigError: one line naming the flag and the value.
+    """
+    for name, value in values.items():
+        if value < minimum:
+            raise ConfigError(f"--{name} must be >= {minimum}, got {value}")
+
+
+class CheckedFlags:
+    """Mixin of the settings dataclasses: the counts that cannot run are refused when the
+    settings are made from the command line, so a bad flag fails in one line before any data,
+    model or output folder is touched (instead of a ZeroDivisionError an epoch later).
+
+    A subclass lists its fields in ``AT_LEAST_ONE`` (counts, sizes, frequencies) and
+    ``AT_LEAST_ZERO``; each flag is listed in one dataclass only.
+    """
+
+    AT_LEAST_ONE: ClassVar[Tuple[str, ...]] = ()
+    AT_LEAST_ZERO: ClassVar[Tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        require_at_least({n: getattr(self, n) for n in self.AT_LEAST_ONE}, 1)
+        require_at_least({n: getattr(self, n) for n in self.AT_LEAST_ZERO}, 0)
 
 
 def from_namespace(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> T:
@@ -61,6 +93,13 @@ def plain_dict(obj: Any) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ optimisation
+def canonical_optimizer(opt: str) -> str:
+    """The optimizer an ``--opt`` value builds: ``momentum`` is SGD with momentum, as ``sgd``
+    (``optim_factory.create_optimizer``); resuming compares these names."""
+    name = str(opt).lower()
+    return "sgd" if name == "momentum" else name
+
+
 @dataclass(frozen=True)
 class Schedules:
     """The run's learning rates (scaled to the total batch) and per-step schedules."""
@@ -75,8 +114,12 @@ class Schedules:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer, learning-rate schedule and batch (``--lr`` is for a total batch of 256)."""
+class OptimConfig(CheckedFlags):
+    """Optimizer, learning-rate schedule and batch (``--lr`` is for a total batch of 256).
+    ``--epochs 0`` passes here; whether a run may train no epoch is its script's decision."""
+
+    AT_LEAST_ONE = ("batch_size", "update_freq")
+    AT_LEAST_ZERO = ("epochs", "warmup_epochs")
 
     opt: str
     opt_eps: float
@@ -95,6 +138,11 @@ class OptimConfig:
     update_freq: int = 1
     layer_decay: float = 1.0
     decay_prompts: Optional[bool] = None  # None: the transfer type's decay_prompts_default
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
 
     def schedules(self, world_size: int, steps_per_epoch: int) -> Schedules:
         """VideoMAE's linear scaling rule (the lr flags are for a total batch of 256), then a
@@ -119,8 +167,11 @@ class OptimConfig:
 
 # ------------------------------------------------------------------------------------- run
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(CheckedFlags):
     """Outputs, resumption, device, precision and the launcher (both scripts)."""
+
+    AT_LEAST_ONE = ("save_ckpt_freq", "dist_timeout")
+    AT_LEAST_ZERO = ("start_epoch",)
 
     output_dir: str
     log_dir: Optional[str]
@@ -138,6 +189,7 @@ class RunConfig:
     local_rank: int
     unsafe_load: bool = False
     dist_timeout: int = 30  # minutes (--dist_timeout)
+    reset_optimizer: bool = False
 
     @property
     def tensorboard_dir(self) -> str:
@@ -201,9 +253,17 @@ class ModelConfig:
         return new, changes
 
 
+# The clip flags both scripts have (``--batch_size`` is checked with the optimizer's).
+CLIP_AT_LEAST_ONE = ("num_frames", "sampling_rate", "input_size")
+
+
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(CheckedFlags):
     """Lists, clip sampling, augmentation, views and loaders (read by ``datasets.build``)."""
+
+    AT_LEAST_ONE = CLIP_AT_LEAST_ONE + ("batch_size_val", "test_num_segment", "test_num_crop",
+                                        "num_sample")
+    AT_LEAST_ZERO = ("num_workers",)
 
     data_path: Optional[str]
     eval_data_path: Optional[str]
@@ -293,6 +353,11 @@ class FinetuneConfig:
     deepspeed_config: Optional[str]
     flags: Dict[str, Any]  # every flag as given, for args.json and checkpoints
 
+    def __post_init__(self) -> None:
+        if not self.eval and self.optim.epochs < 1:
+            raise ConfigError(f"--epochs {self.optim.epochs}: training needs at least one "
+                              f"epoch (--epochs 0 only with --eval, which tests a checkpoint)")
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "FinetuneConfig":
         from datasets import num_classes_for
@@ -329,8 +394,11 @@ class PretrainModelConfig:
 
 
 @dataclass(frozen=True)
-class PretrainDataConfig:
+class PretrainDataConfig(CheckedFlags):
     """Unlabelled videos, clip sampling and masks (read by ``datasets.pretrain_dataset``)."""
+
+    AT_LEAST_ONE = CLIP_AT_LEAST_ONE
+    AT_LEAST_ZERO = ("num_workers",)
 
     data_path: Optional[str]
     data_root: str
@@ -353,8 +421,10 @@ class PretrainDataConfig:
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(CheckedFlags):
     """The k-NN probe of the encoder's features during pre-training."""
+
+    AT_LEAST_ONE = ("probe_freq", "probe_k")
 
     probe_data_path: str
     probe_freq: int
@@ -371,6 +441,9 @@ class PretrainConfig:
     run: RunConfig
     probe: ProbeConfig
     flags: Dict[str, Any]  # every flag as given, for args.json and checkpoints
+
+    def __post_init__(self) -> None:
+        require_at_least({"epochs": self.optim.epochs}, 1)  # pre-training has no --eval
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PretrainConfig":
