@@ -120,6 +120,29 @@ def test_second_run_on_a_folder_refuses_and_the_first_finishes_unharmed(data, ba
     assert not os.path.exists(os.path.join(out, "run.lock.holder"))  # released at the end
 
 
+def test_refusal_under_torchrun_stops_every_rank(data, backbone, tmp_path):
+    """Rank 0 is refused the lock; rank 1 learns it from rank 0 and stops too (no hang)."""
+    from utils import free_port
+    from utils.runlock import RunLock
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+             "--master_addr=127.0.0.1", f"--master_port={free_port()}", SCRIPT,
+             *tiny_argv(data, out, finetune=backbone)],
+            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    finally:
+        lock.release()
+    assert proc.returncode != 0
+    assert f"[rank 0] ERROR run_class_apt: --output_dir {out} is in use by another run " \
+           f"(pid {os.getpid()}" in proc.stderr, proc.stderr[-3000:]
+    assert "[rank 1] ERROR run_class_apt: rank 0 could not start the run: --output_dir" \
+        in proc.stderr, proc.stderr[-3000:]
+
+
 def test_pretraining_refuses_a_folder_in_use(tmp_path):
     from utils.runlock import RunLock
     out = str(tmp_path / "pre")
