@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import utils
 from datasets.transforms import normalize_video
 from models.transfer import folded_for_inference
+from utils.outputs import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +136,9 @@ def final_test(data_loader: Iterable, model: nn.Module, device: torch.device, fi
         preds = _test_loop(data_loader, model, device, amp_dtype, input_dtype, print_freq,
                            chunk_size)
     if file:
-        tmp = f"{file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(file) as f:
             for p in preds:
                 f.write(json.dumps(p) + "\n")
-        os.replace(tmp, file)
     return preds
 
 

@@ -32,7 +32,9 @@ from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args
                        add_schedule_args, add_video_data_args, pop_compat_args)
 from datasets.video_dataset import VideoDataConfig
 from utils.config import ConfigError, FinetuneConfig
+from utils.outputs import OutputWriteError
 from utils.run import RunRecords, run_facts, started_run
+from utils.runlock import RunLockError
 
 logger = logging.getLogger("run_class_apt")
 
@@ -456,7 +458,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """Command-line entry: known configuration errors end with a message and exit status 2."""
+    """Command-line entry: known configuration errors, a file that cannot be written and an
+    output folder in use by another run end with a one-line message and exit status 2."""
     from datasets import ListFileError, TooManyBadVideos
     from models import CheckpointError
     args = get_args_parser().parse_args(argv)
@@ -465,6 +468,9 @@ def cli(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, ListFileError, CheckpointError, TooManyBadVideos,
             engine.NonFiniteLossError) as err:
         logging.getLogger("run_class_apt").error("%s: %s", type(err).__name__, err)
+        return 2
+    except (OutputWriteError, RunLockError) as err:  # one line that names the file or folder
+        logging.getLogger("run_class_apt").error("%s", err)
         return 2
     return 0
 

@@ -40,7 +40,9 @@ from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args
                        add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
                        add_video_data_args, pop_compat_args)
 from utils.config import ConfigError, PretrainConfig, PretrainModelConfig
+from utils.outputs import OutputWriteError
 from utils.run import RunRecords, run_facts, seed_epoch, started_run
+from utils.runlock import RunLockError
 
 logger = logging.getLogger("run_mae_pretraining")
 
@@ -298,7 +300,8 @@ def pretrain(cfg: PretrainConfig, dist: utils.DistState) -> Dict[str, Any]:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """Command-line entry: known configuration errors end with a message and exit status 2."""
+    """Command-line entry: known configuration errors, a file that cannot be written and an
+    output folder in use by another run end with a one-line message and exit status 2."""
     from datasets import ListFileError, TooManyBadVideos
     from engine import NonFiniteLossError
     from models import CheckpointError
@@ -308,6 +311,9 @@ def cli(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, MemoryError, ListFileError, CheckpointError,
             TooManyBadVideos, NonFiniteLossError) as err:
         logging.getLogger("run_mae_pretraining").error("%s: %s", type(err).__name__, err)
+        return 2
+    except (OutputWriteError, RunLockError) as err:  # one line that names the file or folder
+        logging.getLogger("run_mae_pretraining").error("%s", err)
         return 2
     return 0
 

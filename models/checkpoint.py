@@ -58,6 +58,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from utils.config import canonical_optimizer
+from utils.dist import all_ranks_ok
+from utils.outputs import OutputWriteError, atomic_file, writing
 
 from .vit import interpolate_pos_embed
 
@@ -563,9 +565,7 @@ def save_method(path: str, model: nn.Module, backbone: Optional[Mapping[str, Any
     obj = {"model": trainable_state_dict(model),
            "transfer_type": method.name if method is not None else "end2end",
            "backbone": dict(backbone or {"path": None, "sha256": None}), **extra}
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def verify_backbone(ref: Mapping[str, Any], source: str, path: Optional[str] = None) -> None:
@@ -663,28 +663,46 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file in the same folder and a rename.
 
     The temporary file is flushed to disk before the rename, so at any moment ``path`` is either
-    the previous complete file or the new complete file, never a partial one.
+    the previous complete file or the new complete file, never a partial one; on failure the
+    temporary file is removed.
+
+    Raises:
+        OutputWriteError: the file could not be written (full disk, read-only folder, ...).
     """
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _agree(error: Optional[BaseException], path: str, device: torch.device,
+           elsewhere: str = "rank 0 could not write it (its log says why)") -> None:
+    """Every rank learns whether the write of ``path`` worked on all ranks (this takes the
+    place of a barrier), so a failed save stops all ranks instead of leaving them waiting in the
+    next collective. A rank that failed raises its own error, the others an
+    ``OutputWriteError`` naming ``path`` and saying ``elsewhere``."""
+    if all_ranks_ok(error is None, device):
+        return
+    if error is not None:
+        raise error
+    raise OutputWriteError(path, elsewhere)
+
+
+def _put_in_place(tmp: str, final: str) -> None:
+    """Rename the DeepSpeed folder ``tmp`` to ``final``, keeping the previous ``final`` as
+    ``.old`` until the new one is in place (auto-resume takes ``.old`` after a crash)."""
+    old = f"{final}.old"
+    if os.path.exists(final):
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.replace(final, old)  # a crash from here on leaves `.old`; resume takes it
+    os.replace(tmp, final)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(final, "*")))
+    logger.info("saved DeepSpeed checkpoint %s (%.2f MB)", final, size / 2 ** 20)
 
 
 def _epoch_of(name: str) -> Optional[int]:
@@ -873,34 +891,40 @@ class TrainingCheckpoints:
         if backend.is_deepspeed:
             return self._save_deepspeed(backend.model, tag, meta)
         path = os.path.join(self.output_dir, f"checkpoint-{tag}.pth")
+        error: Optional[BaseException] = None
         if _is_main_process():
-            atomic_torch_save({"model": trainable_state_dict(backend.module),
-                               **backend.state_dict(), **meta}, path)
-            logger.info("saved %s (%.2f MB)", path, os.path.getsize(path) / 2 ** 20)
+            try:
+                atomic_torch_save({"model": trainable_state_dict(backend.module),
+                                   **backend.state_dict(), **meta}, path)
+                logger.info("saved %s (%.2f MB)", path, os.path.getsize(path) / 2 ** 20)
+            except Exception as err:  # raised below, once every rank knows
+                error = err
         # The other ranks wait for the file: `load_best` (--test_best) must read the same,
         # complete checkpoint on every rank, or ranks test different weights.
-        _barrier()
+        _agree(error, path, backend.device)
         return path
 
     def _save_deepspeed(self, engine: Any, tag: str, meta: Dict[str, Any]) -> str:
         final = os.path.join(self.output_dir, f"checkpoint-{tag}")
         tmp_tag = f"checkpoint-{tag}.tmp"
-        engine.save_checkpoint(self.output_dir, tag=tmp_tag, client_state=meta,
-                               save_latest=False,
-                               exclude_frozen_parameters=not trains_whole_model(engine.module))
-        _barrier()
+        device = next(engine.module.parameters()).device
+        error: Optional[BaseException] = None
+        try:  # every rank writes its part (ZeRO: its optimizer shard)
+            with writing(os.path.join(self.output_dir, tmp_tag)):
+                engine.save_checkpoint(self.output_dir, tag=tmp_tag, client_state=meta,
+                                       save_latest=False,
+                                       exclude_frozen_parameters=not trains_whole_model(
+                                           engine.module))
+        except Exception as err:  # raised below, once every rank knows
+            error = err
+        _agree(error, final, device, "another rank could not write its part (its log says why)")
         if _is_main_process():
-            tmp, old = os.path.join(self.output_dir, tmp_tag), f"{final}.old"
-            if os.path.exists(final):
-                if os.path.exists(old):
-                    shutil.rmtree(old)
-                os.replace(final, old)  # a crash from here on leaves `.old`; resume takes it
-            os.replace(tmp, final)
-            if os.path.exists(old):
-                shutil.rmtree(old)
-            size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(final, "*")))
-            logger.info("saved DeepSpeed checkpoint %s (%.2f MB)", final, size / 2 ** 20)
-        _barrier()
+            try:
+                with writing(final):
+                    _put_in_place(os.path.join(self.output_dir, tmp_tag), final)
+            except Exception as err:  # raised below, once every rank knows
+                error = err
+        _agree(error, final, device)
         return final
 
     # --- reading -------------------------------------------------------------------------------

@@ -319,7 +319,8 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    from utils.outputs import OutputWriteError
+    with pytest.raises(OutputWriteError, match=r"cannot write .*checkpoint-last\.pth: disk full"):
         _save(args, model, "last", 1)
     assert open(os.path.join(tmp_path, "checkpoint-last.pth"), "rb").read() == before
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.pth"]

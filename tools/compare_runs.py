@@ -130,24 +130,9 @@ def read_args(run_dir: str) -> Optional[Dict[str, Any]]:
 def read_log(run_dir: str) -> Optional[List[Dict[str, Any]]]:
     """The records of ``log.txt`` (None if there is none). A line that is no JSON object (one
     cut short by a crash) is skipped with a warning naming it."""
+    from utils.logs import read_json_lines  # torch and the training stack: only when needed
     path = os.path.join(run_dir, "log.txt")
-    if not os.path.isfile(path):
-        return None
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                logger.warning("%s line %d skipped: not JSON (%s)", path, number, err)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                logger.warning("%s line %d skipped: not a JSON object", path, number)
-    return records
+    return read_json_lines(path) if os.path.isfile(path) else None
 
 
 def training_seconds(run_log: str) -> Optional[float]:

@@ -156,9 +156,9 @@ def run(cmd: Sequence[str], log_path: str) -> float:
 
 
 def read_log(log_txt: str) -> List[Dict]:
-    """The JSON lines of a run's ``log.txt``."""
-    with open(log_txt) as f:
-        return [json.loads(line) for line in f if line.strip().startswith("{")]
+    """The records of a run's ``log.txt`` (a bad line is skipped with a warning naming it)."""
+    from utils.logs import read_json_lines  # torch and the training stack: only when needed
+    return read_json_lines(log_txt)
 
 
 def final_metrics(log_txt: str, rows: Optional[List[Dict]] = None) -> Dict[str, float]:

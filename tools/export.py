@@ -35,6 +35,7 @@ import utils  # noqa: E402
 from models import CheckpointError  # noqa: E402
 from models.transfer import folded_for_inference  # noqa: E402
 from utils.config import ConfigError, FinetuneConfig  # noqa: E402
+from utils.outputs import OutputWriteError, make_dirs, writing  # noqa: E402
 
 logger = logging.getLogger("export")
 
@@ -159,15 +160,16 @@ def _write_atomically(out: str, write: Callable[[str], Any]) -> Tuple[List[str],
         The files written (``out`` last) and what ``write`` returned.
     """
     folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=folder)
-    try:
-        result = write(os.path.join(tmp, os.path.basename(out)))
-        names = sorted(os.listdir(tmp), key=lambda n: n == os.path.basename(out))  # main last
-        for name in names:
-            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    make_dirs(folder)
+    with writing(out):
+        tmp = tempfile.mkdtemp(prefix=".export-", dir=folder)
+        try:
+            result = write(os.path.join(tmp, os.path.basename(out)))
+            names = sorted(os.listdir(tmp), key=lambda n: n == os.path.basename(out))  # main last
+            for name in names:
+                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return [os.path.join(folder, n) for n in names], result
 
 
@@ -268,6 +270,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         export(args)
     except (ValueError, FileNotFoundError, ImportError, CheckpointError) as err:
         logger.error("%s: %s", type(err).__name__, err)
+        return 2
+    except OutputWriteError as err:  # the message is the whole line: "cannot write FILE: ..."
+        logger.error("%s", err)
         return 2
     except ExportCheckError as err:
         logger.error("%s", err)

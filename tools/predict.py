@@ -42,6 +42,7 @@ import torch  # noqa: E402  (after the checkout is on sys.path, as the other too
 
 import utils  # noqa: E402
 from utils.config import ConfigError, FinetuneConfig  # noqa: E402
+from utils.outputs import OutputWriteError, atomic_file  # noqa: E402
 
 logger = logging.getLogger("predict")
 
@@ -426,8 +427,7 @@ def write_answers(answers: Sequence[Answer], path: str) -> None:
     """``path`` ending in .json: a list of ``{video, topk: [{class, name, prob}]}`` (an
     unreadable video has an empty ``topk`` and an ``error``); .csv: one row per (video, rank)
     with columns video, rank, class, name, prob, error."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_file(path, newline="") as f:
         if path.lower().endswith(".json"):
             json.dump([{"video": a.video, **({"task": a.task} if a.task else {}),
                         "topk": [{"class": c, "name": n, "prob": p} for c, n, p in a.topk],
@@ -444,7 +444,6 @@ def write_answers(answers: Sequence[Answer], path: str) -> None:
                     out.writerow([a.video] + task + ["", "", "", "", a.error])
                 for rank, (index, name, prob) in enumerate(a.topk, start=1):
                     out.writerow([a.video] + task + [rank, index, name, repr(prob), ""])
-    os.replace(tmp, path)
 
 
 def unreadable_summary(answers: Sequence[Answer]) -> str:
@@ -537,6 +536,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run(args)
     except (ValueError, FileNotFoundError, ListFileError, CheckpointError) as err:
         logger.error("%s: %s", type(err).__name__, err)
+        return 2
+    except OutputWriteError as err:  # the message is the whole line: "cannot write FILE: ..."
+        logger.error("%s", err)
         return 2
 
 

@@ -284,3 +284,13 @@ def destroy_process_group(state: DistState) -> None:
             dist.destroy_process_group()
     for key in state.env_set:
         os.environ.pop(key, None)
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself without a process group): lets rank 0
+    decide (take a lock, check a folder) and every rank act on its verdict together."""
+    if not is_dist_avail_and_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .outputs import atomic_file, make_dirs
+
 logger = logging.getLogger(__name__)
 
 
@@ -142,11 +144,9 @@ def ds_config_path(output_dir: str) -> str:
 def write_ds_config(output_dir: str, config: Dict[str, Any], rank: int) -> str:
     path = ds_config_path(output_dir)
     if rank == 0:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        make_dirs(os.path.dirname(path) or ".")
+        with atomic_file(path) as f:
             json.dump(config, f, indent=2)
-        os.replace(tmp, path)
     return path
 
 

@@ -2,6 +2,7 @@
 and the JSON-lines ``log.txt``."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -9,12 +10,13 @@ import os
 import sys
 import time
 from collections import defaultdict, deque
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from .dist import get_world_size, is_dist_avail_and_initialized, is_main_process
+from .outputs import write_error, writing
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +35,32 @@ def setup_logging(rank: int = 0, log_file: Optional[str] = None, level: int = lo
             h.close()
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
                             datefmt="%Y-%m-%d %H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file and rank == 0:
-        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+        with writing(log_file):
+            handlers.append(_RunLogHandler(log_file, mode="a", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         setattr(h, _HANDLER_TAG, True)
         root.addHandler(h)
     root.setLevel(level if rank == 0 else logging.WARNING)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """The ``run.log`` handler: when the file cannot be written (a full disk), says so once on
+    stderr and stops writing it, instead of logging's traceback for every later line (the
+    lines still reach stderr through the stream handler)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)
+            return
+        logging.getLogger().removeHandler(self)  # first: the warning below must not come here
+        with contextlib.suppress(OSError):  # closing flushes, which fails the same way
+            self.close()
+        logger.warning("%s; its later lines are on stderr only",
+                       write_error(self.baseFilename, err))
 
 
 class SmoothedValue:
@@ -193,10 +213,89 @@ class TensorboardLogger:
 
 
 def append_json_line(path: str, record: Dict[str, Any]) -> None:
-    """Append one JSON object as a line (``log.txt``), on the main process only."""
+    """Append one JSON object as a line (``log.txt``), on the main process only. A partial last
+    line (a run killed mid-write) is repaired first (``repair_last_line``), so the record is
+    never glued onto it.
+
+    Raises:
+        OutputWriteError: the file cannot be written; the message names it.
+    """
     if not is_main_process():
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with writing(path):
+        repair_last_line(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def repair_last_line(path: str) -> None:
+    """Make every line of a JSON-lines file end with a newline before an append.
+
+    A last line without its newline is ended when it is a whole JSON object (only the newline
+    was lost); otherwise it is moved to ``<path>.partial`` and cut off ``path`` with a warning
+    naming both, so every line of ``path`` stays one valid record and nothing is thrown away.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        start = _last_line_start(f, size)
+        f.seek(start)
+        tail = f.read()
+        if _is_json_object(tail):
+            f.write(b"\n")
+            logger.warning("%s: its last line had lost its newline; ended it", path)
+            return
+        with open(f"{path}.partial", "ab") as aside:
+            aside.write(tail + b"\n")
+        f.truncate(start)
+    logger.warning("%s: its last line was cut short (%d bytes, a run killed while writing it); "
+                   "moved to %s.partial", path, len(tail), path)
+
+
+def _last_line_start(f: Any, size: int, block: int = 1 << 16) -> int:
+    """Offset just after the last newline of the open binary file ``f`` (0 if none)."""
+    end = size
+    while end > 0:
+        begin = max(0, end - block)
+        f.seek(begin)
+        cut = f.read(end - begin).rfind(b"\n")
+        if cut >= 0:
+            return begin + cut + 1
+        end = begin
+    return 0
+
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data.decode("utf-8")), dict)
+    except ValueError:  # not UTF-8 (UnicodeDecodeError) or not JSON
+        return False
+
+
+def read_json_lines(path: str) -> List[Dict[str, Any]]:
+    """The records of a JSON-lines file (``log.txt``): one JSON object per line. A line that is
+    no JSON object (cut short by a crash, edited by hand) is skipped with a warning naming the
+    file and line number; blank lines are skipped silently."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                logger.warning("%s line %d skipped: not JSON (%s)", path, number, err)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                logger.warning("%s line %d skipped: not a JSON object", path, number)
+    return records

@@ -13,27 +13,35 @@ import numpy as np
 from .dist import (DistState, all_gather_object, destroy_process_group, init_distributed_mode,
                    seed_everything)
 from .logs import TensorboardLogger, append_json_line, setup_logging
+from .outputs import atomic_file, make_dirs, remove_stale_temporaries, writing
+from .runlock import output_dir_locked
 
 
 @contextlib.contextmanager
 def started_run(run: Any, force_group: bool = False) -> Iterator[DistState]:
-    """Set up logging and the process group; make ``--output_dir`` and log to its ``run.log``
-    (rank 0); refuse a ``--resume`` file that does not exist. Tears the group down on exit.
+    """Set up logging and the process group; make ``--output_dir``, hold its run lock and log
+    to its ``run.log`` (rank 0); remove temporary files that killed runs left there; refuse a
+    ``--resume`` file that does not exist. Releases the lock and tears the group down on exit.
 
     Args:
         run: ``RunConfig`` (``output_dir``, ``resume``, ``device`` and the launcher flags).
         force_group: a one-process group even without a launcher (DeepSpeed).
+
+    Raises:
+        RunLockError: another run is using ``--output_dir``.
+        OutputWriteError: ``--output_dir`` cannot be made or written.
     """
     setup_logging(rank=int(os.environ.get("RANK", "0")))
     state = init_distributed_mode(run, force=force_group)
     try:
-        if run.output_dir:
-            os.makedirs(run.output_dir, exist_ok=True)
-        setup_logging(state.rank, os.path.join(run.output_dir, "run.log") if run.output_dir
-                      else None)
-        if run.resume and not os.path.exists(run.resume):
-            raise FileNotFoundError(f"--resume {run.resume}: no such checkpoint")
-        yield state
+        with output_dir_locked(run.output_dir, state):
+            log_file = os.path.join(run.output_dir, "run.log") if run.output_dir else None
+            setup_logging(state.rank, log_file)
+            if run.output_dir and state.rank == 0:  # the lock is ours: no live run writes here
+                remove_stale_temporaries(run.output_dir)
+            if run.resume and not os.path.exists(run.resume):
+                raise FileNotFoundError(f"--resume {run.resume}: no such checkpoint")
+            yield state
     finally:
         destroy_process_group(state)
 
@@ -75,8 +83,9 @@ class RunRecords:
         self.output_dir = output_dir if rank == 0 else ""
         self.writer: Optional[TensorboardLogger] = None
         if rank == 0 and tensorboard_dir:
-            os.makedirs(tensorboard_dir, exist_ok=True)
-            self.writer = TensorboardLogger(tensorboard_dir)
+            make_dirs(tensorboard_dir)
+            with writing(tensorboard_dir):
+                self.writer = TensorboardLogger(tensorboard_dir)
 
     def log(self, record: Dict[str, Any]) -> None:
         if self.output_dir:
@@ -95,6 +104,8 @@ class RunRecords:
             self.writer.close()
 
     def write_json(self, name: str, obj: Dict[str, Any]) -> None:
+        """Write ``obj`` to ``name`` in the output folder, replacing the previous file only
+        once the new one is complete."""
         if self.output_dir:
-            with open(os.path.join(self.output_dir, name), "w", encoding="utf-8") as f:
+            with atomic_file(os.path.join(self.output_dir, name)) as f:
                 json.dump(obj, f, indent=2)
