@@ -990,8 +990,20 @@ class TrainingCheckpoints:
             backend.load_state_dict(ckpt, optimizer=not self.reset_optimizer)
         except (ValueError, KeyError) as err:  # torch: other parameter groups or sizes
             raise CheckpointError(f"{path}: its optimizer state does not fit this run's "
-                                  f"optimizer ({err}); pass --reset_optimizer to start a fresh "
-                                  f"one from its weights") from err
+                                  f"optimizer ({err}){self._group_hint(ckpt)}; pass "
+                                  f"--reset_optimizer to start a fresh one from its "
+                                  f"weights") from err
+
+    def _group_hint(self, ckpt: Dict[str, Any]) -> str:
+        """Why the weight-decay groups may differ: runs saved before APT's prompts took weight
+        decay by default (the original code's groups) recorded ``decay_prompts`` False."""
+        saved, current = saved_flags(ckpt).get("decay_prompts"), self.flags.get("decay_prompts")
+        if saved is None or saved == current:
+            return ""
+        switch = "--decay_prompts" if saved else "--no_decay_prompts"
+        return (f"; it was trained with decay_prompts={saved}, this run has "
+                f"{'the transfer type default' if current is None else current}, so the "
+                f"weight-decay groups differ: pass {switch} to resume it as it was trained")
 
     def _resume_deepspeed(self, engine: Any, path: str,
                           ckpt: Optional[Dict[str, Any]]) -> Dict[str, Any]:

@@ -227,6 +227,25 @@ def test_resume_with_another_optimizer_is_refused_then_reset_on_request(tmp_path
     assert "momentum_buffer" in next(iter(resumed["optimizer"]["state"].values()))
 
 
+def test_resume_of_an_apt_run_with_undecayed_prompts_names_the_switch(tmp_path, data, backbone,
+                                                                      caplog):
+    """Runs saved before APT's prompts took weight decay by default have other weight-decay
+    groups: resuming one under the new default is refused naming --no_decay_prompts, and
+    resumes with it."""
+    out = str(tmp_path / "run")
+    argv = tiny_argv(data, out, "prompt", finetune=backbone, disable_eval_during_finetuning=True)
+    assert run_class_apt.cli(argv + ["--no_decay_prompts"]) == 0
+    before = _checkpoints(out)
+    again = tiny_argv(data, out, "prompt", finetune=backbone, epochs=2,
+                      disable_eval_during_finetuning=True)
+    error = _refused(run_class_apt.cli, again, caplog)
+    assert os.path.join(out, "checkpoint-last.pth") in error
+    assert "decay_prompts=False" in error and "pass --no_decay_prompts" in error
+    assert _checkpoints(out) == before
+    assert run_class_apt.cli(again + ["--no_decay_prompts"]) == 0
+    assert [r["epoch"] for r in read_log(out) if "epoch" in r] == [0, 1]
+
+
 def test_resume_into_another_transfer_type_names_the_file(tmp_path, data, backbone, trained,
                                                           caplog):
     out = _copy(trained, tmp_path)
