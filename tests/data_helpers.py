@@ -101,7 +101,10 @@ def make_args(data_path: str, **overrides) -> argparse.Namespace:
                 sampling_rate=2, num_segments=1, input_size=32, short_side_size=32,
                 test_num_segment=2, test_num_crop=3, num_sample=1, is_aa=False,
                 aa="rand-m7-n4-mstd0.5-inc1", train_interpolation="bicubic", reprob=0.0,
-                remode="pixel", recount=1, video_backend="decord", max_bad_fraction=0.01, seed=0)
+                remode="pixel", recount=1, video_backend="decord", max_bad_fraction=0.01, seed=0,
+                # The fixtures list one small video under several labels (174 for SSV2's class
+                # count); tests of the duplicate check pass allow_duplicates=False.
+                allow_duplicates=True)
     args.update(overrides)
     return argparse.Namespace(**args)
 

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.engine_helpers import ROOT, read_log, subprocess_env, tiny_argv
 from tests.pretrain_helpers import pretrain_argv
@@ -176,16 +177,25 @@ def test_killed_run_lock_and_temporary_checkpoints_then_resume(data, backbone, t
     live = os.path.join(out, f"checkpoint-3.pth.tmp.{os.getpid()}")  # a live writer's: kept
     shutil.copyfile(stale, live)
 
+    # The kill may also have cut a save of its own short (another checkpoint's temporary file).
+    dead = [n for n in os.listdir(out) if ".tmp." in n and not n.endswith(f".{os.getpid()}")]
+    assert len(dead) >= 2
+    last_epoch = torch.load(os.path.join(out, "checkpoint-last.pth"), weights_only=True)["epoch"]
+
     proc = _run(_resume_argv(data, backbone, out, epochs=2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"taking over the run lock left by pid {killed.pid} on host " \
            f"{socket.gethostname()}" in proc.stderr
-    assert f"removed 2 temporary file(s) left in {out} by killed runs (0.0 MB freed)" \
-        in proc.stderr
-    assert not os.path.exists(stale) and not os.path.exists(other_dead)
+    assert f"removed {len(dead)} temporary file(s) left in {out} by killed runs (0.0 MB " \
+           f"freed)" in proc.stderr
+    assert not any(os.path.exists(os.path.join(out, n)) for n in dead)
     assert os.path.exists(live)
-    assert f"resumed from {out}/checkpoint-last.pth (epoch 0" in proc.stderr
-    assert [r["epoch"] for r in _all_json(out) if "epoch" in r] == [0, 1]
+    # Under load the killed run may have finished an epoch before the kill: it resumes from
+    # whatever checkpoint-last holds, and the log keeps one record per finished epoch.
+    assert f"resumed from {out}/checkpoint-last.pth (epoch {last_epoch}" in proc.stderr
+    epochs = [r["epoch"] for r in _all_json(out) if "epoch" in r]
+    assert epochs == sorted(set(epochs)) and epochs[0] == 0
+    assert last_epoch >= 1 or epochs[-1] == 1
 
 
 # ------------------------------------------------------------------------------------- log.txt

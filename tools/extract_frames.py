@@ -149,7 +149,10 @@ def list_jobs(list_path: Optional[str], videos_dir: Optional[str], data_root: st
         from datasets.listfile import parse_list_file  # imports torch (datasets/__init__.py)
 
         base = data_root or os.path.dirname(os.path.abspath(list_path))
-        for rec in parse_list_file(list_path, nb_classes=sys.maxsize, data_root=data_root):
+        # A video listed twice is extracted once and its lines mirrored as given: the run that
+        # reads the mirrored list is the one that checks it for duplicates.
+        for rec in parse_list_file(list_path, nb_classes=sys.maxsize, data_root=data_root,
+                                   allow_duplicates=True):
             entries.append((rec.path, rec.label))
     else:
         base = videos_dir
