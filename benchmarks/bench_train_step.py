@@ -68,7 +68,7 @@ def gpu_peak_tflops(name: str, override: Optional[float]) -> Optional[float]:
 
 def analytic_train_macs(row: str, N: int, P: int, D: int, L: int, C: int, tubelet: int = 2,
                         patch: int = 16) -> Optional[float]:
-    """Multiply-adds of forward + backward by the issue's rule, written out independently.
+    """Multiply-adds of forward + backward by the counting rule below, written out independently.
 
     Linear layers: forward 1, backward 1 if frozen (input gradient) or 2 if trained; skipped
     when nothing upstream needs a gradient. Attention matmuls: forward 1, backward 2.5

@@ -7,7 +7,7 @@ into every forward (VideoMAE's ``pos_embed.expand(...).clone()``), the same prom
 model's, and the frozen weights left out of the optimizer. ``frozen_requires_grad`` chooses how
 they are kept from training:
 
-* ``True`` (the baseline the issue describes): they are only left out of the optimizer, so
+* ``True`` (the straightforward baseline): they are only left out of the optimizer, so
   autograd still computes their weight gradients, which are then never used;
 * ``False``: ``requires_grad=False`` as well, so only the attention implementation differs.
 

@@ -59,7 +59,7 @@ def _pct(v: float) -> str:
 
 
 def targets_table(folder: str) -> List[str]:
-    """One row per target of the issue, with the measured numbers and a verdict."""
+    """One row per target (BENCHMARKS.md, 'Targets'), with the measured numbers and a verdict."""
     lat, train = _load(folder, "latency"), _load(folder, "train_step")
     rows = []
     if lat and lat.get("cpu"):

@@ -38,7 +38,7 @@ def _user_file(tmp_path, stage: int) -> str:
     return path
 
 
-# ---------------------------------------------------------------- issue item 3: ZeRO and SGD
+# ----------------------------------------------------------------------------- ZeRO and SGD
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero12_config_allows_the_sgd_client_optimizer(tmp_path, stage):
@@ -81,7 +81,7 @@ def test_zero3_is_refused_naming_the_flag_and_stage(tmp_path):
                             None, 1)
 
 
-# ------------------------------------------------- issue item 7: grad norm and loss scale (fakes)
+# -------------------------------------------------------------- grad norm and loss scale (fakes)
 
 class _FakeOptimizer:
     """The fp16 optimizers' scale lives behind the ``loss_scale`` property (no ``cur_scale``

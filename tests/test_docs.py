@@ -1,5 +1,8 @@
 """Comments and pages cite only what the repository holds: no reference to the external product
 spec, and every ``docs/<page>.md`` (and section) a comment or page names exists."""
+import contextlib
+import importlib
+import io
 import os
 import re
 
@@ -77,3 +80,103 @@ def test_cited_docs_pages_and_sections_exist(path):
 def test_python_comments_cite_the_docs():
     cited = {p for path in PY_FILES for p in DOCS_PATH.findall(_read(path))}
     assert {"docs/FORMATS.md", "docs/DATA.md", "docs/METHODS.md", "docs/PRETRAINING.md"} <= cited
+
+
+# --- the pages themselves: links, issue numbers, the front page, the commands ----------------
+
+DOC_PAGES = [p for p in MD_FILES if _rel(p) == "README.md" or _rel(p).startswith("docs" + os.sep)]
+# Built from pieces so this file does not match its own patterns.
+ISSUE_NUMBER = re.compile(r"\b" + "issue" + r"s?\s*(#|no\.?\s*|item\s+)?\d+|\(#\d+\)",
+                          re.IGNORECASE)
+
+
+def test_the_front_page_is_short_and_links_the_task_pages():
+    readme = _read(os.path.join(ROOT, "README.md"))
+    assert len(readme.splitlines()) <= 250, "README.md is the front page: move reference to docs/"
+    for page in ("INSTALL", "DATASET", "DATA", "MODEL_ZOO", "FINETUNE", "METHODS", "EVALUATION",
+                 "PRETRAINING", "FORMATS", "TESTING", "CONVENTIONS"):
+        assert f"](docs/{page}.md)" in readme, f"README.md does not link docs/{page}.md"
+
+
+@pytest.mark.parametrize("path", MD_FILES, ids=_rel)
+def test_relative_links_resolve(path):
+    folder = os.path.dirname(path)
+    bad = [target for target in re.findall(r"\]\(([^)\s]+)\)", _read(path))
+           if not re.match(r"[a-z]+:", target) and not target.startswith("#")
+           and not os.path.exists(os.path.join(folder, target.split("#")[0]))]
+    assert not bad, f"{_rel(path)} links to files that do not exist: {bad}"
+
+
+@pytest.mark.parametrize("path", PY_FILES + MD_FILES, ids=_rel)
+def test_no_issue_numbers(path):
+    bad = [f"{_rel(path)}:{n}: {line.strip()}"
+           for n, line in enumerate(_read(path).splitlines(), start=1) if ISSUE_NUMBER.search(line)]
+    assert not bad, "say what the code does, not which ticket asked for it:\n" + "\n".join(bad)
+
+
+def _shell_commands(text):
+    """The commands of the fenced shell (and unlabelled) blocks: continuation lines joined,
+    comments and a leading '$ ' dropped, split at '&&', ';' and '|'."""
+    commands = []
+    for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
+        if lang not in ("", "bash", "sh"):
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            line = re.sub(r"(^|\s)#.*", "", line).strip()
+            line = line[2:] if line.startswith("$ ") else line
+            commands += [c.strip() for c in re.split(r"&&|;|\|", line) if c.strip()]
+    return commands
+
+
+LAUNCHERS = {"python", "python3", "torchrun", "sh", "bash"}
+
+
+def _invocations():
+    """(page, script, arguments) for every documented run of a repository script."""
+    found = []
+    for page in DOC_PAGES:
+        for command in _shell_commands(_read(page)):
+            words = command.split()
+            if not LAUNCHERS & set(words):
+                continue
+            scripts = [i for i, w in enumerate(words) if w.endswith((".py", ".sh"))]
+            if scripts:
+                i = scripts[0]
+                found.append((_rel(page), words[i], [w.strip("[]") for w in words[i + 1:]]))
+    return found
+
+
+INVOCATIONS = _invocations()
+
+
+def test_the_docs_show_commands():
+    scripts = {script for _, script, _ in INVOCATIONS}
+    assert {"run_class_apt.py", "run_mae_pretraining.py", "tools/predict.py",
+            "tools/export.py", "tools/compare_runs.py", "tools/build_lists.py"} <= scripts
+
+
+def _known_flags(script, arguments):
+    """Option strings of a Python script's parser (of its sub-command, if it has one), from the
+    options section of its --help."""
+    module = importlib.import_module(script[:-3].replace("/", "."))
+    if hasattr(module, "get_args_parser"):
+        text = module.get_args_parser().format_help()
+    else:
+        sub = [a for a in arguments[:1] if not a.startswith("-")]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            module.main(sub + ["--help"])
+        text = out.getvalue()
+    return {flag for line in text.splitlines() if re.match(r"\s{2}-", line)
+            for flag in re.findall(r"--[\w-]+", re.split(r"\s{2,}", line.strip())[0])}
+
+
+@pytest.mark.parametrize("page,script,arguments", INVOCATIONS,
+                         ids=[f"{p}:{s}" for p, s, _ in INVOCATIONS])
+def test_documented_commands_run_a_script_that_takes_their_flags(page, script, arguments):
+    assert os.path.isfile(os.path.join(ROOT, script)), f"{page} runs {script}, which does not exist"
+    if not script.endswith(".py"):
+        return
+    known = _known_flags(script, arguments)
+    unknown = sorted({a.split("=")[0] for a in arguments if a.startswith("--")} - known)
+    assert not unknown, f"{page}: {script} has no flags {unknown}"

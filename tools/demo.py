@@ -402,7 +402,7 @@ def plot(rows: List[Dict], path: str, chance: float) -> None:
 
 
 def check_targets(rows: Dict[str, Dict]) -> List[str]:
-    """The comparisons the demo exists to show (the demo issue's targets); a miss is reported."""
+    """The comparisons the demo exists to show (its targets); a miss is reported."""
     apt, lin, rnd, e2e = (rows.get(n) for n in ("APT (ours)", "linear probing",
                                                 "linear (random backbone)", "end2end"))
     checks = []
