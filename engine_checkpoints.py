@@ -27,8 +27,8 @@ import torch.nn as nn
 from models.method_state import (backbone_reference, check_backbone, check_fits,
                                  load_method_state, saved_flags, trainable_state_dict,
                                  trains_whole_model)
-from models.run_checkpoints import (is_checkpoint, load_newest_readable, read_checkpoint,
-                                    read_named_checkpoint)
+from models.run_checkpoints import (BEST_NAMES, is_checkpoint, load_newest_readable,
+                                    read_checkpoint, read_named_checkpoint)
 from models.serialization import DS_MODEL_FILE, CheckpointError
 from utils.config import canonical_optimizer
 from utils.dist import all_ranks_ok, is_main_process
@@ -221,7 +221,7 @@ class TrainingCheckpoints:
 
     def load_best(self, model: nn.Module) -> bool:
         """Load ``checkpoint-best``'s tensors into ``model``; False when there is none."""
-        for name in ("checkpoint-best.pth", "checkpoint-best"):
+        for name in BEST_NAMES:
             path = os.path.join(self.output_dir or ".", name)
             if is_checkpoint(path):
                 load_method_state(model, read_checkpoint(path, self.unsafe))

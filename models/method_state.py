@@ -48,6 +48,8 @@ def backbone_reference(path: Optional[str]) -> Dict[str, Optional[str]]:
 
 
 def trains_whole_model(model: nn.Module) -> bool:
+    """True when ``model`` trains (and its checkpoints keep) every tensor: pre-training models,
+    ``random``/``end2end``; False for a frozen backbone."""
     method = getattr(model, "transfer", None)
     return method is None or method.trains_backbone
 
