@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import optim_factory
 import utils
+from engine_checkpoints import TrainingCheckpoints
 from engine_eval import (final_test, merge, merge_predictions, prediction_file,  # noqa: F401
                          read_predictions, remove_stale_predictions, validation_one_epoch)
 from datasets.transforms import ToModelInput, normalize_video
@@ -238,7 +239,6 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
         (and ``"final_ema"`` with ``--model_ema``).
     """
     from datasets import Mixup
-    from models.checkpoint import TrainingCheckpoints
     rank, world = run.dist.rank, run.dist.world_size
     loader_train = run.loaders["train"]
     steps_per_epoch = len(loader_train) // cfg.optim.update_freq

@@ -25,8 +25,8 @@ import torch
 
 import engine
 import utils
-from models.checkpoint import (check_backbone, load_newest_readable, read_checkpoint,
-                               read_named_checkpoint)
+from models.method_state import check_backbone
+from models.run_checkpoints import load_newest_readable, read_checkpoint, read_named_checkpoint
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
                        add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
                        add_schedule_args, add_video_data_args, pop_compat_args)

@@ -33,7 +33,11 @@ import engine
 import engine_for_pretraining
 import optim_factory
 import utils
-from models.checkpoint import TrainingCheckpoints, saved_flags
+from datasets import ListFileError, TooManyBadVideos
+from engine import NonFiniteLossError
+from engine_checkpoints import TrainingCheckpoints
+from models import CheckpointError
+from models.method_state import saved_flags
 from models.pretrain import create_pretrain_model, finetune_model_for, list_pretrain_models
 from utils.backend import PlainBackend
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
@@ -302,9 +306,6 @@ def pretrain(cfg: PretrainConfig, dist: utils.DistState) -> Dict[str, Any]:
 def cli(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: known configuration errors, a file that cannot be written and an
     output folder in use by another run end with a one-line message and exit status 2."""
-    from datasets import ListFileError, TooManyBadVideos
-    from engine import NonFiniteLossError
-    from models import CheckpointError
     args = get_args_parser().parse_args(argv)
     try:
         main(args)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .cost import cost_report, parameter_counts
-from .checkpoint import (CheckpointError, LoadReport, TrainingCheckpoints, backbone_reference,
-                         file_sha256, load_method, load_method_state, load_pretrained,
-                         read_checkpoint, save_method, torch_load, trainable_state_dict,
-                         trains_whole_model)
+from .method_state import (backbone_reference, file_sha256, load_method, load_method_state,
+                           save_method, trainable_state_dict, trains_whole_model)
+from .pretrained import LoadReport, load_pretrained
+from .run_checkpoints import read_checkpoint
+from .serialization import CheckpointError, torch_load
 from .flops import count_forward_flops, count_train_step_flops, flop_counter
 from .transfer import (TRANSFER_TYPES, MethodConfig, TransferMethod, get_transfer_class,
                        make_config, setting_fields)
@@ -64,5 +65,5 @@ __all__ = ["create_model", "load_pretrained", "list_models", "LoadReport", "Chec
            "flop_counter", "count_forward_flops", "count_train_step_flops", "torch_load",
            "cost_report", "parameter_counts", "backbone_reference", "file_sha256", "load_method",
            "save_method", "trainable_state_dict", "trains_whole_model", "load_method_state",
-           "read_checkpoint", "TrainingCheckpoints", "create_pretrain_model",
+           "read_checkpoint", "create_pretrain_model",
            "list_pretrain_models"]

@@ -82,8 +82,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import (CheckpointError, file_sha256, load_method, load_pretrained,
-                         read_checkpoint)
+from .method_state import file_sha256, load_method
+from .pretrained import load_pretrained
+from .run_checkpoints import read_checkpoint
+from .serialization import CheckpointError
 from .transfer import make_config
 from .vit import VisionTransformer
 

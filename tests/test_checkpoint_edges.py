@@ -12,9 +12,10 @@ import torch
 
 import run_class_apt
 import run_mae_pretraining
-from models import (CheckpointError, TrainingCheckpoints, create_model, load_pretrained,
-                    read_checkpoint, torch_load)
-from models.checkpoint import DS_MODEL_FILE, load_newest_readable
+from engine_checkpoints import TrainingCheckpoints
+from models import CheckpointError, create_model, load_pretrained, read_checkpoint, torch_load
+from models.run_checkpoints import load_newest_readable
+from models.serialization import DS_MODEL_FILE
 from utils.backend import PlainBackend
 from utils.config import PretrainConfig
 from tests.engine_helpers import read_log, tiny_argv
@@ -92,15 +93,15 @@ def test_auto_resume_skips_an_unreadable_checkpoint_last(tmp_path, caplog, how, 
 def test_each_candidate_is_read_once(tmp_path, monkeypatch):
     _two_checkpoints(tmp_path)
     _damage(os.path.join(tmp_path, "checkpoint-last.pth"), "truncated")
-    import models.checkpoint
+    import models.run_checkpoints
     reads = []
-    real = models.checkpoint.torch_load
+    real = models.run_checkpoints.torch_load
 
     def counting(path, unsafe=False):
         reads.append(os.path.basename(path))
         return real(path, unsafe=unsafe)
 
-    monkeypatch.setattr(models.checkpoint, "torch_load", counting)
+    monkeypatch.setattr(models.run_checkpoints, "torch_load", counting)
     _resume(tmp_path, _micro())
     assert reads == ["checkpoint-last.pth", "checkpoint-1.pth"]
 

@@ -213,7 +213,9 @@ def test_method_label_shows_the_settings_of_every_type_and_of_a_new_one(monkeypa
     assert label("token_shift", {}, 4) == "token_shift blocks 0-3"  # zero/off at the default
 
 
-def test_training_time_counts_training_sessions_only(tmp_path):
+# The checkpoint writer's logger, and the one of runs made before it moved to engine_checkpoints.
+@pytest.mark.parametrize("saver", ["engine_checkpoints", "models.checkpoint"])
+def test_training_time_counts_training_sessions_only(tmp_path, saver):
     """Two training sessions (the first stopped) 1 h apart, then an --eval: 70 s + 30 s."""
     lines = [
         "2024-05-01 10:00:00 [rank 0] INFO run_class_apt: backbone: 150 tensors loaded",
@@ -222,11 +224,11 @@ def test_training_time_counts_training_sessions_only(tmp_path):
         "2024-05-01 10:00:10 [rank 0] INFO engine: training epochs 0..3",
         "2024-05-01 10:00:50 [rank 0] INFO utils.logs: Epoch: [0] total time: 0:00:40",
         "a continuation line of a multi-line message",
-        "2024-05-01 10:01:20 [rank 0] INFO models.checkpoint: saved out/checkpoint-last.pth",
+        f"2024-05-01 10:01:20 [rank 0] INFO {saver}: saved out/checkpoint-last.pth",
         # stopped here; resumed an hour later
-        "2024-05-01 11:01:20 [rank 0] INFO models.checkpoint: loaded 150 tensors",
+        "2024-05-01 11:01:20 [rank 0] INFO models.pretrained: loaded 150 tensors",
         "2024-05-01 11:01:22 [rank 0] INFO run_class_apt: model vit_b, transfer type APT(...)",
-        "2024-05-01 11:01:23 [rank 0] INFO models.checkpoint: resumed from checkpoint-last.pth",
+        f"2024-05-01 11:01:23 [rank 0] INFO {saver}: resumed from checkpoint-last.pth",
         "2024-05-01 11:01:30 [rank 0] INFO engine: training epochs 1..3",
         "2024-05-01 11:01:55 [rank 0] INFO engine_eval: * Acc@1 33.333 Acc@5 100.000",
         "2024-05-01 11:02:00 [rank 0] INFO engine: training time 0:00:30",

@@ -48,7 +48,7 @@ MD_FILES = _source_files((".md",))
 
 def test_the_walk_finds_the_sources():
     rel = {_rel(p) for p in PY_FILES + MD_FILES}
-    assert {"run_class_apt.py", os.path.join("models", "checkpoint.py"), "README.md",
+    assert {"run_class_apt.py", os.path.join("models", "pretrained.py"), "README.md",
             os.path.join("docs", "FORMATS.md")} <= rel
 
 

@@ -19,7 +19,7 @@ import engine
 import optim_factory
 import utils
 from models import create_model
-from models.checkpoint import find_resume_checkpoint, read_checkpoint
+from models.run_checkpoints import find_resume_checkpoint, read_checkpoint
 from tests.engine_helpers import ROOT, subprocess_env, train_epoch
 from tests.helpers import tiny_model
 
@@ -255,7 +255,7 @@ def _save_args(tmp_path):
 
 def _save(args, model, tag, epoch, step=0, optimizer=None):
     """Write checkpoint-<tag> of ``model`` as a training run does."""
-    from models import TrainingCheckpoints
+    from engine_checkpoints import TrainingCheckpoints
     from utils.backend import PlainBackend
     from utils.config import plain_dict
     optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad],

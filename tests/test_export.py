@@ -20,7 +20,8 @@ import torch
 
 import run_class_apt
 import utils
-from models import TrainingCheckpoints, create_model, load_pretrained
+from engine_checkpoints import TrainingCheckpoints
+from models import create_model, load_pretrained
 from tests.engine_helpers import ROOT, make_data, parse, run_main, subprocess_env, tiny_argv
 from tools import export
 

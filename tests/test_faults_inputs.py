@@ -10,7 +10,7 @@ import pytest
 
 import run_class_apt
 from datasets import ListFileError, build_dataset, parse_list_file
-from models.checkpoint import find_run_checkpoint
+from models.run_checkpoints import find_run_checkpoint
 from tests.data_helpers import make_args
 from tests.engine_helpers import run_main, tiny_argv
 from tools import predict

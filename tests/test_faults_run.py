@@ -300,8 +300,7 @@ def test_output_dir_under_a_file(data, backbone, tmp_path):
 
 def test_write_error_of_a_torch_save_names_the_file(tmp_path):
     """torch reports a failed write as a RuntimeError chained to the OSError: it is found."""
-    from models.checkpoint import atomic_torch_save
-    from utils.outputs import OutputWriteError
+    from utils.outputs import OutputWriteError, atomic_torch_save
     import torch
     path = str(tmp_path / "checkpoint-last.pth")
     atomic_torch_save({"x": torch.zeros(3)}, path)

@@ -43,7 +43,7 @@ WRAPPER = textwrap.dedent('''
     import torch.distributed as dist
 
     import engine
-    import models.checkpoint as ckpt
+    import engine_checkpoints as ckpt
     import run_class_apt
 
     RANK = int(os.environ["RANK"])

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from models import TrainingCheckpoints, load_pretrained
+from engine_checkpoints import TrainingCheckpoints
+from models import load_pretrained
 from models.multitask import MultiTaskModel
 from models.vit import Attention
 from tests.helpers import TINY, tiny_clip, tiny_model

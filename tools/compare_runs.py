@@ -51,6 +51,9 @@ BLOCK_RANGE = ("prompt_start", "prompt_end")
 # run.log lines (utils/logs.py setup_logging): "2024-01-31 12:00:00 [rank 0] INFO engine: ...".
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \[rank \d+\] \w+ (\S+): (.*)$")
 TRAINING_LOGGERS = ("engine", "engine_eval", "utils.logs")  # the epoch loop, validation, test
+# Whose "saved ..." lines are checkpoint writes: engine_checkpoints, and models.checkpoint in the
+# run.log of runs made before the checkpoint writer moved there.
+CHECKPOINT_LOGGERS = ("engine_checkpoints", "models.checkpoint")
 
 TIME_NOTE = ("train time: from each `training epochs` line of run.log (one per start or resume) "
              "to that session's last training, validation, test or checkpoint line, summed; "
@@ -160,7 +163,7 @@ def training_seconds(run_log: str) -> Optional[float]:
                 total += (end - start).total_seconds() if start else 0.0
                 start = end = None
             elif start is not None and (name in TRAINING_LOGGERS or (
-                    name == "models.checkpoint" and message.startswith("saved "))):
+                    name in CHECKPOINT_LOGGERS and message.startswith("saved "))):
                 end = stamp
     total += (end - start).total_seconds() if start else 0.0
     return total if sessions else None

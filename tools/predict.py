@@ -362,7 +362,7 @@ def predict_tasks(tasks: Dict[str, str], videos: Sequence[str], device: torch.de
     import run_class_apt
     from datasets.transforms import normalize_video
     from engine_eval import multi_view_scores as mean_over_views
-    from models.checkpoint import read_named_checkpoint
+    from models.run_checkpoints import read_named_checkpoint
     from models.multitask import MultiTaskModel
     cfgs = [run_class_apt.checkpoint_config(read_named_checkpoint(path, "--tasks",
                                                                   args.unsafe_load),
@@ -489,7 +489,7 @@ def prepare_output(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Answer for the videos of the parsed command line; returns the exit status (0 when at
     least one video was read, 1 when none could be)."""
-    from models.checkpoint import find_run_checkpoint
+    from models.run_checkpoints import find_run_checkpoint
     check_args(args)
     if args.output:
         prepare_output(args.output)

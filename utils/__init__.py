@@ -10,7 +10,10 @@
 * :mod:`utils.backend`: the plain/DDP and DeepSpeed training engines behind one interface.
 * :mod:`utils.ds`: DeepSpeed config and engine.
 
-Checkpoints live in :mod:`models.checkpoint`.
+Checkpoints: foreign weights are read by :mod:`models.pretrained`, a method's tensors by
+:mod:`models.method_state`, run checkpoint files by :mod:`models.run_checkpoints`; training
+writes and resumes them through :mod:`engine_checkpoints`. Atomic writes:
+:func:`utils.outputs.atomic_torch_save`.
 """
 from .amp import NativeScalerWithGradNormCount, amp_dtype_for, autocast, get_grad_norm_
 from .dist import (all_gather_object, all_ranks_ok, barrier, default_device_name,

@@ -14,6 +14,8 @@ import re
 import shutil
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 _FULL = "free space on that disk or pass another --output_dir"
@@ -123,6 +125,20 @@ def atomic_file(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[A
         except BaseException:
             _remove_if_there(tmp)
             raise
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary file is flushed to disk before the rename, so at any moment ``path`` is either
+    the previous complete file or the new complete file, never a partial one; on failure the
+    temporary file is removed.
+
+    Raises:
+        OutputWriteError: the file could not be written (full disk, read-only folder, ...).
+    """
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def make_dirs(path: str) -> None:
