@@ -1,6 +1,7 @@
 # make install : .venv from requirements.txt (re-made when requirements.txt changes)
 # make test    : install if needed, then the test suite
 # make demo    : install if needed, then the end-to-end demo on synthetic videos
+# make lint-imports : check the import layers (pyproject.toml's import-linter contracts)
 # make demo-backbone : redo the demo's VideoMAE pre-training into assets/demo_backbone
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: install test demo demo-backbone bench clean
+.PHONY: install test demo demo-backbone bench lint-imports clean
 
 install: $(STAMP)
 
@@ -32,6 +33,9 @@ demo-backbone: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+lint-imports: install
+	$(PY) tools/lint_imports.py
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -16,12 +16,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 
 import optim_factory
 import utils
 from engine_checkpoints import TrainingCheckpoints
 from engine_eval import (final_test, merge, merge_predictions, prediction_file,  # noqa: F401
                          read_predictions, remove_stale_predictions, validation_one_epoch)
+from datasets import BadVideoTracker, Mixup
 from datasets.transforms import ToModelInput, normalize_video
 from utils.backend import DeepSpeedBackend, PlainBackend
 from utils.config import FinetuneConfig, Schedules
@@ -208,7 +211,6 @@ class Prepared:
 
 
 def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     if mixup_active:
         return SoftTargetCrossEntropy()  # smoothing is applied to the mixed targets
     if smoothing > 0.0:
@@ -238,7 +240,6 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
         ``{"final": test result, "best_acc": best validation top-1 or None, "counts": ...}``
         (and ``"final_ema"`` with ``--model_ema``).
     """
-    from datasets import Mixup
     rank, world = run.dist.rank, run.dist.world_size
     loader_train = run.loaders["train"]
     steps_per_epoch = len(loader_train) // cfg.optim.update_freq
@@ -264,7 +265,6 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
     optimizer = optim_factory.build_optimizer(cfg.optim, run.model)
     model_ema = None
     if cfg.train.model_ema:
-        from timm.utils import ModelEmaV3
         model_ema = ModelEmaV3(run.model, decay=cfg.train.model_ema_decay,
                                device=torch.device("cpu") if cfg.train.model_ema_force_cpu
                                else None)
@@ -355,7 +355,6 @@ def validate(cfg: FinetuneConfig, run: Prepared, model: nn.Module, backend: Any,
 
 
 def bad_video_tracker(loader: Any, split: str, max_bad_fraction: float) -> Any:
-    from datasets import BadVideoTracker
     ds = loader.dataset
     if hasattr(ds, "make_bad_video_tracker"):
         return ds.make_bad_video_tracker()

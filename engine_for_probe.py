@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets.listfile import parse_list_file
 from datasets.transforms import normalize_video
+from datasets.video_dataset import VideoClsDataset, VideoDataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +115,6 @@ def build_probe_loaders(data_path: str, args, batch_size: int
     Returns:
         ``(train_loader, val_loader, num_classes)``.
     """
-    from datasets.listfile import parse_list_file
-    from datasets.video_dataset import VideoClsDataset, VideoDataConfig
-
     classes = os.path.join(data_path, "classes.txt")
     if not os.path.isfile(classes):
         raise ValueError(f"--probe_data_path {data_path}: no classes.txt (one '<label> <name>' "

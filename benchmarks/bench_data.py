@@ -39,16 +39,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import av
 import numpy as np
+import PIL
+import timm
 import torch
+import torchvision
+from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
 
 from benchmarks.original_pipeline import OriginalStyleDataset, StageTimer  # noqa: E402
 from datasets import build_dataset  # noqa: E402
-from tools.make_synthetic import MOTION_CLASSES, render_clip, write_video  # noqa: E402
+from datasets.synthetic import MOTION_CLASSES, render_clip, write_video  # noqa: E402
 
 logger = logging.getLogger("bench_data")
 
@@ -56,7 +59,7 @@ logger = logging.getLogger("bench_data")
 # (a few hundred kbit/s at 320x240, like UCF101/HMDB51; more at 340x256, like Kinetics), so
 # decoding costs what it costs on real data sets. x264 crf 20 as the earlier version of this
 # benchmark; mpeg4 at a fixed 400 kbit/s (its default qscale 3 squeezes the noise out to about
-# 80 kbit/s); vp9 with make_synthetic's defaults.
+# 80 kbit/s); vp9 with datasets.synthetic's defaults.
 NOISE_STD = 4.5
 _OPTIONS = {".mp4": {"crf": "20", "preset": "veryfast", "threads": "1"},
             ".avi": {"b": "400k"},
@@ -119,8 +122,6 @@ class Result:
 
 def write_frame_folder(folder: str, frames: np.ndarray) -> None:
     """Frames as ``img_00001.jpg, ...`` (1-based, JPEG quality 90, the mmaction convention)."""
-    from PIL import Image
-
     os.makedirs(folder, exist_ok=True)
     for i, frame in enumerate(frames):
         Image.fromarray(frame).save(os.path.join(folder, f"img_{i + 1:05d}.jpg"), quality=90)
@@ -275,11 +276,7 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import av
-    import decord
-    import PIL
-    import timm
-    import torchvision
+    import decord  # no wheels on some platforms; the rest of the benchmark works without it
     return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch "
             f"{torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
             f"decord {decord.__version__}, PyAV {av.__version__}, Pillow {PIL.__version__}, "
@@ -403,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"are low). Run time {time.perf_counter() - t_start:.0f} s"
         + (" (--quick smoke run: not a measurement)." if a.quick else "."),
         "",
-        f"Inputs: {a.videos} synthetic clips per format (tools/make_synthetic.py render_clip), "
+        f"Inputs: {a.videos} synthetic clips per format (datasets/synthetic.py render_clip), "
         f"{a.video_frames} frames at 30 fps, "
         f"pixel noise std {NOISE_STD}; the same clips as avi/mpeg4 (400 kbit/s), mp4/h264 (x264 "
         f"veryfast crf 20), webm/vp9 "

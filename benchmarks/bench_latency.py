@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
 
 from benchmarks import common  # noqa: E402  (first: sets OpenMP's wait policy before torch)
 

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
 
 from benchmarks import common  # noqa: E402
 from datasets.transforms import normalize_video  # noqa: E402
 from models import create_model  # noqa: E402
-from tools.make_synthetic import render_clip_batch  # noqa: E402
+from datasets.synthetic import render_clip_batch  # noqa: E402
 
 
 def to_input(clips) -> torch.Tensor:
@@ -89,7 +89,7 @@ def main() -> None:
              *common.header_lines(common.machine_info()),
              f"- `vit_mini_patch8` from random initialisation, 8 classes (chance 12.5%), "
              f"{len(x)} labelled training clips and {len(xt)} held-out clips of 8x32x32 "
-             f"(rendered in memory as `tools/make_synthetic.render_clip_batch`), AdamW 1e-3, "
+             f"(rendered in memory as `datasets.synthetic.render_clip_batch`), AdamW 1e-3, "
              f"one-cycle schedule, batch 64, no augmentation. `python "
              f"benchmarks/bench_learnability.py`", "",
              "| step | loss | train top-1 (%) | held-out top-1 (%) | held-out, one frame repeated (%) |",

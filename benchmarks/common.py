@@ -23,13 +23,10 @@ Measurement rules (docs/CONVENTIONS.md, BENCHMARKS.md):
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +35,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
     logging.getLogger("benchmarks").warning(
         "torch was imported before benchmarks.common: OMP_WAIT_POLICY=PASSIVE not applied, "
@@ -49,6 +44,9 @@ if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from utils.machine import info_lines, machine_info  # noqa: E402,F401  (re-exported for the benchmarks)
 
 DEFAULT_THREADS = 2  # the project's fixed thread count for CPU measurements
 
@@ -64,54 +62,9 @@ def setup_threads(threads: int = DEFAULT_THREADS) -> int:
     return torch.get_num_threads()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine_info() -> Dict[str, str]:
-    """What a reader needs to judge a number: hardware, software, date, code revision."""
-    try:
-        import timm
-        timm_version = timm.__version__
-    except ImportError:
-        timm_version = "not installed"
-    try:
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    except (ValueError, OSError):
-        mem_gb = float("nan")
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical cores, {mem_gb:.0f} GiB RAM",
-        "torch threads": str(torch.get_num_threads()),
-        "gpu": (f"{torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
-                if torch.cuda.is_available() else "none (no GPU available on this machine)"),
-        "versions": (f"python {platform.python_version()}, torch {torch.__version__}, "
-                     f"timm {timm_version}"),
-        "code": _git_revision(),
-    }
-    return info
-
-
 def header_lines(info: Dict[str, str], load: Optional["LoadSummary"] = None) -> List[str]:
-    lines = [f"- {k}: {v}" for k, v in info.items()]
+    """The machine facts (:func:`utils.machine.machine_info`), and how loaded it was."""
+    lines = info_lines(info)
     if load is not None:
         lines.append(f"- machine load while measuring: {load.describe()}")
     return lines
@@ -286,7 +239,6 @@ def cpu_step_peak_bytes(step: Callable[[], object]) -> int:
 
     Replays the allocator events of ``torch.profiler(profile_memory=True)`` in time order.
     """
-    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()

@@ -38,9 +38,15 @@ import time
 from typing import Callable, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # entry point
 
 from benchmarks import common  # noqa: E402,F401  (first: sets OpenMP's wait policy before torch)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.setups import build  # noqa: E402
+from datasets.synthetic import make_synthetic_dataset  # noqa: E402
 from utils.cli import flags_to_argv  # noqa: E402
 
 LOG = logging.getLogger("gpu_check")
@@ -57,7 +63,6 @@ class Check:
     """The run's sizes, its scratch folder and the results of its steps."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        import torch
         self.dry = args.dry
         self.out = os.path.abspath(args.out)
         self.work = os.path.join(self.out, "runs")
@@ -147,7 +152,6 @@ class Check:
 
     # -- the steps -----------------------------------------------------------------------------
     def make_data(self) -> dict:
-        from tools.make_synthetic import make_synthetic_dataset
         if not os.path.exists(os.path.join(self.data, "test.csv")):
             make_synthetic_dataset(self.data, **self.synth)
         with open(os.path.join(self.data, "train.csv"), encoding="utf-8") as f:
@@ -224,9 +228,6 @@ class Check:
 
     def throughput(self) -> dict:
         """APT training steps on synthetic tensors: clips/s and peak memory."""
-        import torch
-        import torch.nn.functional as F
-        from benchmarks.setups import build
         if self.dry:
             model_name, frames, size, batch, warmup, steps = "vit_micro_patch16", 4, 32, 2, 1, 2
         else:
@@ -289,7 +290,6 @@ class Check:
         self.step("throughput", self.throughput)
 
     def write(self, seconds: float) -> str:
-        import torch
         summary = {
             "mode": "dry" if self.dry else "gpu", "seconds": round(seconds, 1),
             "machine": {"host": platform.node(), "python": platform.python_version(),

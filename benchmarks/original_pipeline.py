@@ -47,9 +47,14 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from timm.data import rand_augment_transform, str_to_pil_interp
+from timm.data.random_erasing import RandomErasing
+from torchvision import transforms
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -93,7 +98,6 @@ def load_frames(path: str, backend: str, pick: Callable[[int], Sequence[int]]) -
         uint8 ``(len(indices), H, W, 3)``.
     """
     if os.path.isdir(path):
-        from PIL import Image
         indices = pick(sum(1 for name in os.listdir(path) if name.startswith("img_")))
         frames = []
         for i in indices:
@@ -101,6 +105,7 @@ def load_frames(path: str, backend: str, pick: Callable[[int], Sequence[int]]) -
                 frames.append(np.asarray(img.convert("RGB")))
         return np.stack(frames)
     if backend == "decord":
+        # decord has no wheels on some platforms; the pyav backend works without it
         from decord import VideoReader, cpu
         vr = VideoReader(path, num_threads=1, ctx=cpu(0))
         indices = pick(len(vr))
@@ -108,7 +113,6 @@ def load_frames(path: str, backend: str, pick: Callable[[int], Sequence[int]]) -
         return vr.get_batch(list(indices)).asnumpy()
     if backend != "pyav":
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    import av
     with av.open(path) as container:
         stream = container.streams.video[0]
         n = int(stream.frames or 0)
@@ -235,17 +239,14 @@ class OriginalStyleDataset:
         self.timer = timer or StageTimer(enabled=False)
         self.rand_augment = None
         if mode == "train" and aa:
-            from timm.data import rand_augment_transform, str_to_pil_interp
             hparams = {"translate_const": int(input_size * 0.45),
                        "img_mean": tuple(int(round(255 * m)) for m in MEAN),
                        "interpolation": str_to_pil_interp(train_interpolation)}
             self.rand_augment = rand_augment_transform(aa, hparams)
         self.erase = None
         if mode == "train" and reprob > 0:
-            from timm.data.random_erasing import RandomErasing
             self.erase = RandomErasing(reprob, mode="pixel", max_count=1, num_splits=1,
                                        device="cpu")
-        from torchvision import transforms
         self._to_pil, self._to_tensor = transforms.ToPILImage(), transforms.ToTensor()
 
     def __len__(self) -> int:
@@ -306,8 +307,6 @@ class OriginalStyleDataset:
 
     # ------------------------------------------------------------------------- test
     def _test_item(self, index: int) -> Tuple[torch.Tensor, int, str, int, int]:
-        from PIL import Image
-
         video = index % len(self.paths)
         chunk_nb, split_nb = divmod(index // len(self.paths), self.test_num_crop)
         path = self.paths[video]

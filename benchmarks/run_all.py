@@ -22,7 +22,7 @@ import sys
 import time
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
 
 from benchmarks import common  # noqa: E402
 

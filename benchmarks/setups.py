@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from benchmarks import common  # noqa: F401  (first: repository root on sys.path, OpenMP policy)
+from benchmarks import common  # noqa: F401  (first: sets OpenMP's wait policy before torch)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402

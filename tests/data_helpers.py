@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tools.make_synthetic import render_clip, write_video
+from datasets.synthetic import render_clip, write_video
 
 __all__ = ["write_video", "index_coded_frames", "decode_frame_codes", "gradient_frames",
            "textured_frames", "write_faststart_mp4", "write_list", "make_args", "denormalize",

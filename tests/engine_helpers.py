@@ -21,7 +21,7 @@ NUM_TEST = 9
 
 def make_data(folder: str) -> str:
     """Write the synthetic data set once into ``folder``; returns it (the --data_path)."""
-    from tools.make_synthetic import make_synthetic_dataset
+    from datasets.synthetic import make_synthetic_dataset
     if not os.path.exists(os.path.join(folder, "test.csv")):
         make_synthetic_dataset(folder, **SYNTH)
     return folder

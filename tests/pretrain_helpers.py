@@ -27,7 +27,7 @@ def tiny_pretrain_model(**kwargs: Any):
 def write_synthetic_videos(root: str, num_classes: int = 4, videos_per_class: int = 4,
                            num_frames: int = VIDEO_FRAMES, size: int = VIDEO_SIZE) -> str:
     """Write synthetic mp4 videos and ``root/train.csv`` (labels present but unused)."""
-    from tools.make_synthetic import make_synthetic_dataset
+    from datasets.synthetic import make_synthetic_dataset
 
     make_synthetic_dataset(root, num_classes=num_classes, videos_per_class=videos_per_class,
                            num_frames=num_frames, size=size, seed=0, splits={"train": 1.0})

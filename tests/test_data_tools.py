@@ -7,7 +7,7 @@ import pytest
 
 from datasets import build_dataset, open_video, parse_list_file
 from tools import build_lists
-from tools.make_synthetic import MOTION_CLASSES, make_synthetic_dataset, render_clip
+from datasets.synthetic import MOTION_CLASSES, make_synthetic_dataset, render_clip
 from tests.data_helpers import make_args
 
 

@@ -174,7 +174,7 @@ def test_eval_with_another_class_count_names_both_and_the_file(tmp_path, data, t
 @pytest.fixture(scope="module")
 def five_classes(tmp_path_factory):
     """A 5-class variant of the synthetic data set (a new task in the same folder)."""
-    from tools.make_synthetic import make_synthetic_dataset
+    from datasets.synthetic import make_synthetic_dataset
     folder = str(tmp_path_factory.mktemp("five"))
     make_synthetic_dataset(folder, **{**SYNTH, "num_classes": 5, "videos_per_class": 4,
                                       "splits": {"train": 2, "val": 1, "test": 1}})

@@ -25,7 +25,7 @@ from datasets.transforms import normalize_video
 from models import create_model, load_pretrained
 from utils.backend import PlainBackend
 from tools.demo import BACKBONE_DIR, BACKBONE_FILE, DemoConfig
-from tools.make_synthetic import render_clip_batch
+from datasets.synthetic import render_clip_batch
 
 CFG = DemoConfig.full()
 BACKBONE = os.path.join(BACKBONE_DIR, BACKBONE_FILE)

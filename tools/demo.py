@@ -31,8 +31,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # entry point
+
+import torch  # noqa: E402
+
+from datasets.synthetic import make_synthetic_dataset, split_counts  # noqa: E402
+from models import cost_report, create_model, file_sha256  # noqa: E402
+from models.transfer import setting_fields  # noqa: E402
+from tools.plots import PlotPoint, accuracy_vs_params  # noqa: E402
+from utils.logs import read_json_lines  # noqa: E402
+from utils.machine import info_lines, machine_info  # noqa: E402
 
 logger = logging.getLogger("demo")
 
@@ -157,7 +165,6 @@ def run(cmd: Sequence[str], log_path: str) -> float:
 
 def read_log(log_txt: str) -> List[Dict]:
     """The records of a run's ``log.txt`` (a bad line is skipped with a warning naming it)."""
-    from utils.logs import read_json_lines  # torch and the training stack: only when needed
     return read_json_lines(log_txt)
 
 
@@ -172,7 +179,6 @@ def final_metrics(log_txt: str, rows: Optional[List[Dict]] = None) -> Dict[str, 
 
 def make_data(cfg: DemoConfig, folder: str, videos_per_class: int, seed: int,
               splits: Dict[str, float]) -> None:
-    from tools.make_synthetic import make_synthetic_dataset
     make_synthetic_dataset(folder, num_classes=cfg.num_classes, videos_per_class=videos_per_class,
                            num_frames=cfg.video_frames, size=cfg.video_size, seed=seed,
                            splits=splits, workers=max(cfg.workers, 1))
@@ -213,7 +219,6 @@ def pretrain(cfg: DemoConfig, out: str, labelled: str, seed: int) -> Tuple[str, 
                    "--output_dir", run_dir,
                    "--log_dir", os.path.join(out, "tensorboard", "pretrain"),
                    *common_flags(cfg, seed)], os.path.join(out, "logs", "pretrain.log"))
-    import torch
     last = torch.load(os.path.join(run_dir, "checkpoint-last.pth"), map_location="cpu",
                       weights_only=True)
     # Model weights only (VideoMAE's pre-training layout): no optimizer state, a few MB.
@@ -226,7 +231,7 @@ def pretrain(cfg: DemoConfig, out: str, labelled: str, seed: int) -> Tuple[str, 
 
 def plot_knn(log_rows: List[Dict], path: str, chance: float) -> None:
     """k-NN top-1 on held-out labelled videos, and the reconstruction loss, against epochs."""
-    import matplotlib
+    import matplotlib  # slow to import, and only --pretrain/--build_backbone plot this
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -263,7 +268,6 @@ def build_backbone(cfg: DemoConfig, work: str, seed: int) -> str:
     shutil.copyfile(os.path.join(work, "knn_probe.png"), os.path.join(BACKBONE_DIR, "knn_probe.png"))
     shutil.copyfile(os.path.join(work, "pretrain", "log.txt"),
                     os.path.join(BACKBONE_DIR, "pretrain_log.txt"))
-    from models import file_sha256
     digest = file_sha256(dest)
     write_backbone_readme(cfg, digest, seconds, read_log(os.path.join(work, "pretrain", "log.txt")))
     logger.info("backbone %s (sha256 %s) after %.0f s of pre-training", dest, digest, seconds)
@@ -277,7 +281,6 @@ def write_backbone_readme(cfg: DemoConfig, digest: str, seconds: float, log_rows
     loss = {r["epoch"] + 1: r["train_loss"] for r in log_rows if "train_loss" in r}
     shown = probe[::2] + ([probe[-1]] if len(probe) % 2 == 0 else [])
     size_mb = os.path.getsize(os.path.join(BACKBONE_DIR, BACKBONE_FILE)) / 1e6
-    import torch
     lines = [
         "# The demo backbone", "",
         f"`{BACKBONE_FILE}` ({size_mb:.1f} MB, model weights only, VideoMAE's pre-training layout: "
@@ -322,9 +325,6 @@ def write_backbone_readme(cfg: DemoConfig, digest: str, seconds: float, log_rows
 # -------------------------------------------------------------------------------- adaptation
 def flops_report(cfg: DemoConfig, method: Method) -> Dict:
     """What ``run_class_apt.py --flops`` prints, computed in-process (same function, no start-up)."""
-    from models import cost_report, create_model
-    from models.transfer import setting_fields
-
     flags = method.flags
     kwargs = dict(prompt_num_tokens=cfg.num_prompts, prompt_reparam="--prompt_reparam" in flags)
     if "--vpt_mode" in flags:
@@ -371,9 +371,8 @@ def adapt(cfg: DemoConfig, method: Method, data: str, backbone: str, out: str, s
 
 # -------------------------------------------------------------------------------- reporting
 def markdown_table(rows: List[Dict], cfg: DemoConfig, notes: List[str]) -> str:
-    from tools.make_synthetic import _split_counts
     per_split = " / ".join(f"{n} {name}" for name, n in
-                           _split_counts(cfg.videos_per_class, dict(cfg.splits)).items())
+                           split_counts(cfg.videos_per_class, dict(cfg.splits)).items())
     lines = [f"Synthetic motion data set: {cfg.num_classes} classes (chance "
              f"{100 / cfg.num_classes:.1f}%), {per_split} videos per class; "
              f"`{cfg.model}` at {cfg.num_frames}x{cfg.input_size}x"
@@ -393,7 +392,6 @@ def markdown_table(rows: List[Dict], cfg: DemoConfig, notes: List[str]) -> str:
 def plot(rows: List[Dict], path: str, chance: float) -> None:
     """Top-1 against trainable parameters (log axis), marker area proportional to GFLOPs; one
     colour per method, named in a legend outside the axes (no labels to overlap)."""
-    from tools.plots import PlotPoint, accuracy_vs_params
     points = [PlotPoint(r["trainable_params"], r["top1"], r["gflops"], group=r["method"],
                         legend=f"{r['method']}: {r['top1']:.1f}%, {r['gflops']:.3g} GFLOPs")
               for r in rows]
@@ -424,9 +422,7 @@ def check_targets(rows: Dict[str, Dict]) -> List[str]:
 def record_in_benchmarks(table: str, install_excluded_seconds: float) -> str:
     """Write the table with the machine header to ``benchmarks/results/demo.md`` (BENCHMARKS.md
     includes every file there; rebuild it with ``python benchmarks/run_all.py --no-run``)."""
-    from benchmarks import common
-
-    lines = ["## Demo (`make demo`)", "", *common.header_lines(common.machine_info()),
+    lines = ["## Demo (`make demo`)", "", *info_lines(machine_info()),
              f"- wall time of the whole demo: {install_excluded_seconds:.0f} s (install excluded; "
              f"target: under 10 minutes on 2 CPU cores)", "", table]
     path = os.path.join(ROOT, "benchmarks", "results", "demo.md")
@@ -442,7 +438,6 @@ def committed_backbone() -> str:
     if not os.path.isfile(path):
         raise SystemExit(f"{path} is missing: run `make demo-backbone` to make it, or "
                          f"`make demo DEMO_ARGS=--pretrain` to pre-train inside the demo")
-    from models import file_sha256
     digest = file_sha256(path)
     if digest != BACKBONE_SHA256:
         raise SystemExit(f"{path}: sha256 {digest} differs from the recorded {BACKBONE_SHA256} "

@@ -28,9 +28,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import av
+from av.video.reformatter import VideoReformatter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
+
+from datasets.listfile import parse_list_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +88,6 @@ def extract_video(video: str, folder: str, short_side: int = 0, quality: int = 9
     Returns:
         A :class:`Result`; decoding and writing errors are returned in ``reason``, not raised.
     """
-    import av
-    from av.video.reformatter import VideoReformatter
-
     tmp = folder + PARTIAL
     result = Result(video)
     try:
@@ -146,8 +146,6 @@ def list_jobs(list_path: Optional[str], videos_dir: Optional[str], data_root: st
     """
     entries: List[Tuple[str, int]] = []
     if list_path is not None:
-        from datasets.listfile import parse_list_file  # imports torch (datasets/__init__.py)
-
         base = data_root or os.path.dirname(os.path.abspath(list_path))
         # A video listed twice is extracted once and its lines mirrored as given: the run that
         # reads the mirrored list is the one that checks it for duplicates.

@@ -189,6 +189,7 @@ class TensorboardLogger:
     """TensorBoard scalars under ``head/name`` at a running global step (rank 0 only)."""
 
     def __init__(self, log_dir: str) -> None:
+        # tensorboard is slow to import, and only rank 0 of a run with an output folder logs
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=log_dir)

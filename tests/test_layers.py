@@ -1,0 +1,105 @@
+"""The import layers (pyproject.toml's import-linter contracts) and the sys.path rule hold."""
+import ast
+import os
+import subprocess
+import sys
+
+import grimp
+
+from tools import lint_imports
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_DIRS = {"tests", ".git", ".venv", "demo_output", "__pycache__", "node_modules"}
+
+
+def test_import_contracts_are_kept():
+    """``python tools/lint_imports.py`` passes; on failure its report names each import."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "lint_imports.py")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout, proc.stdout
+
+
+def test_graph_holds_the_top_level_modules_imports():
+    """grimp scans packages only; the imports that ``engine.py`` and ``run_class_apt.py`` make
+    are in the graph the contracts are checked on."""
+    graph = lint_imports.CheckoutGraphBuilder().build(["utils", "datasets", "models", "tools",
+                                                       "benchmarks"], cache_dir=None)
+    assert "optim_factory" in graph.find_modules_directly_imported_by("engine")
+    assert "engine" in graph.find_modules_directly_imported_by("run_class_apt")
+    assert "engine" in graph.find_modules_directly_imported_by("run_mae_pretraining")
+
+
+def test_function_local_imports_of_top_level_modules_count(tmp_path, monkeypatch):
+    """An import inside a function of a top-level module is an edge like any other."""
+    (tmp_path / "lowpkg").mkdir()
+    (tmp_path / "lowpkg" / "__init__.py").write_text("")
+    (tmp_path / "lowpkg" / "part.py").write_text("")
+    (tmp_path / "script.py").write_text("def f():\n    from lowpkg import part\n    return part\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    graph = grimp.build_graph("lowpkg", include_external_packages=True, cache_dir=None)
+    lint_imports.add_top_level_imports(graph, str(tmp_path))
+    assert graph.find_modules_directly_imported_by("script") == {"lowpkg.part"}
+    details = graph.get_import_details(importer="script", imported="lowpkg.part")
+    assert details[0]["line_number"] == 2
+
+
+def _project_names():
+    return {"utils", "datasets", "models", "tools", "benchmarks", *lint_imports.top_level_modules()}
+
+
+def _python_files():
+    for dirpath, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if name.endswith(".py"):
+                yield os.path.join(dirpath, name)
+
+
+def _module_name(path):
+    rel = os.path.splitext(os.path.relpath(path, ROOT))[0].split(os.sep)
+    return ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+
+
+def _inserts_sys_path(node):
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == "insert" and ast.unparse(n.func.value) == "sys.path"
+               for n in ast.walk(node))
+
+
+def _imports_project(node, project):
+    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+             [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+    return any(n.split(".")[0] in project for n in names)
+
+
+def test_sys_path_is_changed_only_in_entry_points_first_lines():
+    """A ``sys.path.insert`` sits in a script's module body before its first project import,
+    never in a function, and never in a module that other project modules import (docs:
+    the "sys.path" rule next to the layers)."""
+    project = _project_names()
+    graph = lint_imports.CheckoutGraphBuilder().build(
+        ["utils", "datasets", "models", "tools", "benchmarks"], cache_dir=None)
+    problems = []
+    for path in _python_files():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        if not _inserts_sys_path(tree):
+            continue
+        rel = os.path.relpath(path, ROOT)
+        body = tree.body
+        first_insert = next(i for i, stmt in enumerate(body) if _inserts_sys_path(stmt))
+        first_import = next((i for i, stmt in enumerate(body) if _imports_project(stmt, project)),
+                            len(body))
+        if first_insert > first_import:
+            problems.append(f"{rel}: sys.path changed after a project import")
+        if any(_inserts_sys_path(n) for n in ast.walk(tree)
+               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))):
+            problems.append(f"{rel}: sys.path changed inside a function or class")
+        if not any(isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test)
+                   for stmt in body):
+            problems.append(f"{rel}: changes sys.path but is no entry point (no __main__ block)")
+        importers = graph.find_modules_that_directly_import(_module_name(path))
+        if importers:
+            problems.append(f"{rel}: changes sys.path but is imported by {sorted(importers)}")
+    assert not problems, "\n".join(problems)
