@@ -103,3 +103,29 @@ def test_sys_path_is_changed_only_in_entry_points_first_lines():
         if importers:
             problems.append(f"{rel}: changes sys.path but is imported by {sorted(importers)}")
     assert not problems, "\n".join(problems)
+
+
+def _contracts() -> list:
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["tool"]["importlinter"]["contracts"]
+
+
+def test_every_module_of_the_checkout_is_in_a_layer():
+    """A new top-level module or package, tool or benchmark cannot escape the contracts: the
+    layers name every one, and the independence contracts every command line."""
+    contracts = {c["id"]: c for c in _contracts()}
+    in_layers = {name.strip() for layer in contracts["layers"]["layers"]
+                 for name in layer.split("|")}
+    top = {n[:-3] for n in os.listdir(ROOT) if n.endswith(".py") and n != "setup.py"}
+    top |= {n for n in os.listdir(ROOT) if n not in SKIP_DIRS
+            and os.path.isfile(os.path.join(ROOT, n, "__init__.py"))}
+    assert top - in_layers == set(), "modules missing from the layers contract"
+    # Libraries the command lines share, not command lines themselves.
+    shared = {"tools.plots", "benchmarks.common", "benchmarks.setups", "benchmarks.naive_apt",
+              "benchmarks.original_pipeline"}
+    for package, contract in (("tools", "entry-points"), ("benchmarks", "benchmark-entry-points")):
+        found = {f"{package}.{n[:-3]}" for n in os.listdir(os.path.join(ROOT, package))
+                 if n.endswith(".py") and n != "__init__.py"}
+        named = set(contracts[contract]["modules"])
+        assert found - shared == named, f"{contract}: add or remove {sorted((found - shared) ^ named)}"
