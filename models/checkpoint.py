@@ -61,6 +61,7 @@ from utils.config import canonical_optimizer
 from utils.dist import all_ranks_ok
 from utils.outputs import OutputWriteError, atomic_file, writing
 
+from .transfer import canonical_transfer_type
 from .vit import interpolate_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -624,7 +625,8 @@ def check_fits(model: nn.Module, ckpt: Mapping[str, Any], source: str) -> None:
         CheckpointError: the message names the file and what differs.
     """
     method = getattr(model, "transfer", None)
-    if method is not None and ckpt.get("transfer_type") not in (None, method.name):
+    if method is not None and canonical_transfer_type(ckpt.get("transfer_type")) not in (
+            None, method.name):  # files of old runs may name the type by its former name
         raise CheckpointError(f"{source} holds a '{ckpt['transfer_type']}' model, but the model "
                               f"was built with --transfer_type {method.name}")
     own, state = model.state_dict(), ckpt["model"]

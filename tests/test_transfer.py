@@ -15,7 +15,7 @@ METHOD_KW = dict(prompt_num_tokens=3, prompt_reparam=True, lora_rank=2, adapter_
 
 
 def test_every_documented_type_is_registered():
-    assert set(ALL_TYPES) == {"random", "end2end", "linear", "prompt", "vpt", "approx", "adapter", "lora"}
+    assert set(ALL_TYPES) == {"random", "end2end", "linear", "apt", "vpt", "approx", "adapter", "lora"}
 
 
 @pytest.mark.parametrize("transfer_type", ALL_TYPES)
@@ -370,7 +370,7 @@ def test_gflops_of_apt_and_vpt_on_vit_base_follow_the_analytic_counts():
 def test_cost_report_is_the_json_contract():
     report = cost_report(tiny_model("prompt", prompt_num_tokens=2), num_frames=4, input_size=32)
     assert {"model", "transfer_type", "params", "trainable_params", "gflops"} <= set(report)
-    assert report["transfer_type"] == "prompt" and report["trainable_params"] < report["params"]
+    assert report["transfer_type"] == "apt" and report["trainable_params"] < report["params"]
 
 
 # --- bad input ------------------------------------------------------------------------------
