@@ -245,8 +245,9 @@ def test_adapter_and_lora_start_as_the_frozen_model_and_follow_their_equations()
     ad = m.blocks[0].mlp_adapter
     with torch.no_grad():
         ad.up.weight.normal_(0, 0.1)
-        h = torch.randn(2, 8, 64)
-        torch.testing.assert_close(ad(h), 0.1 * (torch.relu(h @ ad.down.weight.t() + ad.down.bias) @ ad.up.weight.t() + ad.up.bias))
+        h, x = torch.randn(2, 8, 64), torch.randn(2, 8, 64)
+        torch.testing.assert_close(ad.branch(h), 0.1 * (torch.relu(h @ ad.down.weight.t() + ad.down.bias) @ ad.up.weight.t() + ad.up.bias))
+        assert torch.equal(ad(h, x), x + ad.branch(h))  # the hook adds the branch to the block output
     m = tiny_model("lora", lora_rank=2, lora_alpha=4).eval()
     attn = m.blocks[0].attn
     lora = attn.qkv_delta
