@@ -8,6 +8,10 @@ import torch.nn.functional as F
 
 from models import (TRANSFER_TYPES, CheckpointError, cost_report, count_forward_flops,
                     create_model, load_method, load_pretrained, save_method)
+from models.transfer import (TRANSFER_ALIASES, TransferMethod, canonical_transfer_type,
+                             get_transfer_class, make_config, register_transfer)
+from models.transfer.apt import AttentionPromptTuning
+import run_class_apt
 from tests.helpers import tiny_clip, tiny_model
 
 ALL_TYPES = sorted(TRANSFER_TYPES)
@@ -16,6 +20,33 @@ METHOD_KW = dict(prompt_num_tokens=3, prompt_reparam=True, lora_rank=2, adapter_
 
 def test_every_documented_type_is_registered():
     assert set(ALL_TYPES) == {"random", "end2end", "linear", "apt", "vpt", "approx", "adapter", "lora"}
+
+
+def test_prompt_is_apts_former_name_everywhere_a_type_name_is_read():
+    assert TRANSFER_ALIASES == {"prompt": "apt"}
+    assert canonical_transfer_type("prompt") == "apt" == canonical_transfer_type("apt")
+    assert canonical_transfer_type("lora") == "lora" and canonical_transfer_type(None) is None
+    assert get_transfer_class("prompt") is get_transfer_class("apt") is AttentionPromptTuning
+    assert make_config("prompt", {"prompt_num_tokens": 3}) == make_config("apt", {"prompt_num_tokens": 3})
+    old, new = tiny_model("prompt", prompt_num_tokens=3), tiny_model("apt", prompt_num_tokens=3)
+    assert old.transfer.name == new.transfer.name == "apt"
+    assert old.state_dict().keys() == new.state_dict().keys()
+    assert "prompt" not in TRANSFER_TYPES  # listed once, under its name
+    with pytest.raises(ValueError, match="'prompt' is already another type's"):
+        register_transfer("prompt2", aliases=("prompt",))(type("Other", (TransferMethod,), {}))
+    with pytest.raises(ValueError, match="'lora' is already another type's"):
+        register_transfer("lora2", aliases=("lora",))(type("Other", (TransferMethod,), {}))
+    assert "prompt2" not in TRANSFER_TYPES and "lora2" not in TRANSFER_TYPES
+
+
+def test_the_transfer_type_flag_reads_the_former_name_as_apt(capsys):
+    parser = run_class_apt.get_args_parser()
+    assert parser.parse_args([]).transfer_type == "apt"
+    assert parser.parse_args(["--transfer_type", "prompt"]).transfer_type == "apt"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--transfer_type", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    assert "prompt: former name of apt" in parser.format_help()
 
 
 @pytest.mark.parametrize("transfer_type", ALL_TYPES)
