@@ -55,8 +55,9 @@ task may have no clip in a batch, and B may be 0. The module is for inference on
 **Which tasks can share a backbone.** Transfer types that leave every token and every weight of
 the backbone as it is: ``apt`` (APT, formerly ``prompt``; any prompt count and block range,
 with or without ``--prompt_reparam``, shared or ``--prompt_per_head`` prompts) and ``linear``.
-Every other type is refused with the reason (``REFUSED``): VPT adds tokens to the sequence, LoRA and adapters
-change the shared weights or computation, ``end2end`` / ``random`` train the backbone itself.
+Every other type is refused with the reason (``REFUSED``): VPT adds tokens to the sequence, LoRA
+and adapters change the shared weights or computation, ``end2end`` / ``random`` train the
+backbone itself.
 All tasks must have the same ``--model``, clip shape (``--num_frames``, ``--input_size``,
 ``--tubelet_size``) and ``--use_learnable_pos_emb``, and have been trained on the same backbone
 file (the sha256 recorded in each checkpoint's ``backbone`` entry); otherwise the constructor

@@ -195,7 +195,8 @@ def test_a_checkpoint_naming_apt_by_its_former_name_evaluates_and_resumes(tmp_pa
         run_main(tiny_argv(data, str(tmp_path / "eval"), "apt", eval=True, resume=last))
     assert "--transfer_type" not in caplog.text
     again = final_record(str(tmp_path / "eval"))
-    assert (again["Final top-1"], again["Final top-5"]) == (first["Final top-1"], first["Final top-5"])
+    assert (again["Final top-1"], again["Final top-5"]) == \
+        (first["Final top-1"], first["Final top-5"])
     run_main(tiny_argv(data, out, "prompt", finetune=backbone, epochs=2,
                        disable_eval_during_finetuning=True))  # auto-resumes from checkpoint-last
     assert [r["epoch"] for r in read_log(out) if "epoch" in r] == [0, 1]

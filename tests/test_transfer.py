@@ -27,7 +27,8 @@ def test_prompt_is_apts_former_name_everywhere_a_type_name_is_read():
     assert canonical_transfer_type("prompt") == "apt" == canonical_transfer_type("apt")
     assert canonical_transfer_type("lora") == "lora" and canonical_transfer_type(None) is None
     assert get_transfer_class("prompt") is get_transfer_class("apt") is AttentionPromptTuning
-    assert make_config("prompt", {"prompt_num_tokens": 3}) == make_config("apt", {"prompt_num_tokens": 3})
+    assert make_config("prompt", {"prompt_num_tokens": 3}) == \
+        make_config("apt", {"prompt_num_tokens": 3})
     old, new = tiny_model("prompt", prompt_num_tokens=3), tiny_model("apt", prompt_num_tokens=3)
     assert old.transfer.name == new.transfer.name == "apt"
     assert old.state_dict().keys() == new.state_dict().keys()

@@ -182,7 +182,8 @@ class ArchitectureCosts:
 
     def of(self, saved: Dict[str, Any], where: str) -> Optional[Dict[str, Any]]:
         """``{"depth", "trainable_params", "gflops", "method", "transfer_type"}`` of the run
-        whose ``args.json`` is ``saved`` (``where`` names it in warnings); None where it cannot be rebuilt."""
+        whose ``args.json`` is ``saved`` (``where`` names it in warnings); None where it cannot
+        be rebuilt."""
         from utils.config import FinetuneConfig
         try:  # flags this checkout refuses (a removed type or model, a bad setting)
             cfg = FinetuneConfig.from_args(saved_namespace(saved)).model

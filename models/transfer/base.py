@@ -95,7 +95,8 @@ def register_transfer(name: str, aliases: Sequence[str] = ()):
         aliases: former names that still select it (``canonical_transfer_type``).
     """
     def wrap(cls: Type["TransferMethod"]) -> Type["TransferMethod"]:
-        taken = [a for a in aliases if a in TRANSFER_TYPES or TRANSFER_ALIASES.get(a, name) != name]
+        taken = [a for a in aliases
+                 if a in TRANSFER_TYPES or TRANSFER_ALIASES.get(a, name) != name]
         if name in TRANSFER_ALIASES or taken:
             raise ValueError(f"transfer type {cls.__name__}: the name "
                              f"{(taken or [name])[0]!r} is already another type's")
