@@ -308,7 +308,7 @@ class VisionTransformer(nn.Module):
             trunc_normal_(self.head.weight, std=0.02)
             self.head.weight.data.mul_(init_scale)
             self.head.bias.data.mul_(init_scale)
-        self.transfer = None  # set by models.transfer.apply_transfer (a plain object, no tensors)
+        self.transfer = None  # set by TransferMethod.attach (a plain object, no tensors)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
