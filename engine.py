@@ -26,6 +26,7 @@ from engine_eval import (final_test, merge, merge_predictions, prediction_file, 
                          read_predictions, remove_stale_predictions, validation_one_epoch)
 from datasets import BadVideoTracker, Mixup
 from datasets.transforms import ToModelInput, normalize_video
+from utils import deepspeed_engine
 from utils.backend import DeepSpeedBackend, PlainBackend
 from utils.config import FinetuneConfig, Schedules
 from utils.run import RunRecords, global_bad_count, run_facts, seed_epoch
@@ -221,12 +222,13 @@ def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
 def build_backend(cfg: FinetuneConfig, run: Prepared, optimizer: torch.optim.Optimizer) -> Any:
     """The training engine the flags ask for (DeepSpeed or plain/DDP)."""
     if cfg.deepspeed:
-        from utils import ds
-        config = ds.create_ds_config(cfg.optim, cfg.deepspeed_config, cfg.run.output_dir,
-                                     run.amp_dtype, run.dist.world_size)
-        ds.write_ds_config(cfg.run.output_dir, config, run.dist.rank)
-        engine_, ds_optimizer = ds.initialize(run.model, optimizer, config, run.dist.device,
-                                              cfg.optim.update_freq, cfg.run.output_dir)
+        config = deepspeed_engine.create_ds_config(cfg.optim, cfg.deepspeed_config,
+                                                   cfg.run.output_dir, run.amp_dtype,
+                                                   run.dist.world_size)
+        deepspeed_engine.write_ds_config(cfg.run.output_dir, config, run.dist.rank)
+        engine_, ds_optimizer = deepspeed_engine.initialize(
+            run.model, optimizer, config, run.dist.device, cfg.optim.update_freq,
+            cfg.run.output_dir)
         return DeepSpeedBackend(engine_, ds_optimizer)
     return PlainBackend(run.model, optimizer, run.dist.device, run.amp_dtype,
                         run.dist.distributed, cfg.optim.update_freq, cfg.optim.clip_grad,

@@ -27,6 +27,7 @@ import engine
 import utils
 from models.method_state import check_backbone
 from models.run_checkpoints import load_newest_readable, read_checkpoint, read_named_checkpoint
+from utils import deepspeed_engine
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
                        add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
                        add_schedule_args, add_video_data_args, pop_compat_args)
@@ -442,8 +443,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         # Imported before the process group exists: DeepSpeed's TorchBackend takes
         # GroupMember.WORLD as a default argument when its module is imported, a reference that
         # would keep the group (and its gloo threads) alive after the run tears it down.
-        from utils import ds
-        ds.import_deepspeed(torch.device(cfg.run.device or utils.default_device_name()))
+        deepspeed_engine.import_deepspeed(
+            torch.device(cfg.run.device or utils.default_device_name()))
     with started_run(cfg.run, force_group=cfg.deepspeed and not cfg.eval) as dist:
         path, ckpt = "", None
         if cfg.eval:

@@ -47,14 +47,14 @@ LOG = common.LOG
 # (transfer type, classes, prompt count, first block, last block; None: all blocks), in the
 # order the tasks are added; blocks are clipped to the model's depth.
 TASKS: List[Tuple[str, int, int, int, object]] = [
-    ("prompt", 101, 32, 0, None),
-    ("prompt", 51, 16, 0, 5),
+    ("apt", 101, 32, 0, None),
+    ("apt", 51, 16, 0, 5),
     ("linear", 174, 0, 0, None),
-    ("prompt", 400, 64, 4, None),
-    ("prompt", 10, 8, 0, None),
-    ("prompt", 20, 32, 6, None),
+    ("apt", 400, 64, 4, None),
+    ("apt", 10, 8, 0, None),
+    ("apt", 20, 32, 6, None),
     ("linear", 30, 0, 0, None),
-    ("prompt", 60, 48, 0, None),
+    ("apt", 60, 48, 0, None),
 ]
 
 
@@ -69,7 +69,7 @@ def write_checkpoints(args: argparse.Namespace, folder: str) -> Tuple[str, List[
     depth, paths = base.depth, []
     for i, (kind, classes, tokens, start, end) in enumerate(TASKS):
         settings = {}
-        if kind == "prompt":
+        if kind == "apt":
             end = depth - 1 if end is None else min(int(end), depth - 1)
             settings = dict(prompt_num_tokens=tokens, prompt_start=min(start, end),
                             prompt_end=end, prompt_reparam=True)
@@ -219,7 +219,7 @@ def measure(args: argparse.Namespace, paths: List[str]) -> str:
     config = (f"{args.model}, clip {args.frames}x{args.size}x{args.size}, B = {args.batch} clips "
               f"per batch split evenly over K tasks, fp32, {args.threads} threads, "
               f"{args.rounds} interleaved rounds after {args.warmup} warm-up calls each")
-    tasks = ", ".join(f"{kind} P={p}" if kind == "prompt" else kind
+    tasks = ", ".join(f"{kind} P={p}" if kind == "apt" else kind
                       for kind, _, p, _, _ in TASKS[:max(args.ks)])
     lines = ["## Many tasks on one backbone (multi-task inference)", ""]
     lines += common.header_lines(common.machine_info(), timings.load)

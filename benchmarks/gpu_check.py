@@ -86,7 +86,7 @@ class Check:
         """Flags of a small APT run into ``output_dir``; ``extra``: more (True: a bare switch,
         None/False: removed)."""
         base: Dict[str, object] = {
-            "model": self.model, "transfer_type": "prompt", "data_set": "custom",
+            "model": self.model, "transfer_type": "apt", "data_set": "custom",
             "nb_classes": self.synth["num_classes"], "data_path": self.data,
             "output_dir": output_dir, "log_dir": output_dir, "batch_size": 2,
             "batch_size_val": 4, "num_sample": 2, "input_size": self.size,

@@ -11,7 +11,7 @@ they are kept from training:
   autograd still computes their weight gradients, which are then never used;
 * ``False``: ``requires_grad=False`` as well, so only the attention implementation differs.
 
-It takes the state dict of ``models.create_model(..., transfer_type="prompt")`` (same names), and
+It takes the state dict of ``models.create_model(..., transfer_type="apt")`` (same names), and
 computes the same function (``tests/test_performance_paths.py`` checks that).
 """
 from __future__ import annotations

@@ -19,8 +19,8 @@ def type_configs(num_tokens: int) -> Dict[str, Tuple[str, dict]]:
     return {
         "end2end": ("end2end", {}),
         "linear": ("linear", {}),
-        "prompt (APT)": ("prompt", dict(prompt_num_tokens=num_tokens, prompt_reparam=True,
-                                        prompt_dropout=0.1)),
+        "prompt (APT)": ("apt", dict(prompt_num_tokens=num_tokens, prompt_reparam=True,
+                                     prompt_dropout=0.1)),
         "vpt deep": ("vpt", dict(prompt_num_tokens=num_tokens, vpt_mode="deep",
                                  prompt_dropout=0.1)),
         "vpt shallow": ("vpt", dict(prompt_num_tokens=num_tokens, vpt_mode="shallow",

@@ -2,7 +2,7 @@
 
     from models import create_model, load_pretrained
     model = create_model("vit_base_patch16_224", num_classes=101, all_frames=16,
-                         transfer_type="prompt", prompt_num_tokens=400, prompt_reparam=True)
+                         transfer_type="apt", prompt_num_tokens=400, prompt_reparam=True)
     report = load_pretrained(model, "videomae_vit_b_k400_pretrain.pth")
 """
 from __future__ import annotations

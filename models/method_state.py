@@ -21,6 +21,7 @@ import torch.nn as nn
 from utils.outputs import atomic_torch_save
 
 from .serialization import CheckpointError, torch_load
+from .transfer import canonical_transfer_type
 
 _HASH_CACHE: Dict[tuple, str] = {}
 
@@ -127,7 +128,8 @@ def check_fits(model: nn.Module, ckpt: Mapping[str, Any], source: str) -> None:
         CheckpointError: the message names the file and what differs.
     """
     method = getattr(model, "transfer", None)
-    if method is not None and ckpt.get("transfer_type") not in (None, method.name):
+    if method is not None and canonical_transfer_type(ckpt.get("transfer_type")) not in (
+            None, method.name):  # files of old runs may name the type by its former name
         raise CheckpointError(f"{source} holds a '{ckpt['transfer_type']}' model, but the model "
                               f"was built with --transfer_type {method.name}")
     own, state = model.state_dict(), ckpt["model"]

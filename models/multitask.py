@@ -53,10 +53,11 @@ task may have no clip in a batch, and B may be 0. The module is for inference on
 (``TransferMethod.fold``).
 
 **Which tasks can share a backbone.** Transfer types that leave every token and every weight of
-the backbone as it is: ``prompt`` (APT; any prompt count and block range, with or without
-``--prompt_reparam``, shared or ``--prompt_per_head`` prompts) and ``linear``. Every other type
-is refused with the reason (``REFUSED``): VPT adds tokens to the sequence, LoRA and adapters
-change the shared weights or computation, ``end2end`` / ``random`` train the backbone itself.
+the backbone as it is: ``apt`` (APT, formerly ``prompt``; any prompt count and block range,
+with or without ``--prompt_reparam``, shared or ``--prompt_per_head`` prompts) and ``linear``.
+Every other type is refused with the reason (``REFUSED``): VPT adds tokens to the sequence, LoRA
+and adapters change the shared weights or computation, ``end2end`` / ``random`` train the
+backbone itself.
 All tasks must have the same ``--model``, clip shape (``--num_frames``, ``--input_size``,
 ``--tubelet_size``) and ``--use_learnable_pos_emb``, and have been trained on the same backbone
 file (the sha256 recorded in each checkpoint's ``backbone`` entry); otherwise the constructor
@@ -86,13 +87,13 @@ from .method_state import file_sha256, load_method
 from .pretrained import load_pretrained
 from .run_checkpoints import read_checkpoint
 from .serialization import CheckpointError
-from .transfer import make_config
+from .transfer import canonical_transfer_type, make_config
 from .vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
 # Transfer types that add only extra keys/values (APT) or only a head (linear probing).
-SHARED_BACKBONE_TYPES = ("prompt", "linear")
+SHARED_BACKBONE_TYPES = ("apt", "linear")
 # Why each other type cannot share one forward pass of the backbone with other tasks.
 REFUSED = {
     "vpt": "VPT inserts its prompts into the token sequence, so its clips run the backbone on "
@@ -332,7 +333,8 @@ class MultiTaskModel(nn.Module):
 
 # --- reading the checkpoints ---------------------------------------------------------------
 def _check_type(path: str, ckpt: Mapping[str, Any]) -> None:
-    kind = ckpt.get("transfer_type") or (ckpt.get("args") or {}).get("transfer_type")
+    kind = canonical_transfer_type(ckpt.get("transfer_type")
+                                   or (ckpt.get("args") or {}).get("transfer_type"))
     if kind in SHARED_BACKBONE_TYPES:
         return
     why = REFUSED.get(kind, f"only {' and '.join(SHARED_BACKBONE_TYPES)} tasks leave the "
@@ -350,7 +352,8 @@ def _run_flags(path: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
         raise CheckpointError(f"{path} records no {', '.join('--' + k for k in missing)} in its "
                               f"'args', so its architecture is unknown: multi-task inference "
                               f"takes training checkpoints of run_class_apt.py")
-    flags["transfer_type"] = ckpt.get("transfer_type") or flags.get("transfer_type")
+    flags["transfer_type"] = canonical_transfer_type(ckpt.get("transfer_type")
+                                                     or flags.get("transfer_type"))
     for k, v in _FLAG_DEFAULTS.items():
         flags.setdefault(k, v)
     return flags
@@ -449,7 +452,7 @@ def _read_task(name: str, path: str, ckpt: Mapping[str, Any], flags: Mapping[str
     method.fold(model)  # APT with --prompt_reparam: the scales into the prompts
     prompts: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(model.blocks)
     per_head = False
-    if method.name == "prompt":
+    if method.name == "apt":
         per_head = method.per_head
         k, v = model.prompt_embeddings_k.detach(), model.prompt_embeddings_v.detach()
         for j in range(k.shape[0]):  # (L, [H,] P, hd): block start + j

@@ -5,14 +5,22 @@ checkpoints load unchanged: Conv3d tubelet embedding, fixed 1-D sin-cos position
 blocks with separate ``q_bias``/``v_bias`` (the key bias is fixed at zero), mean pooling into
 ``fc_norm`` and a linear ``head``.
 
-Transfer types (``models/transfer``) change the network only through these slots:
+Transfer types (``models/transfer``) change the network only through these hook points:
 
 * ``Attention.forward(x, extra_kv, kv_mask)``: extra keys/values (APT prompts) concatenated to K
   and V; ``kv_mask`` optionally leaves some of them out per sample (padding when the samples of
   one batch have different prompt counts: ``models/multitask.py``).
-* ``Attention.qkv_delta``: a module that adapts the qkv projection's output (LoRA).
-* ``Block.attn_adapter`` / ``Block.mlp_adapter``: side modules on the attention output and beside
-  the MLP (Approximated Prompt Tuning, AdaptFormer).
+* Three sub-modules, each an ``Unadapted`` hook (returns the output it is given) until a
+  transfer type puts its own module there; a hook is called as ``hook(input, output)`` and
+  returns the output the block goes on with:
+
+  - ``Attention.qkv_delta(x, qkv)``: the qkv projection's output (LoRA);
+  - ``Block.attn_adapter(norm1(x), attn_out)``: the attention output, before layer scale and the
+    residual (Approximated Prompt Tuning);
+  - ``Block.mlp_adapter(norm2(x), x)``: the block's output after the MLP residual, for a branch
+    beside the MLP, outside its drop path (AdaptFormer).
+
+  The names are those of the parameters a checkpoint stores (``blocks.3.mlp_adapter.up.weight``).
 * ``VisionTransformer.transfer``: the method object; asked before every block for extra
   keys/values and for token-sequence edits (VPT), and how many prefix tokens to drop before pooling.
 """
@@ -95,6 +103,17 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
 
 
+class Unadapted(nn.Module):
+    """The hook of a block that no transfer type adapts: ``hook(input, output)`` is ``output``.
+
+    No parameters and no tensor operation, so an unadapted block computes what VideoMAE's does,
+    bit for bit. A transfer type replaces it with a module of the same call signature.
+    """
+
+    def forward(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with VideoMAE's biases and optional extra keys/values.
 
@@ -128,7 +147,7 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(all_head_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.qkv_delta: Optional[nn.Module] = None  # LoRA slot: (x, qkv) -> adapted qkv
+        self.qkv_delta: nn.Module = Unadapted()  # hook (x, qkv) -> qkv (LoRA)
 
     def qkv_bias(self) -> Optional[torch.Tensor]:
         if self.q_bias is None:
@@ -169,9 +188,7 @@ class Attention(nn.Module):
                 computation is the one without a mask.
         """
         B, N, _ = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
-        if self.qkv_delta is not None:
-            qkv = self.qkv_delta(x, qkv)
+        qkv = self.qkv_delta(x, F.linear(x, self.qkv.weight, self.qkv_bias()))
         # Split along the (B, N, 3, H, hd) axis and transpose each part, rather than permute the
         # 5-D view and unbind: same views, but the backward then stacks dq, dk, dv straight into
         # the qkv layout (one copy) instead of stacking them head-major and copying again.
@@ -223,27 +240,24 @@ class Block(nn.Module):
             self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
         else:
             self.gamma_1 = self.gamma_2 = None
-        self.attn_adapter: Optional[nn.Module] = None  # (norm1(x), attn out) -> new attn out
-        self.mlp_adapter: Optional[nn.Module] = None  # norm2(x) -> added beside the MLP
+        # The hooks a transfer type replaces (module docstring); identities until then.
+        self.attn_adapter: nn.Module = Unadapted()  # (norm1(x), attn out) -> attn out
+        self.mlp_adapter: nn.Module = Unadapted()  # (norm2(x), x after the MLP residual) -> x
+
+    @staticmethod
+    def _layer_scale(gamma: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``gamma * x`` with VideoMAE's layer scale (``init_values`` > 0), else ``x``."""
+        return x if gamma is None else gamma * x
 
     def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None,
                 kv_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args: x (B, N, dim); ``extra_kv`` and ``kv_mask`` as ``Attention.forward`` takes them."""
         h = self.norm1(x)
-        a = self.attn(h, extra_kv, kv_mask)
-        if self.attn_adapter is not None:
-            a = self.attn_adapter(h, a)
-        if self.gamma_1 is not None:
-            a = self.gamma_1 * a
-        x = x + self.drop_path(a)
+        a = self.attn_adapter(h, self.attn(h, extra_kv, kv_mask))
+        x = x + self.drop_path(self._layer_scale(self.gamma_1, a))
         h = self.norm2(x)
-        m = self.mlp(h)
-        if self.gamma_2 is not None:
-            m = self.gamma_2 * m
-        x = x + self.drop_path(m)
-        if self.mlp_adapter is not None:  # AdaptFormer: parallel branch outside the drop path
-            x = x + self.mlp_adapter(h)
-        return x
+        x = x + self.drop_path(self._layer_scale(self.gamma_2, self.mlp(h)))
+        return self.mlp_adapter(h, x)
 
 
 class VisionTransformer(nn.Module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import create_model, list_models
-from models.vit import sincos_position_table
+from models.vit import Block, Unadapted, sincos_position_table
 from tests.helpers import tiny_clip, tiny_model
 
 
@@ -119,6 +119,56 @@ def test_layer_scale_drop_path_and_dropouts_run():
     out = m(tiny_clip())
     out.sum().backward()
     assert m.blocks[0].gamma_1.grad is not None
+
+
+def test_an_unadapted_block_is_videomaes_block_bit_for_bit():
+    """Its hooks are parameter-free identities: the output is the pre-norm block with layer
+    scale, operation for operation, and the state dict holds the block's own tensors only."""
+    torch.manual_seed(0)
+    blk = Block(64, 4, qkv_bias=True, init_values=0.1).eval()
+    assert all(isinstance(h, Unadapted) for h in (blk.attn.qkv_delta, blk.attn_adapter,
+                                                  blk.mlp_adapter))
+    assert not any(k.split(".")[0] in ("attn_adapter", "mlp_adapter") or ".qkv_delta" in k
+                   for k in blk.state_dict())
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        x1 = x + blk.gamma_1 * blk.attn(blk.norm1(x))
+        expected = x1 + blk.gamma_2 * blk.mlp(blk.norm2(x1))
+        assert torch.equal(blk(x), expected)
+
+
+def test_a_block_hook_gets_its_input_and_output_and_its_return_goes_on():
+    """What a transfer type relies on: each hook point is called as ``hook(input, output)``."""
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, inp, out):
+            seen[self.name] = (inp, out)
+            return 2 * out
+
+    torch.manual_seed(0)
+    blk = Block(64, 4, qkv_bias=True).eval()
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        plain = blk(x)
+        for name in ("attn_adapter", "mlp_adapter"):
+            setattr(blk, name, Recorder(name))
+        blk.attn.qkv_delta = Recorder("qkv_delta")
+        hooked = blk(x)
+        h1 = blk.norm1(x)
+        assert torch.equal(seen["qkv_delta"][0], h1) and seen["qkv_delta"][1].shape == (2, 8, 192)
+        assert torch.equal(seen["attn_adapter"][0], h1)
+        attn_out = seen["attn_adapter"][1]
+        assert torch.equal(attn_out, blk.attn(h1))  # the attention output (of the hooked qkv)
+        x1 = x + 2 * attn_out
+        assert torch.equal(seen["mlp_adapter"][0], blk.norm2(x1))
+        assert torch.equal(seen["mlp_adapter"][1], x1 + blk.mlp(blk.norm2(x1)))
+        assert torch.equal(hooked, 2 * seen["mlp_adapter"][1])
+        assert not torch.equal(hooked, plain)
 
 
 def test_head_init_scale():

@@ -178,6 +178,31 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, data, monkeypat
         run_main(tiny_argv(data, str(tmp_path / "run"), "linear"))
 
 
+def test_a_checkpoint_naming_apt_by_its_former_name_evaluates_and_resumes(tmp_path, data,
+                                                                          backbone, caplog):
+    """Old runs saved ``transfer_type: "prompt"`` (APT's former name) in their checkpoints and
+    flags: ``--eval`` reads them as ``apt`` (same numbers, no warning of a changed type), and
+    training resumes from them, saving the registered name."""
+    out = str(tmp_path / "run")
+    run_main(tiny_argv(data, out, "apt", finetune=backbone, disable_eval_during_finetuning=True))
+    first = final_record(out)
+    last = os.path.join(out, "checkpoint-last.pth")
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["transfer_type"] == "apt" == ckpt["args"]["transfer_type"]
+    ckpt["transfer_type"] = ckpt["args"]["transfer_type"] = "prompt"
+    torch.save(ckpt, last)
+    with caplog.at_level("WARNING"):
+        run_main(tiny_argv(data, str(tmp_path / "eval"), "apt", eval=True, resume=last))
+    assert "--transfer_type" not in caplog.text
+    again = final_record(str(tmp_path / "eval"))
+    assert (again["Final top-1"], again["Final top-5"]) == \
+        (first["Final top-1"], first["Final top-5"])
+    run_main(tiny_argv(data, out, "prompt", finetune=backbone, epochs=2,
+                       disable_eval_during_finetuning=True))  # auto-resumes from checkpoint-last
+    assert [r["epoch"] for r in read_log(out) if "epoch" in r] == [0, 1]
+    assert torch.load(last, weights_only=True)["transfer_type"] == "apt"
+
+
 def test_eval_without_a_checkpoint_is_an_error(tmp_path, data):
     out = str(tmp_path / "empty")
     with pytest.raises(run_class_apt.ConfigError, match="--eval needs a trained checkpoint"):

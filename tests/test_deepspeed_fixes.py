@@ -22,6 +22,7 @@ import torch.nn as nn
 
 import utils
 from tests.engine_helpers import ROOT, subprocess_env
+from utils import deepspeed_engine
 from utils.backend import DeepSpeedBackend
 
 pytest.importorskip("deepspeed")
@@ -42,14 +43,13 @@ def _user_file(tmp_path, stage: int) -> str:
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero12_config_allows_the_sgd_client_optimizer(tmp_path, stage):
-    from utils import ds
-    config = ds.create_ds_config(_optim("sgd"), _user_file(tmp_path, stage), str(tmp_path / "out"),
-                                 None, 1)
+    config = deepspeed_engine.create_ds_config(_optim("sgd"), _user_file(tmp_path, stage),
+                                               str(tmp_path / "out"), None, 1)
     assert config["zero_optimization"]["stage"] == stage
     assert config["zero_allow_untested_optimizer"] is True
     # AdamW is in DeepSpeed's tested list: nothing is loosened for it
-    config = ds.create_ds_config(_optim("adamw"), _user_file(tmp_path, stage),
-                                 str(tmp_path / "out"), None, 1)
+    config = deepspeed_engine.create_ds_config(_optim("adamw"), _user_file(tmp_path, stage),
+                                               str(tmp_path / "out"), None, 1)
     assert "zero_allow_untested_optimizer" not in config
 
 
@@ -58,9 +58,8 @@ def test_zero12_config_passes_deepspeeds_own_optimizer_check(tmp_path, monkeypat
     config this project builds, without starting an engine."""
     from deepspeed.runtime.config import DeepSpeedConfig
     from deepspeed.runtime.engine import DeepSpeedEngine
-    from utils import ds
-    config = ds.create_ds_config(_optim("sgd"), _user_file(tmp_path, 2), str(tmp_path / "out"),
-                                 None, 1)
+    config = deepspeed_engine.create_ds_config(_optim("sgd"), _user_file(tmp_path, 2),
+                                               str(tmp_path / "out"), None, 1)
     fake = SimpleNamespace(_config=DeepSpeedConfig(config), global_rank=0)
     for name in ("zero_optimization", "zero_optimization_stage", "zero_allow_untested_optimizer",
                  "get_data_types", "zero_cpu_offload", "zero_compute_grad_norm"):
@@ -75,10 +74,9 @@ def test_zero12_config_passes_deepspeeds_own_optimizer_check(tmp_path, monkeypat
 
 
 def test_zero3_is_refused_naming_the_flag_and_stage(tmp_path):
-    from utils import ds
     with pytest.raises(ValueError, match=r"--deepspeed_config .*ZeRO stage 3 is not supported"):
-        ds.create_ds_config(_optim("adamw"), _user_file(tmp_path, 3), str(tmp_path / "out"),
-                            None, 1)
+        deepspeed_engine.create_ds_config(_optim("adamw"), _user_file(tmp_path, 3),
+                                          str(tmp_path / "out"), None, 1)
 
 
 # -------------------------------------------------------------- grad norm and loss scale (fakes)
@@ -190,7 +188,7 @@ _SCRIPT = r'''
 import copy, json, math, os, sys
 import torch, torch.distributed as dist, torch.nn as nn
 from types import SimpleNamespace
-from utils import ds
+from utils import deepspeed_engine
 from utils.backend import DeepSpeedBackend
 
 dist.init_process_group("gloo", rank=0, world_size=1)
@@ -215,9 +213,9 @@ def one_case(name, stage, dtype):
     with open(user, "w") as f:
         json.dump({"zero_optimization": {"stage": stage}}, f)
     optim = SimpleNamespace(batch_size=2, update_freq=1, clip_grad=None, opt="sgd")
-    config = ds.create_ds_config(optim, user, os.path.join(out, name), dtype, 1)
-    engine, ds_opt = ds.initialize(model, sgd, config, torch.device("cpu"), 1,
-                                   os.path.join(out, name))
+    config = deepspeed_engine.create_ds_config(optim, user, os.path.join(out, name), dtype, 1)
+    engine, ds_opt = deepspeed_engine.initialize(model, sgd, config, torch.device("cpu"), 1,
+                                                 os.path.join(out, name))
     backend = DeepSpeedBackend(engine, ds_opt)
     before = [p.detach().double().clone() for p in model.parameters()]
     loss = nn.functional.cross_entropy(backend.model(backend.cast_input(x)).float(), y)

@@ -269,7 +269,7 @@ def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     path = _save(_save_args(tmp_path), model, "3", 3, step=12, optimizer=optimizer)
     obj = torch.load(path, weights_only=True)
-    assert obj["epoch"] == 3 and obj["step"] == 12 and obj["transfer_type"] == "prompt"
+    assert obj["epoch"] == 3 and obj["step"] == 12 and obj["transfer_type"] == "apt"
     assert obj["args"]["opt_betas"] == [0.9, 0.999] and obj["args"]["lr"] == "inf"
     assert set(obj["model"]) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert obj["backbone"] == {"path": None, "sha256": None}

@@ -253,7 +253,7 @@ def test_resume_into_another_transfer_type_names_the_file(tmp_path, data, backbo
     error = _refused(run_class_apt.cli, tiny_argv(data, out, "prompt", finetune=backbone, epochs=2,
                                                   disable_eval_during_finetuning=True), caplog)
     assert os.path.join(out, "checkpoint-last.pth") in error and "<checkpoint>" not in error
-    assert "'linear' model" in error and "--transfer_type prompt" in error
+    assert "'linear' model" in error and "--transfer_type apt" in error
     assert _checkpoints(out) == before
 
 

@@ -172,6 +172,25 @@ def test_types_that_change_the_backbone_are_refused_with_the_reason(tasks, name,
     assert path in str(err.value) and f"--transfer_type {name}" in str(err.value)
 
 
+def test_checkpoints_naming_apt_by_its_former_name_share_the_backbone(tasks, tmp_path):
+    """Checkpoints of old runs say ``transfer_type: "prompt"`` (APT's former name): the same
+    task, the same logits."""
+    backbone, _, made = tasks
+    ckpt = torch.load(made["apt5"][0], weights_only=False)
+    assert ckpt["transfer_type"] == "apt" == ckpt["args"]["transfer_type"]  # what runs save now
+    ckpt["transfer_type"] = ckpt["args"]["transfer_type"] = "prompt"
+    old = str(tmp_path / "old_apt5.pth")
+    torch.save(ckpt, old)
+    mt = MultiTaskModel({"old": old, "linear": made["linear"][0]}, backbone=backbone,
+                        architecture=ARCH)
+    assert mt.transfer_types == ["apt", "linear"]
+    clips = tiny_clip(batch=3)
+    with torch.no_grad():
+        out = mt(clips, torch.tensor([0, 1, 0]))
+        for i in (0, 2):
+            torch.testing.assert_close(out[i], made["apt5"][1](clips[i:i + 1])[0], **TOL)
+
+
 def test_another_backbone_file_is_refused_naming_both_files(tasks):
     backbone, folder, made = tasks
     other = _backbone_file(folder, seed=5)

@@ -81,7 +81,7 @@ def test_script_optimizer_groups_equal_the_original(script, fake_bin, tmp_path):
     ours = our_groups(optim_factory.build_optimizer(from_namespace(OptimConfig, args), model))
     expected = original_groups(model, args.weight_decay, args.layer_decay, args.transfer_type)
     assert ours == expected
-    if args.transfer_type == "prompt":  # the case this test exists for: APT's prompts decay
+    if args.transfer_type == "apt":  # the case this test exists for: APT's prompts decay
         decayed = {n for n, (wd, _) in ours.items() if wd > 0}
         assert {"prompt_embeddings_k", "prompt_embeddings_v"} <= decayed
         assert "prompt_scale" in decayed or not args.prompt_reparam

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 import run_class_apt
+from models.transfer import TRANSFER_TYPES, canonical_transfer_type
 from tests.engine_helpers import ROOT
 
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "scripts", "**", "*.sh"), recursive=True) +
@@ -92,11 +94,20 @@ def test_script_flags_parse(script, fake_bin, tmp_path):
     assert args.output_dir == str(tmp_path / "out")
     kind = name[:-3]
     if kind == "finetune":  # the published APT settings (values: ORIGINAL_SETTINGS below)
-        assert args.transfer_type == "prompt"
+        assert args.transfer_type == "apt"
     elif kind == "eval":
         assert args.eval and args.resume == ""
     else:
         assert args.transfer_type == {"linear": "linear", "vpt": "vpt", "end2end": "end2end"}[kind]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_scripts_spell_transfer_types_by_their_registered_names(script):
+    """The scripts show the documented spelling (``apt``), not a former name the parser still
+    accepts (``prompt``)."""
+    with open(script) as f:
+        names = re.findall(r"--transfer_type[ =]+(\S+)", f.read())
+    assert all(n in TRANSFER_TYPES for n in names), names
 
 
 def test_eval_script_passes_the_checkpoint(fake_bin, tmp_path):
@@ -112,7 +123,7 @@ def test_slurm_examples_parse(script, fake_bin, tmp_path):
     assert launcher[0] == "srun"
     if "torchrun" in launcher:
         assert "--nnodes=2" in launcher and "--rdzv_endpoint=node001:29500" in launcher
-    assert args.transfer_type == "prompt" and args.prompt_num_tokens == 400
+    assert args.transfer_type == "apt" and args.prompt_num_tokens == 400
 
 
 def test_original_readme_command_parses_unchanged():
@@ -204,6 +215,8 @@ def test_original_settings_table_is_one_row_per_script():
 @pytest.mark.parametrize("row", ORIGINAL_SETTINGS, ids=lambda r: "/".join(r[:3]))
 def test_script_matches_the_original(row, fake_bin, tmp_path):
     ds, bb, kind, expected, source = row
+    # The original code names APT `prompt`, this project's former name of `apt`: the same value.
+    expected = {**expected, "transfer_type": canonical_transfer_type(expected["transfer_type"])}
     script = os.path.join(ROOT, "scripts", ds, f"vit_{bb}", kind)
     _, args = _launched_flags(script, fake_bin, tmp_path)
     got = {key: getattr(args, key) for key in expected}

@@ -8,6 +8,10 @@ import torch.nn.functional as F
 
 from models import (TRANSFER_TYPES, CheckpointError, cost_report, count_forward_flops,
                     create_model, load_method, load_pretrained, save_method)
+from models.transfer import (TRANSFER_ALIASES, TransferMethod, canonical_transfer_type,
+                             get_transfer_class, make_config, register_transfer)
+from models.transfer.apt import AttentionPromptTuning
+import run_class_apt
 from tests.helpers import tiny_clip, tiny_model
 
 ALL_TYPES = sorted(TRANSFER_TYPES)
@@ -15,7 +19,35 @@ METHOD_KW = dict(prompt_num_tokens=3, prompt_reparam=True, lora_rank=2, adapter_
 
 
 def test_every_documented_type_is_registered():
-    assert set(ALL_TYPES) == {"random", "end2end", "linear", "prompt", "vpt", "approx", "adapter", "lora"}
+    assert set(ALL_TYPES) == {"random", "end2end", "linear", "apt", "vpt", "approx", "adapter", "lora"}
+
+
+def test_prompt_is_apts_former_name_everywhere_a_type_name_is_read():
+    assert TRANSFER_ALIASES == {"prompt": "apt"}
+    assert canonical_transfer_type("prompt") == "apt" == canonical_transfer_type("apt")
+    assert canonical_transfer_type("lora") == "lora" and canonical_transfer_type(None) is None
+    assert get_transfer_class("prompt") is get_transfer_class("apt") is AttentionPromptTuning
+    assert make_config("prompt", {"prompt_num_tokens": 3}) == \
+        make_config("apt", {"prompt_num_tokens": 3})
+    old, new = tiny_model("prompt", prompt_num_tokens=3), tiny_model("apt", prompt_num_tokens=3)
+    assert old.transfer.name == new.transfer.name == "apt"
+    assert old.state_dict().keys() == new.state_dict().keys()
+    assert "prompt" not in TRANSFER_TYPES  # listed once, under its name
+    with pytest.raises(ValueError, match="'prompt' is already another type's"):
+        register_transfer("prompt2", aliases=("prompt",))(type("Other", (TransferMethod,), {}))
+    with pytest.raises(ValueError, match="'lora' is already another type's"):
+        register_transfer("lora2", aliases=("lora",))(type("Other", (TransferMethod,), {}))
+    assert "prompt2" not in TRANSFER_TYPES and "lora2" not in TRANSFER_TYPES
+
+
+def test_the_transfer_type_flag_reads_the_former_name_as_apt(capsys):
+    parser = run_class_apt.get_args_parser()
+    assert parser.parse_args([]).transfer_type == "apt"
+    assert parser.parse_args(["--transfer_type", "prompt"]).transfer_type == "apt"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--transfer_type", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    assert "prompt: former name of apt" in parser.format_help()
 
 
 @pytest.mark.parametrize("transfer_type", ALL_TYPES)
@@ -245,8 +277,9 @@ def test_adapter_and_lora_start_as_the_frozen_model_and_follow_their_equations()
     ad = m.blocks[0].mlp_adapter
     with torch.no_grad():
         ad.up.weight.normal_(0, 0.1)
-        h = torch.randn(2, 8, 64)
-        torch.testing.assert_close(ad(h), 0.1 * (torch.relu(h @ ad.down.weight.t() + ad.down.bias) @ ad.up.weight.t() + ad.up.bias))
+        h, x = torch.randn(2, 8, 64), torch.randn(2, 8, 64)
+        torch.testing.assert_close(ad.branch(h), 0.1 * (torch.relu(h @ ad.down.weight.t() + ad.down.bias) @ ad.up.weight.t() + ad.up.bias))
+        assert torch.equal(ad(h, x), x + ad.branch(h))  # the hook adds the branch to the block output
     m = tiny_model("lora", lora_rank=2, lora_alpha=4).eval()
     attn = m.blocks[0].attn
     lora = attn.qkv_delta
@@ -370,7 +403,7 @@ def test_gflops_of_apt_and_vpt_on_vit_base_follow_the_analytic_counts():
 def test_cost_report_is_the_json_contract():
     report = cost_report(tiny_model("prompt", prompt_num_tokens=2), num_frames=4, input_size=32)
     assert {"model", "transfer_type", "params", "trainable_params", "gflops"} <= set(report)
-    assert report["transfer_type"] == "prompt" and report["trainable_params"] < report["params"]
+    assert report["transfer_type"] == "apt" and report["trainable_params"] < report["params"]
 
 
 # --- bad input ------------------------------------------------------------------------------

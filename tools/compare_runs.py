@@ -39,7 +39,7 @@ if ROOT not in sys.path:
 logger = logging.getLogger("compare_runs")
 
 # How a transfer type is named in the table (a type not listed shows its registered name).
-TYPE_NAMES = {"prompt": "APT", "vpt": "VPT", "lora": "LoRA", "approx": "approx. prompts",
+TYPE_NAMES = {"apt": "APT", "vpt": "VPT", "lora": "LoRA", "approx": "approx. prompts",
               "random": "from scratch"}
 # Short forms of known settings; any other setting shows as ``name=value``.
 SHORT = {"prompt_num_tokens": "P", "lora_rank": "r", "lora_alpha": "a", "adapter_dim": "d",
@@ -184,8 +184,9 @@ class ArchitectureCosts:
         self.cache: Dict[str, Dict[str, Any]] = {}
 
     def of(self, saved: Dict[str, Any], where: str) -> Optional[Dict[str, Any]]:
-        """``{"depth", "trainable_params", "gflops", "method"}`` of the run whose ``args.json``
-        is ``saved`` (``where`` names it in warnings); None where it cannot be rebuilt."""
+        """``{"depth", "trainable_params", "gflops", "method", "transfer_type"}`` of the run
+        whose ``args.json`` is ``saved`` (``where`` names it in warnings); None where it cannot
+        be rebuilt."""
         from utils.config import FinetuneConfig
         try:  # flags this checkout refuses (a removed type or model, a bad setting)
             cfg = FinetuneConfig.from_args(saved_namespace(saved)).model
@@ -197,7 +198,7 @@ class ArchitectureCosts:
             logger.warning("%s: cannot rebuild the model (%s); its GFLOPs are left out", where,
                            err)
             return None
-        return {**self.cache[key], "method": cfg.method}
+        return {**self.cache[key], "method": cfg.method, "transfer_type": cfg.transfer_type}
 
     def _count(self, cfg: Any) -> Dict[str, Any]:
         import torch
@@ -234,7 +235,8 @@ def method_label(transfer_type: str, settings: Dict[str, Any], depth: Optional[i
         settings: the run's values of the type's settings (missing ones take the default).
         depth: the backbone's block count (resolves the default block range), or None.
     """
-    from models.transfer import resolve_block_range, setting_fields
+    from models.transfer import canonical_transfer_type, resolve_block_range, setting_fields
+    transfer_type = canonical_transfer_type(transfer_type)  # runs of old code: a former name
     name = TYPE_NAMES.get(transfer_type, transfer_type)
     try:
         fields = setting_fields(transfer_type)
@@ -278,8 +280,8 @@ def backbone_name(saved: Dict[str, Any]) -> str:
     if "backbone_loaded" in saved:
         path = saved["backbone_loaded"]
     else:
-        from models.transfer import TRANSFER_TYPES
-        method = TRANSFER_TYPES.get(saved.get("transfer_type", ""))
+        from models.transfer import TRANSFER_TYPES, canonical_transfer_type
+        method = TRANSFER_TYPES.get(canonical_transfer_type(saved.get("transfer_type", "")))
         path = saved.get("finetune") if method is None or method.loads_pretrained else None
     return os.path.basename(os.path.normpath(path)) if path else "random init"
 
@@ -319,7 +321,8 @@ def make_row(run_dir: str, saved: Dict[str, Any], costs: ArchitectureCosts) -> R
     best = max(validated, key=lambda r: r["val_acc1"], default=None)  # first of equal ones
     counted = [r["n_parameters"] for r in epochs if "n_parameters" in r]
     model = costs.of(saved, os.path.join(run_dir, "args.json"))
-    transfer_type = str(saved.get("transfer_type", "?"))
+    # The registered name (a run of old code may save a former one), as the model was rebuilt.
+    transfer_type = model["transfer_type"] if model else str(saved.get("transfer_type", "?"))
     settings = model["method"].to_dict() if model else saved
     return Row(
         run=run_dir, status=status_of(records, final, done, planned),

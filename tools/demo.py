@@ -136,7 +136,7 @@ def methods(cfg: DemoConfig) -> List[Method]:
                "best val top-1 of 0.16/0.48 (79.7/85.9%, `--select`)"),
         Method("VPT-deep", "vpt", True, 0.48, "APT's value (same prompt count)",
                ["--vpt_mode", "deep", *p]),
-        Method("APT (ours)", "prompt", True, 0.48,
+        Method("APT (ours)", "apt", True, 0.48,
                "best val top-1 of 0.16/0.48 (81.2/85.9%, `--select`)",
                ["--prompt_reparam", *p]),
         Method("adapter", "adapter", True, 0.16, "1e-2 at batch 16, between APT's and end2end's"),

@@ -8,7 +8,7 @@
 * :mod:`utils.config`: the immutable settings a command line becomes.
 * :mod:`utils.run`: what every training script does around its loop (start, seeds, records).
 * :mod:`utils.backend`: the plain/DDP and DeepSpeed training engines behind one interface.
-* :mod:`utils.ds`: DeepSpeed config and engine.
+* :mod:`utils.deepspeed_engine`: DeepSpeed config and engine.
 
 Checkpoints: foreign weights are read by :mod:`models.pretrained`, a method's tensors by
 :mod:`models.method_state`, run checkpoint files by :mod:`models.run_checkpoints`; training

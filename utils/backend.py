@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .amp import NativeScalerWithGradNormCount, autocast, get_grad_norm_
+from .deepspeed_engine import input_dtype
 
 
 class PlainBackend:
@@ -102,7 +103,8 @@ class PlainBackend:
 
 
 class DeepSpeedBackend:
-    """A DeepSpeed engine (``utils.ds.initialize``); it accumulates, clips and scales itself.
+    """A DeepSpeed engine (``utils.deepspeed_engine.initialize``); it accumulates, clips and
+    scales itself.
 
     Args:
         engine: the DeepSpeed engine wrapping the model.
@@ -112,7 +114,6 @@ class DeepSpeedBackend:
     is_deepspeed = True
 
     def __init__(self, engine: Any, optimizer: Any) -> None:
-        from .ds import input_dtype
         self.model = engine
         self.module = engine.module
         self.device = next(self.module.parameters()).device

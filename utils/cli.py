@@ -41,11 +41,16 @@ def add_method_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     A setting shared by several types (``--prompt_num_tokens``) is one flag; its help names the
     types that read it. Booleans are switches (``--prompt_reparam``).
     """
-    from models.transfer import TRANSFER_TYPES, all_setting_fields
+    from models.transfer import (TRANSFER_ALIASES, TRANSFER_TYPES, all_setting_fields,
+                                 canonical_transfer_type)
     g = parser.add_argument_group("transfer type (flags from each type's settings dataclass)")
-    g.add_argument("--transfer_type", default="prompt", choices=sorted(TRANSFER_TYPES),
+    # A former name (``prompt``) becomes the registered one (``apt``) as the flag is read.
+    g.add_argument("--transfer_type", default="apt", type=canonical_transfer_type,
+                   choices=sorted(TRANSFER_TYPES),
                    help="how the backbone is adapted: " + ", ".join(
-                       f"{n} ({TRANSFER_TYPES[n].__name__})" for n in sorted(TRANSFER_TYPES)))
+                       f"{n} ({TRANSFER_TYPES[n].__name__})" for n in sorted(TRANSFER_TYPES))
+                   + "".join(f"; {a}: former name of {n}" for a, n in
+                             sorted(TRANSFER_ALIASES.items())))
     for name, (f, types) in all_setting_fields().items():
         hints = typing.get_type_hints(TRANSFER_TYPES[types[0]].config_class)
         kind = _flag_type(hints[name])

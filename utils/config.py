@@ -240,10 +240,12 @@ class ModelConfig:
     def with_architecture(self, saved: Dict[str, Any]) -> Tuple["ModelConfig", List[str]]:
         """These settings with the architecture of a checkpoint's saved flags; returns the new
         settings and one line per flag that changed."""
-        from models.transfer import make_config, setting_fields
-        transfer_type = saved.get("transfer_type", self.transfer_type)
-        backbone = {k: saved[k] for k in self.ARCHITECTURE if k in saved}
-        current = self.method.to_dict() if transfer_type == self.transfer_type else {}
+        from models.transfer import canonical_transfer_type, make_config, setting_fields
+        transfer_type = canonical_transfer_type(saved.get("transfer_type", self.transfer_type))
+        backbone = {**{k: saved[k] for k in self.ARCHITECTURE if k in saved},
+                    "transfer_type": transfer_type}
+        same = transfer_type == canonical_transfer_type(self.transfer_type)
+        current = self.method.to_dict() if same else {}
         method = make_config(transfer_type, {k: saved.get(k, current.get(k, f.default))
                                              for k, f in setting_fields(transfer_type).items()})
         new = dataclasses.replace(self, **backbone, method=method)
@@ -361,12 +363,13 @@ class FinetuneConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "FinetuneConfig":
         from datasets import num_classes_for
-        from models.transfer import make_config, setting_fields
+        from models.transfer import canonical_transfer_type, make_config, setting_fields
         method = make_config(args.transfer_type, {k: getattr(args, k)
                                                   for k in setting_fields(args.transfer_type)})
         num_classes = num_classes_for(args)
-        return cls(
-            model=from_namespace(ModelConfig, args, method=method, num_classes=num_classes),
+        return cls(  # the model's transfer type by its registered name (old runs: an alias)
+            model=from_namespace(ModelConfig, args, method=method, num_classes=num_classes,
+                                 transfer_type=canonical_transfer_type(args.transfer_type)),
             data=from_namespace(DataConfig, args, nb_classes=num_classes),
             optim=from_namespace(OptimConfig, args), train=from_namespace(TrainConfig, args),
             run=from_namespace(RunConfig, args), backbone=from_namespace(BackboneSource, args),

@@ -8,17 +8,18 @@ without any other edit (``models/transfer/base.py``).
 import importlib
 import pkgutil
 
-from .base import (TRANSFER_TYPES, BlockRange, MethodConfig, PromptSettings, TransferMethod,
-                   all_setting_fields, classifier_modules, folded_for_inference,
-                   get_transfer_class, make_config, register_transfer, resolve_block_range,
-                   setting, setting_fields)
+from .base import (TRANSFER_ALIASES, TRANSFER_TYPES, BlockRange, MethodConfig, PromptSettings,
+                   TransferMethod, all_setting_fields, canonical_transfer_type,
+                   classifier_modules, folded_for_inference, get_transfer_class, make_config,
+                   register_transfer, resolve_block_range, setting, setting_fields)
 
 # Import every module of the folder for its registration side effect, in a fixed order.
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["TRANSFER_TYPES", "BlockRange", "MethodConfig", "PromptSettings", "TransferMethod",
-           "all_setting_fields", "classifier_modules", "folded_for_inference",
+__all__ = ["TRANSFER_ALIASES", "TRANSFER_TYPES", "BlockRange", "MethodConfig", "PromptSettings",
+           "TransferMethod", "all_setting_fields", "canonical_transfer_type",
+           "classifier_modules", "folded_for_inference",
            "get_transfer_class", "make_config", "register_transfer", "resolve_block_range",
            "setting", "setting_fields"]

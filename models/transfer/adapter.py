@@ -15,7 +15,7 @@ from .base import BlockRange, TransferMethod, register_transfer, setting
 
 
 class Adapter(nn.Module):
-    """The per-block module placed in ``Block.mlp_adapter``."""
+    """The per-block module placed in ``Block.mlp_adapter``: ``x + branch(norm2(x))``."""
 
     def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1) -> None:
         super().__init__()
@@ -26,8 +26,14 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.up.bias)
         self.scale = scale
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's output ``s * up(relu(down(h)))`` for the MLP's input ``h``."""
         return self.scale * self.up(torch.relu(self.down(h)))
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Args: h (B, N, dim) the MLP's input ``norm2(x)``; x the block's output after the MLP
+        residual. Returns ``x`` plus the branch (added last, outside the MLP's drop path)."""
+        return x + self.branch(h)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ import torch
 import torch.nn as nn
 
 TRANSFER_TYPES: Dict[str, Type["TransferMethod"]] = {}
+# Former names of registered types, still accepted wherever a type name is read (old commands and
+# checkpoints saved by old runs): alias -> registered name. ``canonical_transfer_type`` reads it.
+TRANSFER_ALIASES: Dict[str, str] = {}
 
 
 def setting(default: Any, help: str, choices: Optional[Sequence[Any]] = None) -> Any:
@@ -84,20 +87,40 @@ class PromptSettings(BlockRange):
             raise ValueError(f"--prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
 
 
-def register_transfer(name: str):
-    """Class decorator: make a transfer type selectable by ``--transfer_type name``."""
+def register_transfer(name: str, aliases: Sequence[str] = ()):
+    """Class decorator: make a transfer type selectable by ``--transfer_type name``.
+
+    Args:
+        name: the registered name (``cls.name``, what new checkpoints store).
+        aliases: former names that still select it (``canonical_transfer_type``).
+    """
     def wrap(cls: Type["TransferMethod"]) -> Type["TransferMethod"]:
+        taken = [a for a in aliases
+                 if a in TRANSFER_TYPES or TRANSFER_ALIASES.get(a, name) != name]
+        if name in TRANSFER_ALIASES or taken:
+            raise ValueError(f"transfer type {cls.__name__}: the name "
+                             f"{(taken or [name])[0]!r} is already another type's")
         cls.name = name
         TRANSFER_TYPES[name] = cls
+        TRANSFER_ALIASES.update({alias: name for alias in aliases})
         return cls
     return wrap
 
 
+def canonical_transfer_type(name: str) -> str:
+    """The registered name that transfer type ``name`` stands for: a former name (``prompt``
+    for ``apt``) becomes the current one; any other name comes back unchanged (an unknown one
+    is refused by ``get_transfer_class``). Every comparison of type names goes through it."""
+    return TRANSFER_ALIASES.get(name, name)
+
+
 def get_transfer_class(name: str) -> Type["TransferMethod"]:
-    if name not in TRANSFER_TYPES:
+    """The class registered as ``name`` or as the type ``name`` is a former name of."""
+    canonical = canonical_transfer_type(name)
+    if canonical not in TRANSFER_TYPES:
         raise ValueError(f"--transfer_type {name!r} is unknown; choose one of "
                          f"{', '.join(sorted(TRANSFER_TYPES))}")
-    return TRANSFER_TYPES[name]
+    return TRANSFER_TYPES[canonical]
 
 
 def resolve_block_range(depth: int, start: Optional[int], end: Optional[int]) -> Tuple[int, int]:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import PromptSettings, TransferMethod, register_transfer, setting
-from .prompt import prompt_init_bound
+from .apt import prompt_init_bound
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ CHECKPOINT="${CHECKPOINT:-}"
 
 launch \
     --model vit_base_patch16_224 \
-    --transfer_type prompt \
+    --transfer_type apt \
     --data_set SSV2 \
     --nb_classes 174 \
     --data_path "${DATA_PATH}" \

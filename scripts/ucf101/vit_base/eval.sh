@@ -26,7 +26,7 @@ CHECKPOINT="${CHECKPOINT:-}"
 
 launch \
     --model vit_base_patch16_224 \
-    --transfer_type prompt \
+    --transfer_type apt \
     --data_set UCF101 \
     --nb_classes 101 \
     --data_path "${DATA_PATH}" \

@@ -24,7 +24,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-experiments/APT/ucf101/vit_small}"
 
 launch \
     --model vit_small_patch16_224 \
-    --transfer_type prompt \
+    --transfer_type apt \
     --prompt_start 0 \
     --prompt_end 11 \
     --prompt_num_tokens 400 \

@@ -37,9 +37,10 @@ class APTConfig(PromptSettings):
                                            "shared by all heads")
 
 
-@register_transfer("prompt")
+@register_transfer("apt", aliases=("prompt",))
 class AttentionPromptTuning(TransferMethod):
-    """APT (``--transfer_type prompt``); settings in ``APTConfig``."""
+    """APT (``--transfer_type apt``; ``prompt``, its former name, is accepted too); settings in
+    ``APTConfig``."""
 
     config_class = APTConfig
     config: APTConfig
