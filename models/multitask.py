@@ -84,6 +84,8 @@ import torch.nn as nn
 
 from .checkpoint import (CheckpointError, file_sha256, load_method, load_pretrained,
                          read_checkpoint)
+from utils.config import ModelConfig, field_defaults
+
 from .transfer import make_config
 from .vit import VisionTransformer
 
@@ -108,7 +110,6 @@ REFUSED = {
 }
 # Flags that must be equal across tasks: the backbone variant, its clip shape and its tokens.
 SHARED_FLAGS = ("model", "num_frames", "input_size", "tubelet_size", "use_learnable_pos_emb")
-_FLAG_DEFAULTS = {"tubelet_size": 2, "use_learnable_pos_emb": False}  # run_class_apt.py's
 
 
 class TaskHead(nn.Module):
@@ -341,7 +342,8 @@ def _check_type(path: str, ckpt: Mapping[str, Any]) -> None:
 
 
 def _run_flags(path: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
-    """The checkpoint's run flags, with the clip-shape flags it must have."""
+    """The checkpoint's run flags over the declared defaults of the network's flags
+    (``ModelConfig``), with the clip-shape flags it must have."""
     flags = dict(ckpt.get("args") or {})
     missing = [k for k in ("model", "num_frames", "input_size") if flags.get(k) is None]
     if missing:
@@ -349,9 +351,7 @@ def _run_flags(path: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
                               f"'args', so its architecture is unknown: multi-task inference "
                               f"takes training checkpoints of run_class_apt.py")
     flags["transfer_type"] = ckpt.get("transfer_type") or flags.get("transfer_type")
-    for k, v in _FLAG_DEFAULTS.items():
-        flags.setdefault(k, v)
-    return flags
+    return {**field_defaults(ModelConfig), **flags}
 
 
 def _check_same_flags(flags: List[Tuple[str, Dict[str, Any]]]) -> None:
@@ -407,20 +407,6 @@ def _build(flags: Mapping[str, Any], transfer_type: str, method: Any, num_classe
                         **architecture)
 
 
-def _model_config(flags: Mapping[str, Any], num_classes: int) -> Any:
-    """The checkpoint's ``ModelConfig``, resolved as ``--eval`` resolves it
-    (``ModelConfig.with_architecture`` over the saved flags)."""
-    from utils.config import ModelConfig  # utils imports the training stack: only when needed
-    kind = flags["transfer_type"]
-    base = ModelConfig(model=flags["model"], transfer_type=kind, method=make_config(kind, {}),
-                       num_classes=num_classes, num_frames=int(flags["num_frames"]),
-                       input_size=int(flags["input_size"]), tubelet_size=2,
-                       use_mean_pooling=True, use_learnable_pos_emb=False, drop=0.0,
-                       attn_drop_rate=0.0, drop_path=0.0, fc_drop_rate=0.0, init_scale=1.0,
-                       use_checkpoint=False)
-    return base.with_architecture(dict(flags))[0]
-
-
 def _read_task(name: str, path: str, ckpt: Mapping[str, Any], flags: Mapping[str, Any],
                architecture: Mapping[str, Any]) -> _Task:
     """Build the task's own model without backbone weights, load its trained tensors, fold
@@ -430,7 +416,7 @@ def _read_task(name: str, path: str, ckpt: Mapping[str, Any], flags: Mapping[str
         raise CheckpointError(f"{path} holds no 'head.weight': not a classifier checkpoint")
     num_classes = int(state["head.weight"].shape[0])
     try:  # settings no model could take (a block range past the last block, ...)
-        cfg = _model_config(flags, num_classes)
+        cfg = ModelConfig.from_flags(flags, num_classes)  # the architecture as --eval reads it
         # Built on the meta device and materialised uninitialised: the backbone part of this
         # model is never used (the shared backbone is), so it is never initialised nor read.
         with torch.device("meta"):

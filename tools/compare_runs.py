@@ -185,7 +185,9 @@ class ArchitectureCosts:
         is ``saved`` (``where`` names it in warnings); None where it cannot be rebuilt."""
         from utils.config import FinetuneConfig
         try:  # flags this checkout refuses (a removed type or model, a bad setting)
-            cfg = FinetuneConfig.from_args(saved_namespace(saved)).model
+            # the declared defaults with the saved flags over them, so a run saved before a
+            # flag existed gets that flag's default
+            cfg = FinetuneConfig.from_args(saved).model
             key = json.dumps([cfg.architecture(), cfg.num_classes, cfg.num_frames,
                               cfg.input_size], sort_keys=True, default=str)
             if key not in self.cache:
@@ -207,16 +209,6 @@ class ArchitectureCosts:
             report = {**parameter_counts(model), "gflops": None}
         return {"depth": model.depth, "trainable_params": report["trainable_params"],
                 "gflops": report["gflops"]}
-
-
-def saved_namespace(saved: Dict[str, Any]) -> argparse.Namespace:
-    """The parsed command line of a run: today's defaults with the saved values over them, so
-    a run saved before a flag existed gets that flag's default."""
-    import run_class_apt
-    args = run_class_apt.get_args_parser().parse_args([])
-    for key, value in saved.items():
-        setattr(args, key, value)
-    return args
 
 
 def method_label(transfer_type: str, settings: Dict[str, Any], depth: Optional[int]) -> str:
