@@ -44,7 +44,8 @@ def add_method_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     """
     from models.transfer import TRANSFER_TYPES, all_setting_fields
     g = parser.add_argument_group("transfer type (flags from each type's settings dataclass)")
-    g.add_argument("--transfer_type", default=ModelConfig.transfer_type, choices=sorted(TRANSFER_TYPES),
+    g.add_argument("--transfer_type", default=ModelConfig.transfer_type,
+                   choices=sorted(TRANSFER_TYPES),
                    help="how the backbone is adapted: " + ", ".join(
                        f"{n} ({TRANSFER_TYPES[n].__name__})" for n in sorted(TRANSFER_TYPES)))
     for name, (f, types) in all_setting_fields().items():
