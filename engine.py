@@ -28,7 +28,8 @@ from datasets import BadVideoTracker, Mixup
 from datasets.transforms import ToModelInput, normalize_video
 from utils import deepspeed_engine
 from utils.backend import DeepSpeedBackend, PlainBackend
-from utils.config import FinetuneConfig, Schedules
+from models.config import FinetuneConfig
+from utils.config import Schedules
 from utils.run import RunRecords, global_bad_count, run_facts, seed_epoch
 
 logger = logging.getLogger(__name__)

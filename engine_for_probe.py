@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from datasets.listfile import parse_list_file
 from datasets.transforms import normalize_video
-from datasets.video_dataset import VideoClsDataset, VideoDataConfig
+from datasets.video_dataset import VideoClsDataset
+from utils.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +102,15 @@ def knn_probe(encoder: nn.Module, train_loader: Iterable, test_loader: Iterable,
             "knn_test_clips": float(len(test_labels))}
 
 
-def build_probe_loaders(data_path: str, args, batch_size: int
+def build_probe_loaders(data_path: str, data: DataConfig, batch_size: int
                         ) -> Tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader, int]:
     """Loaders over ``DATA/train.csv`` (references) and ``DATA/val.csv`` (queries), both with the
     validation transform (one centre clip per video), for :func:`knn_probe`.
 
     Args:
         data_path: folder with ``train.csv``, ``val.csv`` and ``classes.txt`` (labelled).
-        args: the run's flags (``num_frames``, ``sampling_rate``, ``input_size``,
-            ``video_backend``, ``num_workers``).
+        data: the run's data settings (its ``num_frames``, ``sampling_rate``, ``input_size``,
+            ``video_backend``, ``allow_duplicates`` and ``num_workers`` are used).
         batch_size: clips per forward pass.
 
     Returns:
@@ -121,11 +122,11 @@ def build_probe_loaders(data_path: str, args, batch_size: int
                          f"line per class) to count the classes")
     with open(classes, encoding="utf-8") as f:
         num_classes = sum(1 for line in f if line.strip())
-    config = VideoDataConfig(num_frames=args.num_frames, sampling_rate=args.sampling_rate,
-                             input_size=args.input_size, short_side_size=args.input_size,
-                             video_backend=getattr(args, "video_backend", "decord") or "decord",
-                             allow_duplicates=bool(getattr(args, "allow_duplicates",
-                                                           VideoDataConfig.allow_duplicates)))
+    # Dense windows of the run's clip shape ('custom': no segment sampling), centre crops.
+    config = DataConfig(data_set="custom", nb_classes=num_classes, num_frames=data.num_frames,
+                        sampling_rate=data.sampling_rate, input_size=data.input_size,
+                        short_side_size=data.input_size, video_backend=data.video_backend,
+                        allow_duplicates=data.allow_duplicates)
     loaders = []
     for split in ("train", "val"):
         path = os.path.join(data_path, f"{split}.csv")
@@ -133,7 +134,7 @@ def build_probe_loaders(data_path: str, args, batch_size: int
                                   allow_duplicates=config.allow_duplicates)
         dataset = VideoClsDataset(records, "val", config, path)
         loaders.append(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                                   num_workers=args.num_workers))
+                                                   num_workers=data.num_workers))
     logger.info("k-NN probe: %d reference and %d query videos of %d classes from %s",
                 len(loaders[0].dataset), len(loaders[1].dataset), num_classes, data_path)
     return loaders[0], loaders[1], num_classes

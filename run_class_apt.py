@@ -13,33 +13,36 @@ multi-view test and exits; ``--flops`` prints parameters and FLOPs as one JSON l
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 
+import datasets
 import engine
 import utils
-from models.method_state import check_backbone
-from models.run_checkpoints import load_newest_readable, read_checkpoint, read_named_checkpoint
+from datasets import ListFileError, TooManyBadVideos
+from models import CheckpointError, cost_report
+from runs import build_model, load_weights, read_eval_checkpoint
 from utils import deepspeed_engine
+from models.config import FinetuneConfig, ModelConfig, add_method_args
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
-                       add_distributed_args, add_method_args, add_optimizer_args, add_run_args,
-                       add_schedule_args, add_video_data_args, pop_compat_args)
-from datasets.video_dataset import VideoDataConfig
-from utils.config import ConfigError, FinetuneConfig
+                       add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
+                       add_video_data_args, pop_compat_args)
+from utils.config import (BackboneSource, ConfigError, DataConfig, OptimConfig, RunConfig,
+                          TrainConfig)
 from utils.outputs import OutputWriteError
 from utils.run import RunRecords, run_facts, started_run
 from utils.runlock import RunLockError
 
 logger = logging.getLogger("run_class_apt")
 
-DATA = VideoDataConfig()  # the data options' defaults are declared there, once
+# The flags' defaults are the fields' of the settings dataclasses, declared there once.
+M, D, O, T, R, B = ModelConfig, DataConfig, OptimConfig, TrainConfig, RunConfig, BackboneSource
 
 # Flags of the original scripts that mean nothing here (accepted with a warning).
 COMPAT_FLAGS = (
@@ -61,88 +64,94 @@ def get_args_parser() -> argparse.ArgumentParser:
     defaults, plus this project's additions (marked "new" in the help)."""
     parser = argparse.ArgumentParser(
         "APT / VideoMAE parameter-efficient fine-tuning for video classification", add_help=True)
-    parser.add_argument("--batch_size", default=16, type=int, help="training videos per GPU")
-    parser.add_argument("--batch_size_val", default=14, type=int,
+    parser.add_argument("--batch_size", default=O.batch_size, type=int,
+                        help="training videos per GPU")
+    parser.add_argument("--batch_size_val", default=D.batch_size_val, type=int,
                         help="validation videos per GPU (the test takes as many clips)")
-    parser.add_argument("--epochs", default=100, type=int)
-    parser.add_argument("--update_freq", default=1, type=int,
+    parser.add_argument("--epochs", default=O.epochs, type=int)
+    parser.add_argument("--update_freq", default=O.update_freq, type=int,
                         help="gradient accumulation steps per optimizer step")
-    parser.add_argument("--save_ckpt_freq", default=10, type=int,
+    parser.add_argument("--save_ckpt_freq", default=R.save_ckpt_freq, type=int,
                         help="write checkpoint-N every this many epochs (checkpoint-last: every epoch)")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="vit_base_patch16_224", type=str, metavar="MODEL")
-    g.add_argument("--tubelet_size", type=int, default=2)
-    g.add_argument("--input_size", default=DATA.input_size, type=int, help="clip height and width")
-    g.add_argument("--fc_drop_rate", type=float, default=0.0, metavar="PCT")
-    g.add_argument("--drop", type=float, default=0.0, metavar="PCT", help="dropout rate")
-    g.add_argument("--attn_drop_rate", type=float, default=0.0, metavar="PCT")
-    g.add_argument("--drop_path", type=float, default=0.0, metavar="PCT",
+    g.add_argument("--model", default=M.model, type=str, metavar="MODEL")
+    g.add_argument("--tubelet_size", type=int, default=M.tubelet_size)
+    g.add_argument("--input_size", default=D.input_size, type=int, help="clip height and width")
+    g.add_argument("--fc_drop_rate", type=float, default=M.fc_drop_rate, metavar="PCT")
+    g.add_argument("--drop", type=float, default=M.drop, metavar="PCT", help="dropout rate")
+    g.add_argument("--attn_drop_rate", type=float, default=M.attn_drop_rate, metavar="PCT")
+    g.add_argument("--drop_path", type=float, default=M.drop_path, metavar="PCT",
                    help="stochastic depth rate")
-    g.add_argument("--use_learnable_pos_emb", action="store_true", default=False,
+    g.add_argument("--use_learnable_pos_emb", action="store_true",
+                   default=M.use_learnable_pos_emb,
                    help="new: a learnable position table instead of the fixed sin-cos one")
 
     g = parser.add_argument_group("EMA and evaluation during training")
-    g.add_argument("--disable_eval_during_finetuning", action="store_true", default=False)
-    g.add_argument("--model_ema", action="store_true", default=False)
-    g.add_argument("--model_ema_decay", type=float, default=0.9999)
-    g.add_argument("--model_ema_force_cpu", action="store_true", default=False)
+    g.add_argument("--disable_eval_during_finetuning", action="store_true",
+                   default=T.disable_eval_during_finetuning)
+    g.add_argument("--model_ema", action="store_true", default=T.model_ema)
+    g.add_argument("--model_ema_decay", type=float, default=T.model_ema_decay)
+    g.add_argument("--model_ema_force_cpu", action="store_true", default=T.model_ema_force_cpu)
 
-    g = add_optimizer_args(parser, opt="sgd", opt_choices=["adamw", "sgd", "adam", "momentum"],
-                           weight_decay=0.001)
+    g = add_optimizer_args(parser, opt_choices=["adamw", "sgd", "adam", "momentum"])
     # default None: the transfer type decides (APT decays its prompts, as the original code).
-    g.add_argument("--decay_prompts", action="store_true", default=None,
+    g.add_argument("--decay_prompts", action="store_true", default=O.decay_prompts,
                    help="new: apply weight decay to the prompt tensors the transfer type exempts "
                         "(default: the type's choice; on for APT, as the original code)")
     g.add_argument("--no_decay_prompts", action="store_false", dest="decay_prompts",
                    help="new: no weight decay on the prompt tensors (and APT's prompt_scale)")
 
-    g = add_schedule_args(parser, lr=0.1, min_lr=1e-6, warmup_epochs=10)
-    g.add_argument("--layer_decay", type=float, default=1.0)
+    g = add_schedule_args(parser)
+    g.add_argument("--layer_decay", type=float, default=O.layer_decay)
 
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--is_aa", action="store_true", default=False, help="apply RandAugment (--aa)")
-    g.add_argument("--no_flip", action="store_true", default=False,
+    g.add_argument("--is_aa", action="store_true", default=D.is_aa,
+                   help="apply RandAugment (--aa)")
+    g.add_argument("--no_flip", action="store_true", default=D.no_flip,
                    help="new: no horizontal flips in training, for data sets whose labels depend on "
                         "left/right (always off for SSV2)")
-    g.add_argument("--train_crop_scale", type=float, nargs=2, default=list(DATA.crop_scale),
-                   metavar=("MIN", "MAX"), help="new: area range of the training random resized crop")
-    g.add_argument("--num_sample", type=int, default=DATA.num_sample, help="repeated augmentation: clips per video")
-    g.add_argument("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1", metavar="NAME")
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--train_interpolation", type=str, default=DATA.train_interpolation)
+    g.add_argument("--train_crop_scale", type=float, nargs=2, default=list(D.train_crop_scale),
+                   metavar=("MIN", "MAX"),
+                   help="new: area range of the training random resized crop")
+    g.add_argument("--num_sample", type=int, default=D.num_sample,
+                   help="repeated augmentation: clips per video")
+    g.add_argument("--aa", type=str, default=D.aa, metavar="NAME")
+    g.add_argument("--smoothing", type=float, default=T.smoothing, help="label smoothing")
+    g.add_argument("--train_interpolation", type=str, default=D.train_interpolation)
 
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--short_side_size", type=int, default=DATA.short_side_size)
-    g.add_argument("--test_num_segment", type=int, default=DATA.test_num_segment)
-    g.add_argument("--test_num_crop", type=int, default=DATA.test_num_crop)
-    g.add_argument("--test_best", action="store_true", default=False,
+    g.add_argument("--short_side_size", type=int, default=D.short_side_size)
+    g.add_argument("--test_num_segment", type=int, default=D.test_num_segment)
+    g.add_argument("--test_num_crop", type=int, default=D.test_num_crop)
+    g.add_argument("--test_best", action="store_true", default=T.test_best,
                    help="new: run the final test on checkpoint-best (default: the last weights)")
 
     g = parser.add_argument_group("random erasing")
-    g.add_argument("--reprob", type=float, default=DATA.reprob, metavar="PCT")
-    g.add_argument("--remode", type=str, default=DATA.remode)
-    g.add_argument("--recount", type=int, default=DATA.recount)
+    g.add_argument("--reprob", type=float, default=D.reprob, metavar="PCT")
+    g.add_argument("--remode", type=str, default=D.remode)
+    g.add_argument("--recount", type=int, default=D.recount)
 
     g = parser.add_argument_group("mixup / cutmix (off unless --mixup or --cutmix > 0)")
-    g.add_argument("--mixup", type=float, default=0.0)
-    g.add_argument("--cutmix", type=float, default=0.0)
-    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup_prob", type=float, default=1.0)
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
-    g.add_argument("--mixup_mode", type=str, default="batch", choices=["batch", "pair", "elem"])
+    g.add_argument("--mixup", type=float, default=T.mixup)
+    g.add_argument("--cutmix", type=float, default=T.cutmix)
+    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=T.cutmix_minmax)
+    g.add_argument("--mixup_prob", type=float, default=T.mixup_prob)
+    g.add_argument("--mixup_switch_prob", type=float, default=T.mixup_switch_prob)
+    g.add_argument("--mixup_mode", type=str, default=T.mixup_mode,
+                   choices=["batch", "pair", "elem"])
 
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--finetune", default="", help="pre-trained checkpoint (VideoMAE, APT, Hugging "
-                   "Face folder, DeepSpeed folder)")
-    g.add_argument("--model_key", default="model|module", type=str)
-    g.add_argument("--model_prefix", default="", type=str)
-    g.add_argument("--init_scale", default=0.001, type=float)
-    g.add_argument("--use_checkpoint", action="store_true", default=False,
+    g.add_argument("--finetune", default=B.finetune, help="pre-trained checkpoint (VideoMAE, "
+                   "APT, Hugging Face folder, DeepSpeed folder)")
+    g.add_argument("--model_key", default=B.model_key, type=str)
+    g.add_argument("--model_prefix", default=B.model_prefix, type=str)
+    g.add_argument("--init_scale", default=M.init_scale, type=float)
+    g.add_argument("--use_checkpoint", action="store_true", default=M.use_checkpoint,
                    help="gradient checkpointing")
-    g.add_argument("--use_mean_pooling", action="store_true", default=True)
+    g.add_argument("--use_mean_pooling", action="store_true", default=M.use_mean_pooling)
     g.add_argument("--use_cls", action="store_false", dest="use_mean_pooling")
-    g.add_argument("--unsafe_load", action="store_true", default=False,
+    g.add_argument("--unsafe_load", action="store_true", default=R.unsafe_load,
                    help="new: allow full unpickling of checkpoints you trust")
 
     add_method_args(parser)
@@ -150,11 +159,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = add_video_data_args(
         parser, data_path_help="folder with train.csv, val.csv and test.csv",
         data_root_help="new: prefix of relative video paths (default: the list file's folder)",
-        data_set="Kinetics-400",
         max_bad_fraction_help="new: stop when more than this fraction of a split is unreadable")
-    g.add_argument("--eval_data_path", default=None, type=str,
+    g.add_argument("--eval_data_path", default=D.eval_data_path, type=str,
                    help="folder with val.csv and test.csv (default: --data_path)")
-    g.add_argument("--nb_classes", default=None, type=int,
+    g.add_argument("--nb_classes", default=D.nb_classes, type=int,
                    help="class count (default: that of --data_set; required for custom)")
 
     g = add_run_args(
@@ -162,13 +170,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         amp_dtype_help="new: auto = bf16 where supported, else fp16 with a loss scaler")
     g.add_argument("--save_ckpt", action="store_true")
     g.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
-    parser.set_defaults(save_ckpt=True)
-    g.add_argument("--eval", action="store_true", help="evaluate a checkpoint only")
-    g.add_argument("--dist_eval", action="store_true", default=False,
+    parser.set_defaults(save_ckpt=T.save_ckpt)
+    g.add_argument("--eval", action="store_true", default=FinetuneConfig.eval,
+                   help="evaluate a checkpoint only")
+    g.add_argument("--dist_eval", action="store_true", default=FinetuneConfig.dist_eval,
                    help="shard validation and test over the processes")
     g.add_argument("--flops", action="store_true", default=False,
                    help="new: print parameters and FLOPs of one clip as JSON and exit")
-    g.add_argument("--compile", action="store_true", default=False,
+    g.add_argument("--compile", action="store_true", default=T.compile,
                    help="new: torch.compile the model for training")
 
     g = add_distributed_args(parser)
@@ -176,7 +185,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--deepspeed", action="store_true", default=False,
                    help="DeepSpeed's own switch; same as --enable_deepspeed")
     g.add_argument("--deepspeed_config", "--deepscale_config", dest="deepspeed_config",
-                   default=None, help="a DeepSpeed JSON config to start from")
+                   default=FinetuneConfig.deepspeed_config,
+                   help="a DeepSpeed JSON config to start from")
     add_compat_args(parser, COMPAT_FLAGS)
     return parser
 
@@ -204,19 +214,18 @@ def check_data_paths(cfg: FinetuneConfig) -> None:
 
 def build_loaders(cfg: FinetuneConfig, dist: utils.DistState) -> Dict[str, Any]:
     """Datasets, samplers and loaders of the splits this run needs (and ``sharded``)."""
-    import datasets as data
     data_cfg, world, rank = cfg.data, dist.world_size, dist.rank
     common = dict(num_workers=data_cfg.num_workers,
                   pin_memory=bool(data_cfg.pin_mem) and dist.device.type == "cuda",
-                  worker_init_fn=data.seed_worker if data_cfg.num_workers > 0 else None)
+                  worker_init_fn=datasets.seed_worker if data_cfg.num_workers > 0 else None)
     out: Dict[str, Any] = {}
     if not cfg.eval:
-        ds_train, _ = data.build_dataset(is_train=True, test_mode=False, args=data_cfg)
+        ds_train, _ = datasets.build_dataset(is_train=True, test_mode=False, cfg=data_cfg)
         sampler = torch.utils.data.DistributedSampler(ds_train, num_replicas=world, rank=rank,
                                                       shuffle=True, seed=cfg.run.seed)
         out["train"] = torch.utils.data.DataLoader(
             ds_train, sampler=sampler, batch_size=data_cfg.batch_size, drop_last=True,
-            collate_fn=data.collate_train, **common)
+            collate_fn=datasets.collate_train, **common)
     sharded = dist.distributed and cfg.dist_eval
     out["sharded"] = sharded
 
@@ -228,184 +237,25 @@ def build_loaders(cfg: FinetuneConfig, dist: utils.DistState) -> Dict[str, Any]:
 
     eval_cfg = data_cfg.for_eval()
     if not cfg.eval and not cfg.train.disable_eval_during_finetuning:
-        ds_val, _ = data.build_dataset(is_train=False, test_mode=False, args=eval_cfg)
+        ds_val, _ = datasets.build_dataset(is_train=False, test_mode=False, cfg=eval_cfg)
         out["val"] = torch.utils.data.DataLoader(
             ds_val, sampler=eval_sampler(ds_val), batch_size=data_cfg.batch_size_val,
-            drop_last=False, collate_fn=data.collate_eval, **common)
-    ds_test, _ = data.build_dataset(is_train=False, test_mode=True, args=eval_cfg)
+            drop_last=False, collate_fn=datasets.collate_eval, **common)
+    ds_test, _ = datasets.build_dataset(is_train=False, test_mode=True, cfg=eval_cfg)
     # About --batch_size_val clips per forward pass: each test item holds all views of a video.
     test_batch = max(1, math.ceil(data_cfg.batch_size_val / data_cfg.test_views))
     out["test"] = torch.utils.data.DataLoader(
         ds_test, sampler=eval_sampler(ds_test), batch_size=test_batch, drop_last=False,
-        collate_fn=data.collate_eval, **common)
+        collate_fn=datasets.collate_eval, **common)
     return out
 
 
 def run_flops(cfg: FinetuneConfig) -> Dict[str, Any]:
     """``--flops``: parameters and FLOPs of one clip, as one JSON line on stdout."""
-    from models import cost_report
     report = cost_report(cfg.model.build(), cfg.model.num_frames, cfg.model.input_size,
                          cfg.model.model)
     print(json.dumps(report), flush=True)  # the command's output, not a log line
     return report
-
-
-def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], FinetuneConfig]:
-    """``--eval``: find and read the checkpoint to evaluate; returns its path, its contents and
-    the settings with the checkpoint's architecture (the command line's, where it differs, are
-    overruled with a warning)."""
-    run = cfg.run
-    found = None
-    if run.resume:
-        if not os.path.exists(run.resume):
-            raise FileNotFoundError(f"--resume {run.resume}: no such checkpoint")
-        found = run.resume, read_named_checkpoint(run.resume, "--resume", run.unsafe_load)
-    elif run.auto_resume:  # the newest readable one; unreadable newer ones are named
-        found = load_newest_readable(run.output_dir,
-                                     lambda p: read_checkpoint(p, unsafe=run.unsafe_load))
-    if found is None:
-        where = f"no checkpoint-last or checkpoint-N in --output_dir {run.output_dir!r}" \
-            if run.output_dir and run.auto_resume else "no --resume given"
-        raise ConfigError(f"--eval needs a trained checkpoint to evaluate ({where}); pass "
-                          f"--resume PATH. The untrained model is never evaluated.")
-    path, ckpt = found
-    model_cfg, changes = cfg.model.with_architecture(ckpt.get("args") or {})
-    for change in changes:
-        logger.warning("--eval: using the checkpoint's %s", change)
-    return path, ckpt, dataclasses.replace(cfg, model=model_cfg)
-
-
-def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
-                  eval_ckpt: Optional[Dict[str, Any]], eval_path: str = "") -> Optional[str]:
-    """Load ``--finetune`` (or, for ``--eval`` without it, the backbone the checkpoint names);
-    returns the file loaded."""
-    from models import load_pretrained, trains_whole_model
-    method, source = model.transfer, cfg.backbone
-    if not method.loads_pretrained:
-        if source.finetune:
-            logger.warning("--transfer_type %s trains from scratch: --finetune %s is ignored",
-                           method.name, source.finetune)
-        return None
-    path = source.finetune
-    if eval_ckpt is not None and trains_whole_model(model):
-        return None  # the checkpoint holds every tensor
-    if not path and eval_ckpt is not None:
-        path = (eval_ckpt.get("backbone") or {}).get("path")
-        if path and not os.path.exists(path):
-            raise FileNotFoundError(f"{eval_path} was trained on the backbone {path}, which is "
-                                    f"no longer there: pass it with --finetune")
-        if path:
-            logger.info("loading the backbone recorded in %s: %s", eval_path, path)
-    if not path:
-        logger.warning("no --finetune checkpoint: the %s backbone keeps its random "
-                       "initialisation", cfg.model.model)
-        return None
-    report = load_pretrained(model, path, model_key=source.model_key,
-                             model_prefix=source.model_prefix, unsafe=cfg.run.unsafe_load)
-    logger.info("backbone: %s", report.summary())
-    return path
-
-
-def build_model(cfg: FinetuneConfig) -> torch.nn.Module:
-    """The network of the settings, with its initial tensors seeded by ``--seed`` (the same
-    on every rank). Builds from the settings only: bad transfer flags fail here, before any
-    data or weights are read."""
-    utils.seed_everything(cfg.run.seed)
-    return cfg.model.build()
-
-
-def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device,
-                 eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = ""
-                 ) -> Tuple[Optional[str], Dict[str, int]]:
-    """Load the backbone into ``model`` (and, for a checkpoint to evaluate, its tensors, after
-    checking it was trained on that backbone), then move the model to ``device``.
-
-    Args:
-        cfg: the settings (``--finetune`` and how to read it).
-        model: from :func:`build_model`.
-        device: where the model runs.
-        eval_ckpt: a read training checkpoint to apply (``--eval``), or None.
-        eval_path: its path, for messages.
-
-    Returns:
-        The backbone file loaded (None when none was) and the parameter counts.
-    """
-    from models import load_method_state, parameter_counts
-    backbone_path = load_backbone(cfg, model, eval_ckpt, eval_path)
-    if eval_ckpt is not None:
-        check_backbone(eval_ckpt, backbone_path, eval_path)
-        load_method_state(model, eval_ckpt)
-        logger.info("evaluating %s (epoch %s)", eval_path, eval_ckpt.get("epoch"))
-    model.to(device)
-    counts = parameter_counts(model)
-    logger.info("model %s, transfer type %s: %d parameters, %d trainable (%.3f%%)",
-                cfg.model.model, model.transfer, counts["params"], counts["trainable_params"],
-                100.0 * counts["trainable_params"] / max(counts["params"], 1))
-    return backbone_path, counts
-
-
-def checkpoint_config(ckpt: Dict[str, Any], path: str,
-                      overrides: Optional[Dict[str, Any]] = None, finetune: str = "",
-                      unsafe_load: bool = False) -> FinetuneConfig:
-    """The settings of the run that wrote a training checkpoint: this parser's defaults, then
-    the flags it saved, then ``overrides`` (values None are left out). The architecture is the
-    checkpoint's (a changed one is warned of); the backbone is not the saved ``--finetune``: as
-    for ``--eval``, the checkpoint's own record of it is used unless ``finetune`` names one.
-    Used by the tools that start from a checkpoint (predict, export).
-
-    Args:
-        ckpt: a read training checkpoint.
-        path: its path, for messages.
-        overrides: flag name -> value (``num_frames``, ``test_num_crop``, ``data_set``, ...);
-            ``data_set`` changes the sampling only, the class count stays the checkpoint's.
-        finetune: ``--finetune``.
-        unsafe_load: ``--unsafe_load``.
-
-    Raises:
-        ConfigError: not a fine-tuning checkpoint of this script (no saved flags, or no
-            ``transfer_type``: pre-training checkpoints have no classifier).
-    """
-    saved = ckpt.get("args")
-    if isinstance(saved, argparse.Namespace):
-        saved = vars(saved)
-    if not isinstance(saved, dict) or not saved or "transfer_type" not in ckpt:
-        raise ConfigError(f"--resume {path}: not a checkpoint of run_class_apt.py (no saved "
-                          f"flags 'args' or no 'transfer_type'; a pre-training checkpoint has "
-                          f"no classifier)")
-    overrides = dict(overrides or {})
-    args = get_args_parser().parse_args([])
-    vars(args).update({k: v for k, v in saved.items() if hasattr(args, k)})
-    if "transfer_type" not in saved:
-        args.transfer_type = ckpt["transfer_type"]  # not the parser's default
-    data_set = overrides.pop("data_set", None)
-    vars(args).update({k: v for k, v in overrides.items() if v is not None})
-    args.finetune, args.unsafe_load, args.eval, args.resume = finetune, unsafe_load, True, path
-    args.enable_deepspeed = args.deepspeed = False  # a DeepSpeed layout reads without it
-    cfg = make_config(args)
-    model_cfg, changes = cfg.model.with_architecture(saved)
-    for change in changes:
-        logger.warning("%s: using the checkpoint's %s", path, change)
-    cfg = dataclasses.replace(cfg, model=model_cfg)
-    if data_set:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_set=data_set))
-    return cfg
-
-
-def load_checkpoint_model(path: str, device: torch.device,
-                          overrides: Optional[Dict[str, Any]] = None, finetune: str = "",
-                          unsafe_load: bool = False
-                          ) -> Tuple[FinetuneConfig, torch.nn.Module, Dict[str, Any]]:
-    """The trained model of a training checkpoint on ``device`` (not folded), as ``--eval``
-    builds it: the checkpoint's architecture, the backbone it records (or ``finetune``), its
-    trained tensors. Returns the settings (``checkpoint_config``), the model and the
-    checkpoint."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    ckpt = read_named_checkpoint(path, "--resume", unsafe_load)
-    cfg = checkpoint_config(ckpt, path, overrides, finetune, unsafe_load)
-    model = build_model(cfg)
-    load_weights(cfg, model, device, ckpt, path)
-    return cfg, model, ckpt
 
 
 def prepare(cfg: FinetuneConfig, dist: utils.DistState,
@@ -461,8 +311,6 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
 def cli(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: known configuration errors, a file that cannot be written and an
     output folder in use by another run end with a one-line message and exit status 2."""
-    from datasets import ListFileError, TooManyBadVideos
-    from models import CheckpointError
     args = get_args_parser().parse_args(argv)
     try:
         main(args)

@@ -29,8 +29,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+import datasets
 import engine
 import engine_for_pretraining
+import engine_for_probe
 import optim_factory
 import utils
 from datasets import ListFileError, TooManyBadVideos
@@ -38,12 +40,13 @@ from engine import NonFiniteLossError
 from engine_checkpoints import TrainingCheckpoints
 from models import CheckpointError
 from models.method_state import saved_flags
+from datasets.pretrain_dataset import build_pretraining_dataset, collate_pretrain
 from models.pretrain import create_pretrain_model, finetune_model_for, list_pretrain_models
 from utils.backend import PlainBackend
 from utils.cli import (COLOR_JITTER, IMAGENET_STATS, CompatFlag, add_compat_args,
                        add_distributed_args, add_optimizer_args, add_run_args, add_schedule_args,
                        add_video_data_args, pop_compat_args)
-from utils.config import ConfigError, PretrainConfig, PretrainModelConfig
+from utils.config import ConfigError, PretrainConfig, PretrainDataConfig, PretrainModelConfig
 from utils.outputs import OutputWriteError
 from utils.run import RunRecords, run_facts, seed_epoch, started_run
 from utils.runlock import RunLockError
@@ -72,7 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     """VideoMAE's pre-training flags with its defaults (except ``--mask_ratio``, 0.9 as in its
     Kinetics/SSv2 scripts; docs/PRETRAINING.md), plus this project's additions (marked "new")."""
     parser = argparse.ArgumentParser("VideoMAE pre-training", add_help=True)
-    parser.add_argument("--batch_size", default=64, type=int, help="videos per GPU/process")
+    parser.add_argument("--batch_size", default=PretrainDataConfig.batch_size, type=int,
+                        help="videos per GPU/process")
     parser.add_argument("--epochs", default=800, type=int)
     parser.add_argument("--save_ckpt_freq", default=50, type=int,
                         help="write checkpoint-N every this many epochs (checkpoint-last: every "
@@ -81,11 +85,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str,
                    metavar="MODEL", help=f"one of {', '.join(list_pretrain_models())}")
-    g.add_argument("--tubelet_size", type=int, default=2)
+    g.add_argument("--tubelet_size", type=int, default=PretrainDataConfig.tubelet_size)
     g.add_argument("--decoder_depth", default=4, type=int, help="decoder blocks")
-    g.add_argument("--mask_type", default="tube", choices=["random", "tube"], type=str)
-    g.add_argument("--mask_ratio", default=0.9, type=float, help="fraction of tokens masked")
-    g.add_argument("--input_size", default=224, type=int, help="clip height and width")
+    g.add_argument("--mask_type", default=PretrainDataConfig.mask_type, choices=["random", "tube"],
+                   type=str)
+    g.add_argument("--mask_ratio", default=PretrainDataConfig.mask_ratio, type=float,
+                   help="fraction of tokens masked")
+    g.add_argument("--input_size", default=PretrainDataConfig.input_size, type=int,
+                   help="clip height and width")
     g.add_argument("--drop_path", type=float, default=0.0, metavar="PCT",
                    help="stochastic depth rate")
     g.add_argument("--normlize_target", default=True, type=str2bool, nargs="?", const=True,
@@ -102,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_schedule_args(parser, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
 
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--flip", action="store_true", default=False,
+    g.add_argument("--flip", action="store_true", default=PretrainDataConfig.flip,
                    help="new: random horizontal flips (VideoMAE pre-training has none; refused "
                         "for SSV2)")
 
@@ -110,13 +117,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         parser, data_path_help="a list file ('<path> <label>' lines, label unused: write 0 for "
                                "unlabelled videos), or a folder holding train.csv",
         data_root_help="prefix of relative video paths (default: the list file's folder)",
-        data_set="custom", data_set_help="new: only used to refuse --flip for SSV2",
+        defaults=PretrainDataConfig, data_set_help="new: only used to refuse --flip for SSV2",
         max_bad_fraction_help="new: stop when more than this fraction of the videos cannot be "
                               "read")
-    g.add_argument("--cache_videos", action="store_true", default=False,
+    g.add_argument("--cache_videos", action="store_true", default=PretrainDataConfig.cache_videos,
                    help="new: decode every video once and keep its frames in memory (small data "
                         "sets: later epochs only crop)")
-    g.add_argument("--cache_max_gb", type=float, default=8.0,
+    g.add_argument("--cache_max_gb", type=float, default=PretrainDataConfig.cache_max_gb,
                    help="new: stop when --cache_videos would take more memory than this")
 
     g = parser.add_argument_group("k-NN probe (what the features carry, measured with labels)")
@@ -161,8 +168,6 @@ def videomae_shape_flags(model: torch.nn.Module, cfg: PretrainModelConfig) -> Di
 def build_loader(cfg: PretrainConfig, dist: utils.DistState, patch_size: int
                  ) -> torch.utils.data.DataLoader:
     """The pre-training loader: random clips with masks, sharded over the ranks."""
-    import datasets as data
-    from datasets.pretrain_dataset import build_pretraining_dataset, collate_pretrain
     d = cfg.data
     dataset = build_pretraining_dataset(d, patch_size)
     if d.cache_videos:
@@ -173,7 +178,7 @@ def build_loader(cfg: PretrainConfig, dist: utils.DistState, patch_size: int
     return torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=d.batch_size, drop_last=True,
         num_workers=d.num_workers, pin_memory=bool(d.pin_mem) and dist.device.type == "cuda",
-        worker_init_fn=data.seed_worker if d.num_workers > 0 else None,
+        worker_init_fn=datasets.seed_worker if d.num_workers > 0 else None,
         collate_fn=collate_pretrain)
 
 
@@ -196,7 +201,6 @@ def resume_check(cfg: PretrainModelConfig) -> Callable[[Dict[str, Any], str], No
 def make_probe(cfg: PretrainConfig, encoder: torch.nn.Module, device: torch.device,
                records: RunRecords) -> Callable[[int], Dict[str, float]]:
     """``probe(epoch)``: the k-NN accuracy of the encoder's features (rank 0)."""
-    import engine_for_probe
     train, val, classes = engine_for_probe.build_probe_loaders(cfg.probe.probe_data_path,
                                                                cfg.data, cfg.data.batch_size)
 

@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from benchmarks.original_pipeline import OriginalStyleDataset, StageTimer  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from datasets.synthetic import MOTION_CLASSES, render_clip, write_video  # noqa: E402
+from utils.config import DataConfig  # noqa: E402
 
 logger = logging.getLogger("bench_data")
 
@@ -185,12 +186,12 @@ def ours_dataset(source: Source, backend: str, train: bool, s: Settings, folder:
             f.write("".join(f"{os.path.abspath(p)} 0\n" for p in source.paths))
     args = argparse.Namespace(
         data_set="custom", nb_classes=1, data_path=folder, data_root="", num_frames=s.num_frames,
-        sampling_rate=s.sampling_rate, num_segments=1, input_size=s.input_size,
+        sampling_rate=s.sampling_rate, input_size=s.input_size,
         short_side_size=s.short_side_size, test_num_segment=s.test_num_segment,
         test_num_crop=s.test_num_crop, num_sample=s.num_sample, is_aa=True, aa=s.aa,
         train_interpolation="bicubic", reprob=s.reprob, remode="pixel", recount=1,
         video_backend="decord" if backend == "PIL" else backend, max_bad_fraction=0.01)
-    ds, _ = build_dataset(train, not train, args)
+    ds, _ = build_dataset(train, not train, DataConfig.from_args(args))
     return ds
 
 

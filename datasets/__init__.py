@@ -2,7 +2,8 @@
 
 Public entry points:
 
-* :func:`build_dataset` ``(is_train, test_mode, args) -> (dataset, nb_classes)``
+* :func:`build_dataset` ``(is_train, test_mode, cfg) -> (dataset, nb_classes)``, ``cfg`` a
+  ``utils.config.DataConfig`` (``DataConfig.from_args`` of the flags)
 * :func:`collate_train`, :func:`collate_eval`: DataLoader collate functions
 * :func:`seed_worker`: DataLoader ``worker_init_fn``
 * :class:`BadVideoTracker`, :class:`TooManyBadVideos`: bad-video accounting per split
@@ -10,16 +11,17 @@ Public entry points:
 """
 
 from .bad_videos import BadVideoTracker, TooManyBadVideos
-from .build import DATASET_NUM_CLASSES, build_dataset, config_from_args, num_classes_for
+from utils.config import DATASET_NUM_CLASSES, num_classes_for
+
+from .build import build_dataset
 from .decoders import VideoDecodeError, open_video
 from .listfile import ListFileError, VideoRecord, parse_list_file
 from .mixup import Mixup
-from .video_dataset import (VideoClsDataset, VideoDataConfig, collate_eval, collate_train,
-                            seed_worker)
+from .video_dataset import VideoClsDataset, collate_eval, collate_train, seed_worker
 
 __all__ = [
     "BadVideoTracker", "TooManyBadVideos", "DATASET_NUM_CLASSES", "build_dataset",
-    "config_from_args", "num_classes_for", "VideoDecodeError", "open_video", "ListFileError",
-    "VideoRecord", "parse_list_file", "Mixup", "VideoClsDataset", "VideoDataConfig",
+    "num_classes_for", "VideoDecodeError", "open_video", "ListFileError",
+    "VideoRecord", "parse_list_file", "Mixup", "VideoClsDataset",
     "collate_eval", "collate_train", "seed_worker",
 ]

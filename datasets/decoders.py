@@ -16,9 +16,11 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from utils.config import VIDEO_BACKENDS
+
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = VIDEO_BACKENDS  # --video_backend choices, declared in utils/config.py
 # Paths already reported as decoded by the PyAV fallback (one warning per path and process).
 _FALLBACK_WARNED: set = set()
 # Fast JPEG decoder of frame folders, loaded on first use (see _jpeg_decoder); False: unavailable.

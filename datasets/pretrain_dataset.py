@@ -19,7 +19,6 @@ epochs only crop: on a CPU, decoding costs far more than a tiny model's step.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.config import require_at_least
+from utils.config import PretrainDataConfig, require_at_least
 
 from . import decoders
 from .bad_videos import BadVideoTracker
@@ -39,7 +38,6 @@ from .listfile import VideoRecord, parse_list_file
 from .masking import build_masking_generator
 from .sampling import dense_train_indices
 from .transforms import clip_buffer, resize, stack_clips, to_tchw
-from .video_dataset import VideoDataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -295,48 +293,38 @@ def pretrain_list_path(data_path: str) -> str:
     return data_path
 
 
-def token_grid(args: argparse.Namespace, patch_size: int = 16) -> Tuple[int, int, int]:
+def token_grid(cfg: PretrainDataConfig, patch_size: int = 16) -> Tuple[int, int, int]:
     """VideoMAE's ``window_size``: ``(num_frames // tubelet, input_size // p, input_size // p)``."""
-    frames, size, tubelet = int(args.num_frames), int(args.input_size), int(args.tubelet_size)
+    frames, size, tubelet = int(cfg.num_frames), int(cfg.input_size), int(cfg.tubelet_size)
     if frames % tubelet or size % patch_size:
         raise ValueError(f"--num_frames {frames} must be a multiple of --tubelet_size {tubelet} "
                          f"and --input_size {size} a multiple of the patch size {patch_size}")
     return frames // tubelet, size // patch_size, size // patch_size
 
 
-def build_pretraining_dataset(args: argparse.Namespace, patch_size: int = 16
+def build_pretraining_dataset(cfg: PretrainDataConfig, patch_size: int = 16
                               ) -> VideoMAEPretrainDataset:
-    """The pre-training dataset from ``run_mae_pretraining.py``'s flags.
+    """The pre-training dataset of ``run_mae_pretraining.py``'s data settings.
 
     Args:
-        args: needs ``data_path``, ``data_root``, ``num_frames``, ``sampling_rate``,
-            ``input_size``, ``tubelet_size``, ``mask_type``, ``mask_ratio``; optional
-            ``data_set``, ``flip``, ``video_backend``, ``max_bad_fraction``, ``cache_videos``,
-            ``allow_duplicates``.
+        cfg: the data settings (``PretrainDataConfig.from_args`` of the flags).
         patch_size: the model's spatial patch side.
 
     Raises:
         ListFileError: a list-file problem, naming the file and line.
         ValueError: an invalid flag, naming it.
     """
-    list_path = pretrain_list_path(args.data_path)
+    list_path = pretrain_list_path(cfg.data_path)
     # Labels are not used: accept any non-negative integer (unlabelled videos are listed as 0).
-    records = parse_list_file(list_path, nb_classes=sys.maxsize,
-                              data_root=getattr(args, "data_root", "") or "",
-                              allow_duplicates=bool(getattr(args, "allow_duplicates",
-                                                            VideoDataConfig.allow_duplicates)))
-    flip = bool(getattr(args, "flip", False))
-    if flip and getattr(args, "data_set", "") == "SSV2":
-        raise ValueError("--flip with --data_set SSV2: flipping changes Something-Something "
-                         "labels (left/right), so it is not allowed")
-    grid = token_grid(args, patch_size)
-    mask_generator = build_masking_generator(getattr(args, "mask_type", "tube"), grid,
-                                             float(args.mask_ratio))
+    records = parse_list_file(list_path, nb_classes=sys.maxsize, data_root=cfg.data_root,
+                              allow_duplicates=cfg.allow_duplicates)
+    grid = token_grid(cfg, patch_size)
+    mask_generator = build_masking_generator(cfg.mask_type, grid, float(cfg.mask_ratio))
     dataset = VideoMAEPretrainDataset(
-        records, args.num_frames, args.sampling_rate, args.input_size, mask_generator, flip=flip,
-        video_backend=getattr(args, "video_backend", "decord") or "decord",
-        max_bad_fraction=float(getattr(args, "max_bad_fraction", 0.01)), list_path=list_path,
-        cache=bool(getattr(args, "cache_videos", False)))
+        records, cfg.num_frames, cfg.sampling_rate, cfg.input_size, mask_generator,
+        flip=cfg.flip, video_backend=cfg.video_backend,
+        max_bad_fraction=float(cfg.max_bad_fraction), list_path=list_path,
+        cache=cfg.cache_videos)
     logger.info("pre-training data: %d videos from %s, %s", len(dataset), list_path,
                 mask_generator)
     return dataset

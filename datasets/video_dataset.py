@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, List, Sequence, Set, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.config import require_at_least
+from utils.config import DataConfig
 
 from . import decoders
 from .bad_videos import BadVideoTracker
@@ -42,86 +41,22 @@ MAX_ATTEMPTS = 10
 MODES = ("train", "val", "test")
 
 
-@dataclass
-class VideoDataConfig:
-    """Data options, named as the command-line flags.
-
-    Args:
-        num_frames: frames per clip (``--num_frames``).
-        sampling_rate: frame distance in dense sampling (``--sampling_rate``).
-        segment_sampling: one frame per segment (SSV2) instead of a dense window.
-        input_size: crop size (``--input_size``).
-        short_side_size: evaluation resize of the short side (``--short_side_size``).
-        test_num_segment: temporal test views (``--test_num_segment``).
-        test_num_crop: spatial test views (``--test_num_crop``).
-        num_sample: augmented clips per decoded training video (``--num_sample``).
-        auto_augment: RandAugment string, None when off (``--is_aa``/``--aa``).
-        train_interpolation: ``--train_interpolation``.
-        flip: random horizontal flip in training (off for SSV2 and with ``--no_flip``).
-        crop_scale: area range of the training random resized crop (``--train_crop_scale``).
-        reprob: random erasing probability (``--reprob``); applied on the device by the engine.
-        remode: random erasing mode (``--remode``).
-        recount: random erasing count (``--recount``).
-        video_backend: 'decord' or 'pyav' (``--video_backend``).
-        max_bad_fraction: ``--max_bad_fraction``.
-        allow_duplicates: keep videos listed twice in the list file (``--allow_duplicates``;
-            read by ``parse_list_file``).
-        decode_once: test mode decodes each video once for all its views (False: once per
-            view, kept only to measure the difference).
-    """
-
-    num_frames: int = 16
-    sampling_rate: int = 4
-    segment_sampling: bool = False
-    input_size: int = 224
-    short_side_size: int = 224
-    test_num_segment: int = 5
-    test_num_crop: int = 3
-    num_sample: int = 2  # as the original scripts' default: two augmented clips per decode
-    auto_augment: Optional[str] = None
-    train_interpolation: str = "bicubic"
-    flip: bool = True
-    crop_scale: Tuple[float, float] = (0.08, 1.0)
-    reprob: float = 0.0
-    remode: str = "pixel"
-    recount: int = 1
-    video_backend: str = "decord"
-    max_bad_fraction: float = 0.01
-    allow_duplicates: bool = False
-    decode_once: bool = True
-
-    def validate(self, mode: str = "train") -> None:
-        """Raise ValueError naming the flag of an impossible setting for ``mode``."""
-        positive = {"num_frames": self.num_frames, "sampling_rate": self.sampling_rate,
-                    "input_size": self.input_size, "test_num_segment": self.test_num_segment,
-                    "test_num_crop": self.test_num_crop, "num_sample": self.num_sample}
-        require_at_least(positive, 1)  # the command line's check, for configs made in code
-        if mode != "train" and self.short_side_size < self.input_size:
-            raise ValueError(f"--short_side_size ({self.short_side_size}) must be >= "
-                             f"--input_size ({self.input_size}): evaluation crops are cut from "
-                             f"frames resized to the short side")
-        if self.video_backend not in decoders.BACKENDS:
-            raise ValueError(f"--video_backend must be one of {decoders.BACKENDS}, "
-                             f"got {self.video_backend!r}")
-        if not 0.0 <= self.reprob <= 1.0:
-            raise ValueError(f"--reprob must be in [0, 1], got {self.reprob}")
-        if self.remode not in ("pixel", "rand", "const"):
-            raise ValueError(f"--remode must be 'pixel', 'rand' or 'const', got {self.remode!r}")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ValueError(f"--max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-
-
 class VideoClsDataset(Dataset):
     """Videos listed in a list file, as training clips, validation clips or test views.
 
     Args:
         records: parsed list file.
         mode: 'train', 'val' or 'test'.
-        config: data options.
+        config: the data settings (``DataConfig``; the training-only ones are read in
+            training only).
         list_path: the list file (for messages).
     """
 
-    def __init__(self, records: Sequence[VideoRecord], mode: str, config: VideoDataConfig,
+    # Test items decode each video once for all its views (False: once per view, kept only to
+    # measure the difference).
+    decode_once = True
+
+    def __init__(self, records: Sequence[VideoRecord], mode: str, config: DataConfig,
                  list_path: str = "") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -135,8 +70,8 @@ class VideoClsDataset(Dataset):
         self.dataset_samples = [r.path for r in self.records]
         self.label_array = [r.label for r in self.records]
         self.train_transform = TrainTransform(
-            config.input_size, config.auto_augment, config.train_interpolation, config.flip,
-            tuple(config.crop_scale)) if mode == "train" else None
+            config.input_size, config.auto_augment, config.train_interpolation,
+            config.train_flip, tuple(config.train_crop_scale)) if mode == "train" else None
         # Indices found bad in this process (one copy per worker): not picked as replacements.
         self._known_bad: Set[int] = set()
 
@@ -279,7 +214,7 @@ class VideoClsDataset(Dataset):
 
     def _decode_test_views(self, rec: VideoRecord) -> List[torch.Tensor]:
         """Resized uint8 frames (T,3,h,w) of each temporal view."""
-        if self.config.decode_once:
+        if self.decode_once:
             # Decode the union of all views' frames once, resize once, then index per view.
             inverse: List[np.ndarray] = []  # per view: positions of its frames in the union
 

@@ -27,7 +27,7 @@ Usage::
   of paths (task ``i`` is the ``i``-th path, named by its path). Each checkpoint's architecture
   (``--model``, clip shape, prompt count and block range, ``--prompt_reparam``,
   ``--prompt_per_head``, ``--use_cls``) is read from its ``args``, as ``--eval`` reads it
-  (``utils/config.py``, ``ModelConfig.with_architecture``); its class count from its head.
+  (``models/config.py``, ``ModelConfig.with_architecture``); its class count from its head.
 * ``backbone``: the backbone file (what ``--finetune`` was), loaded once with
   ``models.load_pretrained``; default: the file the checkpoints record.
 * ``unsafe``: ``--unsafe_load`` for every file read.
@@ -83,6 +83,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from utils.config import field_defaults
+
+from . import create_model
+from .config import ModelConfig
 from .method_state import file_sha256, load_method
 from .pretrained import load_pretrained
 from .run_checkpoints import read_checkpoint
@@ -111,7 +115,6 @@ REFUSED = {
 }
 # Flags that must be equal across tasks: the backbone variant, its clip shape and its tokens.
 SHARED_FLAGS = ("model", "num_frames", "input_size", "tubelet_size", "use_learnable_pos_emb")
-_FLAG_DEFAULTS = {"tubelet_size": 2, "use_learnable_pos_emb": False}  # run_class_apt.py's
 
 
 class TaskHead(nn.Module):
@@ -345,7 +348,8 @@ def _check_type(path: str, ckpt: Mapping[str, Any]) -> None:
 
 
 def _run_flags(path: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
-    """The checkpoint's run flags, with the clip-shape flags it must have."""
+    """The checkpoint's run flags over the declared defaults of the network's flags
+    (``ModelConfig``), with the clip-shape flags it must have."""
     flags = dict(ckpt.get("args") or {})
     missing = [k for k in ("model", "num_frames", "input_size") if flags.get(k) is None]
     if missing:
@@ -354,9 +358,7 @@ def _run_flags(path: str, ckpt: Mapping[str, Any]) -> Dict[str, Any]:
                               f"takes training checkpoints of run_class_apt.py")
     flags["transfer_type"] = canonical_transfer_type(ckpt.get("transfer_type")
                                                      or flags.get("transfer_type"))
-    for k, v in _FLAG_DEFAULTS.items():
-        flags.setdefault(k, v)
-    return flags
+    return {**field_defaults(ModelConfig), **flags}
 
 
 def _check_same_flags(flags: List[Tuple[str, Dict[str, Any]]]) -> None:
@@ -402,7 +404,6 @@ def _build(flags: Mapping[str, Any], transfer_type: str, method: Any, num_classe
            mean_pooling: bool, architecture: Mapping[str, Any]) -> VisionTransformer:
     """A model of the checkpoint's architecture (``ModelConfig.build``'s keywords; dropouts
     are irrelevant at inference), with ``architecture`` overriding the variant."""
-    from models import create_model
     return create_model(flags["model"], transfer_type=transfer_type, method_config=method,
                         num_classes=num_classes, all_frames=int(flags["num_frames"]),
                         img_size=int(flags["input_size"]),
@@ -410,20 +411,6 @@ def _build(flags: Mapping[str, Any], transfer_type: str, method: Any, num_classe
                         use_mean_pooling=mean_pooling,
                         use_learnable_pos_emb=bool(flags["use_learnable_pos_emb"]),
                         **architecture)
-
-
-def _model_config(flags: Mapping[str, Any], num_classes: int) -> Any:
-    """The checkpoint's ``ModelConfig``, resolved as ``--eval`` resolves it
-    (``ModelConfig.with_architecture`` over the saved flags)."""
-    from utils.config import ModelConfig  # utils imports the training stack: only when needed
-    kind = flags["transfer_type"]
-    base = ModelConfig(model=flags["model"], transfer_type=kind, method=make_config(kind, {}),
-                       num_classes=num_classes, num_frames=int(flags["num_frames"]),
-                       input_size=int(flags["input_size"]), tubelet_size=2,
-                       use_mean_pooling=True, use_learnable_pos_emb=False, drop=0.0,
-                       attn_drop_rate=0.0, drop_path=0.0, fc_drop_rate=0.0, init_scale=1.0,
-                       use_checkpoint=False)
-    return base.with_architecture(dict(flags))[0]
 
 
 def _read_task(name: str, path: str, ckpt: Mapping[str, Any], flags: Mapping[str, Any],
@@ -435,7 +422,7 @@ def _read_task(name: str, path: str, ckpt: Mapping[str, Any], flags: Mapping[str
         raise CheckpointError(f"{path} holds no 'head.weight': not a classifier checkpoint")
     num_classes = int(state["head.weight"].shape[0])
     try:  # settings no model could take (a block range past the last block, ...)
-        cfg = _model_config(flags, num_classes)
+        cfg = ModelConfig.from_flags(flags, num_classes)  # the architecture as --eval reads it
         # Built on the meta device and materialised uninitialised: the backbone part of this
         # model is never used (the shared backbone is), so it is never initialised nor read.
         with torch.device("meta"):

@@ -13,6 +13,7 @@ import torch
 
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from datasets.synthetic import render_clip, write_video
+from utils.config import DataConfig
 
 __all__ = ["write_video", "index_coded_frames", "decode_frame_codes", "gradient_frames",
            "textured_frames", "write_faststart_mp4", "write_list", "make_args", "denormalize",
@@ -95,10 +96,11 @@ def write_list(path: str, entries: Iterable[Tuple[str, int]], sep: str = " ") ->
     return path
 
 
-def make_args(data_path: str, **overrides) -> argparse.Namespace:
-    """A small flag set as run_class_apt.py would pass it (tiny clips for speed)."""
+def make_args(data_path: str, **overrides) -> DataConfig:
+    """The data settings of a small flag set as run_class_apt.py would parse it (tiny clips for
+    speed), through the conversion the scripts use (``DataConfig.from_args``)."""
     args = dict(data_set="custom", data_path=data_path, data_root="", nb_classes=4, num_frames=4,
-                sampling_rate=2, num_segments=1, input_size=32, short_side_size=32,
+                sampling_rate=2, input_size=32, short_side_size=32,
                 test_num_segment=2, test_num_crop=3, num_sample=1, is_aa=False,
                 aa="rand-m7-n4-mstd0.5-inc1", train_interpolation="bicubic", reprob=0.0,
                 remode="pixel", recount=1, video_backend="decord", max_bad_fraction=0.01, seed=0,
@@ -106,7 +108,7 @@ def make_args(data_path: str, **overrides) -> argparse.Namespace:
                 # count); tests of the duplicate check pass allow_duplicates=False.
                 allow_duplicates=True)
     args.update(overrides)
-    return argparse.Namespace(**args)
+    return DataConfig.from_args(argparse.Namespace(**args))
 
 
 class FixedRng:

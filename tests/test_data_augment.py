@@ -236,8 +236,7 @@ def test_ssv2_is_never_flipped_other_sets_are(media, tmp_path):
     frac = _flipped_fraction(make_args(str(ucf), data_set="UCF101", nb_classes=101))
     assert 0.15 < frac < 0.85  # about half
     # --no_flip: for other sets whose labels depend on left/right (e.g. the synthetic motions)
-    no_flip = make_args(str(ucf), data_set="UCF101", nb_classes=101)
-    no_flip.no_flip = True
+    no_flip = make_args(str(ucf), data_set="UCF101", nb_classes=101, no_flip=True)
     assert _flipped_fraction(no_flip) == 0.0
 
 

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+import run_class_apt
 from datasets import ListFileError, build_dataset, num_classes_for, parse_list_file
 from tests.data_helpers import make_args, write_list
 
@@ -85,18 +86,16 @@ def test_build_dataset_picks_split_files(tmp_path):
 
 
 def test_class_counts_of_known_data_sets(tmp_path):
-    import argparse
-
     for name, n in (("UCF101", 101), ("HMDB51", 51), ("SSV2", 174), ("Kinetics-400", 400)):
-        assert num_classes_for(argparse.Namespace(data_set=name)) == n
-        assert num_classes_for(argparse.Namespace(data_set=name, nb_classes=n)) == n
+        assert num_classes_for(name) == n
+        assert num_classes_for(name, n) == n
         with pytest.raises(ValueError, match="--nb_classes 10 contradicts --data_set"):
-            num_classes_for(argparse.Namespace(data_set=name, nb_classes=10))
-    assert num_classes_for(argparse.Namespace(data_set="custom", nb_classes=7)) == 7
+            num_classes_for(name, 10)
+    assert num_classes_for("custom", 7) == 7
     with pytest.raises(ValueError, match="--nb_classes"):
-        num_classes_for(argparse.Namespace(data_set="custom"))
+        num_classes_for("custom")
     with pytest.raises(ValueError, match="unknown --data_set"):
-        num_classes_for(argparse.Namespace(data_set="ImageNet"))
+        num_classes_for("ImageNet")
 
 
 def test_ucf101_training_list_must_cover_101_classes(tmp_path):
@@ -114,8 +113,11 @@ def test_invalid_flags_are_named(tmp_path):
         build_dataset(False, False, make_args(str(tmp_path), input_size=64, short_side_size=32))
     with pytest.raises(ValueError, match="--video_backend"):
         build_dataset(False, False, make_args(str(tmp_path), video_backend="cv2"))
+    # --num_segments is a compatibility flag of the command line, refused there for values
+    # other than 1 (the one check, run_class_apt.COMPAT_FLAGS)
     with pytest.raises(ValueError, match="--num_segments"):
-        build_dataset(False, False, make_args(str(tmp_path), num_segments=2))
+        run_class_apt.make_config(run_class_apt.get_args_parser().parse_args(
+            ["--data_path", str(tmp_path), "--num_segments", "2"]))
     with pytest.raises(ValueError, match="--aa"):
         write_list(str(tmp_path / "train.csv"), [(f"a{i}.mp4", i) for i in range(4)])
         build_dataset(True, False, make_args(str(tmp_path), is_aa=True, aa="auto-bogus"))

@@ -204,7 +204,7 @@ def test_test_mode_decodes_each_video_once(coded, monkeypatch, backend):
     once = [ds[i][0] for i in range(len(ds))]
     assert counts == {"open": len(ds), "get_batch": len(ds)}
     # Decoding per view (the baseline) gives exactly the same views, at 15 decodes per video.
-    ds.config.decode_once = False
+    ds.decode_once = False
     counts.update(open=0, get_batch=0)
     per_view = [ds[i][0] for i in range(len(ds))]
     assert counts["get_batch"] == 15 * len(ds)

@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-import run_class_apt
 
 from tests.engine_helpers import ROOT, run_main, subprocess_env, tiny_argv
 from tools import predict
+from models.config import FinetuneConfig
 
 # 8 epochs (about 2 s): after one, every test video has the same top-1 class, and a top-1
 # comparison would pass whatever video predict.py decoded.
@@ -191,12 +191,11 @@ def test_deepspeed_checkpoint_folder(tmp_path, data, trained):
 
 def test_data_set_sets_the_sampling_and_keeps_the_class_count(trained):
     """SSV2 samples one frame per segment: saved in the flags, or given on the command line."""
-    import datasets
     ckpt = torch.load(os.path.join(trained, "checkpoint-last.pth"), weights_only=True)
 
     def sampling(ckpt, overrides):
-        cfg = run_class_apt.checkpoint_config(ckpt, "ckpt", overrides)
-        return cfg.model.num_classes, datasets.config_from_args(cfg.data, "test").segment_sampling
+        cfg = FinetuneConfig.from_checkpoint(ckpt, "ckpt", overrides)
+        return cfg.model.num_classes, cfg.data.segment_sampling
 
     assert sampling(ckpt, {}) == (3, False)
     assert sampling(ckpt, {"data_set": "SSV2"}) == (3, True)

@@ -16,6 +16,7 @@ from models.pretrain import create_pretrain_model, finetune_model_for, list_pret
 from models.vit import sincos_position_table
 from tests.pretrain_helpers import synthetic_videos  # noqa: F401  (fixture)
 from tests.pretrain_helpers import tiny_pretrain_model
+from utils.config import PretrainDataConfig
 
 
 # ------------------------------------------------------------------------------------ masking
@@ -186,7 +187,7 @@ def _data_args(data_path, **kw):
                 tubelet_size=2, mask_type="tube", mask_ratio=0.75, video_backend="decord",
                 max_bad_fraction=0.5, cache_videos=False, flip=False, data_set="custom")
     args.update(kw)
-    return argparse.Namespace(**args)
+    return PretrainDataConfig.from_args(argparse.Namespace(**args))
 
 
 def test_multi_scale_crop_uses_videomae_sizes_and_fixed_offsets():

@@ -14,6 +14,7 @@ import run_mae_pretraining
 import utils
 from utils.backend import PlainBackend
 from datasets.pretrain_dataset import build_pretraining_dataset, collate_pretrain
+from utils.config import PretrainDataConfig
 from models import TRANSFER_TYPES, create_model, load_pretrained
 from tests.helpers import its_settings
 from tests.pretrain_helpers import synthetic_videos  # noqa: F401  (fixture)
@@ -43,7 +44,7 @@ def test_loss_decreases_over_steps_on_synthetic_videos(synthetic_videos):
     np.random.seed(0)
     args = run_mae_pretraining.get_args_parser().parse_args(
         pretrain_argv(synthetic_videos, "", "--mask_ratio", "0.75"))
-    dataset = build_pretraining_dataset(args)
+    dataset = build_pretraining_dataset(PretrainDataConfig.from_args(args))
     videos, masks, _ = collate_pretrain([dataset[i] for i in range(8)])
     model = tiny_pretrain_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95),

@@ -36,6 +36,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from models import cost_report, parameter_counts  # noqa: E402  (after the checkout is on sys.path)
+from models.config import FinetuneConfig  # noqa: E402
+from models.transfer import (TRANSFER_TYPES, canonical_transfer_type,  # noqa: E402
+                             resolve_block_range, setting_fields)
+from tools.plots import PlotPoint, accuracy_vs_params  # noqa: E402
+from utils.logs import read_json_lines  # noqa: E402
+
 logger = logging.getLogger("compare_runs")
 
 # How a transfer type is named in the table (a type not listed shows its registered name).
@@ -133,7 +140,6 @@ def read_args(run_dir: str) -> Optional[Dict[str, Any]]:
 def read_log(run_dir: str) -> Optional[List[Dict[str, Any]]]:
     """The records of ``log.txt`` (None if there is none). A line that is no JSON object (one
     cut short by a crash) is skipped with a warning naming it."""
-    from utils.logs import read_json_lines  # torch and the training stack: only when needed
     path = os.path.join(run_dir, "log.txt")
     return read_json_lines(path) if os.path.isfile(path) else None
 
@@ -187,9 +193,11 @@ class ArchitectureCosts:
         """``{"depth", "trainable_params", "gflops", "method", "transfer_type"}`` of the run
         whose ``args.json`` is ``saved`` (``where`` names it in warnings); None where it cannot
         be rebuilt."""
-        from utils.config import FinetuneConfig
+
         try:  # flags this checkout refuses (a removed type or model, a bad setting)
-            cfg = FinetuneConfig.from_args(saved_namespace(saved)).model
+            # the declared defaults with the saved flags over them, so a run saved before a
+            # flag existed gets that flag's default
+            cfg = FinetuneConfig.from_args(saved).model
             key = json.dumps([cfg.architecture(), cfg.num_classes, cfg.num_frames,
                               cfg.input_size], sort_keys=True, default=str)
             if key not in self.cache:
@@ -202,7 +210,6 @@ class ArchitectureCosts:
 
     def _count(self, cfg: Any) -> Dict[str, Any]:
         import torch
-        from models import cost_report, parameter_counts
         with torch.device("meta"):  # shapes only: no storage, no arithmetic
             model = cfg.build()
         if self.count_flops:
@@ -211,16 +218,6 @@ class ArchitectureCosts:
             report = {**parameter_counts(model), "gflops": None}
         return {"depth": model.depth, "trainable_params": report["trainable_params"],
                 "gflops": report["gflops"]}
-
-
-def saved_namespace(saved: Dict[str, Any]) -> argparse.Namespace:
-    """The parsed command line of a run: today's defaults with the saved values over them, so
-    a run saved before a flag existed gets that flag's default."""
-    import run_class_apt
-    args = run_class_apt.get_args_parser().parse_args([])
-    for key, value in saved.items():
-        setattr(args, key, value)
-    return args
 
 
 def method_label(transfer_type: str, settings: Dict[str, Any], depth: Optional[int]) -> str:
@@ -235,7 +232,6 @@ def method_label(transfer_type: str, settings: Dict[str, Any], depth: Optional[i
         settings: the run's values of the type's settings (missing ones take the default).
         depth: the backbone's block count (resolves the default block range), or None.
     """
-    from models.transfer import canonical_transfer_type, resolve_block_range, setting_fields
     transfer_type = canonical_transfer_type(transfer_type)  # runs of old code: a former name
     name = TYPE_NAMES.get(transfer_type, transfer_type)
     try:
@@ -280,7 +276,6 @@ def backbone_name(saved: Dict[str, Any]) -> str:
     if "backbone_loaded" in saved:
         path = saved["backbone_loaded"]
     else:
-        from models.transfer import TRANSFER_TYPES, canonical_transfer_type
         method = TRANSFER_TYPES.get(canonical_transfer_type(saved.get("transfer_type", "")))
         path = saved.get("finetune") if method is None or method.loads_pretrained else None
     return os.path.basename(os.path.normpath(path)) if path else "random init"
@@ -403,7 +398,6 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
 def plot(rows: Sequence[Row], path: str) -> bool:
     """Final top-1 against trainable parameters of the tested runs (``tools/plots.py``); one
     colour per transfer type, each point labelled with its method. False: nothing to plot."""
-    from tools.plots import PlotPoint, accuracy_vs_params
     tested = [r for r in rows if r.top1 is not None and r.trainable_params]
     if not tested:
         return False

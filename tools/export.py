@@ -30,11 +30,12 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-import run_class_apt  # noqa: E402
 import utils  # noqa: E402
 from models import CheckpointError  # noqa: E402
 from models.transfer import folded_for_inference  # noqa: E402
-from utils.config import ConfigError, FinetuneConfig  # noqa: E402
+from runs import load_run  # noqa: E402
+from models.config import FinetuneConfig  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
 from utils.outputs import OutputWriteError, make_dirs, writing  # noqa: E402
 
 logger = logging.getLogger("export")
@@ -81,11 +82,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------ model
 def load_trained_model(path: str, finetune: str = "", unsafe: bool = False
                        ) -> Tuple[torch.nn.Module, FinetuneConfig, Dict[str, Any]]:
-    """The trained model of checkpoint ``path`` in eval mode (not folded), as ``--eval``
-    builds it (``run_class_apt.load_checkpoint_model``). Returns the model, its settings and
-    the checkpoint."""
-    cfg, model, ckpt = run_class_apt.load_checkpoint_model(path, torch.device("cpu"),
-                                                           finetune=finetune, unsafe_load=unsafe)
+    """The trained model of checkpoint (or run folder) ``path`` in eval mode (not folded), as
+    ``--eval`` builds it (``runs.load_run``). Returns the model, its settings and the
+    checkpoint."""
+    run = load_run(path, "cpu", finetune=finetune, unsafe_load=unsafe)
+    model, cfg, ckpt, path = run.model, run.config, run.ckpt, run.checkpoint
     # The clip shape is not part of ModelConfig.ARCHITECTURE (--eval takes it from the command
     # line), but the exported input is fixed to it: never take it from a default.
     missing = [f"--{k}" for k in ("num_frames", "input_size") if k not in ckpt["args"]]

@@ -40,8 +40,18 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402  (after the checkout is on sys.path, as the other tools)
 
+import datasets  # noqa: E402
+from datasets import ListFileError  # noqa: E402
 import utils  # noqa: E402
-from utils.config import ConfigError, FinetuneConfig  # noqa: E402
+from datasets.transforms import normalize_video  # noqa: E402
+from engine_eval import final_test  # noqa: E402
+from engine_eval import multi_view_scores as mean_over_views  # noqa: E402
+from models import CheckpointError  # noqa: E402
+from models.run_checkpoints import find_run_checkpoint, read_named_checkpoint  # noqa: E402
+from models.multitask import MultiTaskModel  # noqa: E402
+from runs import CLASSES_FILE, default_class_names, load_run, read_class_names  # noqa: E402
+from models.config import FinetuneConfig  # noqa: E402
+from utils.config import DATA_SETS, VIDEO_BACKENDS, ConfigError  # noqa: E402
 from utils.outputs import OutputWriteError, atomic_file  # noqa: E402
 
 logger = logging.getLogger("predict")
@@ -53,7 +63,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".m
 # Flags that override the checkpoint's saved ones (None: keep the saved value).
 CLIP_FLAGS = ("num_frames", "sampling_rate", "input_size", "short_side_size",
               "test_num_segment", "test_num_crop", "video_backend")
-CLASSES_FILE = "classes.txt"
 # The dataset names a bad video by this "list file" and its 1-based position in the inputs.
 INPUT_NAME = "predict.py inputs"
 
@@ -61,8 +70,6 @@ INPUT_NAME = "predict.py inputs"
 # ------------------------------------------------------------------------------------- flags
 def get_args_parser() -> argparse.ArgumentParser:
     """The flags of ``tools/predict.py``."""
-    from datasets.build import DATA_SETS
-    from utils.cli import VIDEO_BACKENDS
     p = argparse.ArgumentParser(
         "tools/predict.py", description="Top-k action classes of video files, with the "
         "multi-view test of a trained checkpoint.")
@@ -140,12 +147,13 @@ class LoadedModel:
 def load_model(path: str, device: torch.device, overrides: Optional[Dict[str, Any]] = None,
                finetune: str = "", class_names: str = "", unsafe_load: bool = False
                ) -> LoadedModel:
-    """Read a training checkpoint and build its network with its weights on ``device``.
+    """Read a training checkpoint and build its network with its weights on ``device``
+    (``runs.load_run``).
 
     Args:
-        path: ``checkpoint-*.pth`` or a DeepSpeed ``checkpoint-*/`` folder.
+        path: ``checkpoint-*.pth``, a DeepSpeed ``checkpoint-*/`` folder or a run folder.
         device: where the model runs.
-        overrides: flags that replace the saved ones (``run_class_apt.checkpoint_config``).
+        overrides: flags that replace the saved ones (``FinetuneConfig.from_checkpoint``).
         finetune: the backbone file, when the one the checkpoint recorded is gone.
         class_names: a ``<label> <name>`` file ('' = ``classes.txt`` next to the list files).
         unsafe_load: allow full unpickling.
@@ -154,53 +162,11 @@ def load_model(path: str, device: torch.device, overrides: Optional[Dict[str, An
         FileNotFoundError: no such checkpoint, or its backbone is gone and no ``finetune``.
         CheckpointError: unreadable checkpoint, or another backbone than it was trained on.
     """
-    import run_class_apt
-    cfg, model, _ = run_class_apt.load_checkpoint_model(path, device, overrides, finetune,
-                                                        unsafe_load)
+    run = load_run(path, device, overrides=overrides, finetune=finetune,
+                   unsafe_load=unsafe_load, class_names=class_names)
+    cfg = run.config
     amp_dtype = utils.amp_dtype_for(device, cfg.run.amp, cfg.run.amp_dtype)
-    names = read_class_names(class_names, cfg.model.num_classes) if class_names \
-        else default_class_names(cfg)
-    return LoadedModel(path, cfg, model, device, amp_dtype, names)
-
-
-def read_class_names(path: str, num_classes: int, flag: str = "--class_names") -> List[str]:
-    """Class names from ``<label> <name>`` lines (the ``classes.txt`` the list-file tools
-    write; a name may hold spaces). Labels without a line are named by their index.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ConfigError: a line without a label in ``[0, num_classes)``, naming file and line.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag} {path}: no such file")
-    names = [str(i) for i in range(num_classes)]
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
-        for lineno, raw in enumerate(f, start=1):
-            parts = raw.strip().split(None, 1)
-            if not parts:
-                continue
-            if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) >= num_classes:
-                raise ConfigError(f"{path}:{lineno}: expected '<label> <name>' with a label in "
-                                  f"[0, {num_classes}) (the checkpoint's class count), got "
-                                  f"{raw.strip()!r}; pass the right file with --class_names")
-            names[int(parts[0])] = parts[1]
-    return names
-
-
-def default_class_names(cfg: FinetuneConfig) -> List[str]:
-    """Names from ``classes.txt`` next to the checkpoint's list files (``--data_path``, then
-    ``--eval_data_path``); class indices when there is none."""
-    for root in (cfg.data.data_path, cfg.data.eval_data_path):
-        if not root:
-            continue
-        folder = root if os.path.isdir(root) else os.path.dirname(root)
-        path = os.path.join(folder, CLASSES_FILE)
-        if os.path.isfile(path):
-            logger.info("class names from %s", path)
-            return read_class_names(path, cfg.model.num_classes, CLASSES_FILE)
-    logger.info("no %s next to the checkpoint's list files (--data_path %s): classes are shown "
-                "by index; --class_names FILE names them", CLASSES_FILE, cfg.data.data_path)
-    return [str(i) for i in range(cfg.model.num_classes)]
+    return LoadedModel(run.checkpoint, cfg, run.model, device, amp_dtype, run.label_names)
 
 
 # ------------------------------------------------------------------------------ the videos
@@ -239,8 +205,7 @@ def video_loader(videos: Sequence[str], cfg: FinetuneConfig, batch_size: int,
         num_workers: decoding processes.
         device: pins memory for CUDA.
     """
-    import datasets
-    data_cfg = datasets.config_from_args(cfg.data, "test")
+    data_cfg = cfg.data
     # The label is unknown: 0 is a valid class for the dataset and is never read back.
     records = [datasets.VideoRecord(path=v, label=0, line=i) for i, v in enumerate(videos, 1)]
     dataset = datasets.VideoClsDataset(records, "test", data_cfg, INPUT_NAME)
@@ -311,7 +276,6 @@ def multi_view_scores(loaded: LoadedModel, videos: Sequence[str], batch_size: in
         num_workers: decoding processes.
         log_every: batches between progress lines.
     """
-    from engine_eval import final_test
     loader = video_loader(videos, loaded.cfg, batch_size, num_workers, loaded.device)
     # final_test's own "Test:" lines only at its first and last batch; VideoRate logs videos/s.
     preds = final_test(VideoRate(loader, log_every), loaded.model, loaded.device, None,
@@ -359,14 +323,9 @@ def predict_tasks(tasks: Dict[str, str], videos: Sequence[str], device: torch.de
     is averaged over the views as in the engine's test. The clip and view settings are the
     first task's (all tasks share the backbone, hence its clip shape), with the overrides.
     """
-    import run_class_apt
-    from datasets.transforms import normalize_video
-    from engine_eval import multi_view_scores as mean_over_views
-    from models.run_checkpoints import read_named_checkpoint
-    from models.multitask import MultiTaskModel
-    cfgs = [run_class_apt.checkpoint_config(read_named_checkpoint(path, "--tasks",
-                                                                  args.unsafe_load),
-                                            path, overrides, args.finetune, args.unsafe_load)
+    cfgs = [FinetuneConfig.from_checkpoint(read_named_checkpoint(path, "--tasks",
+                                                                 args.unsafe_load),
+                                           path, overrides, args.finetune, args.unsafe_load)
             for path in tasks.values()]
     names = [read_class_names(args.class_names, c.model.num_classes) if args.class_names
              else default_class_names(c) for c in cfgs]
@@ -489,7 +448,6 @@ def prepare_output(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Answer for the videos of the parsed command line; returns the exit status (0 when at
     least one video was read, 1 when none could be)."""
-    from models.run_checkpoints import find_run_checkpoint
     check_args(args)
     if args.output:
         prepare_output(args.output)
@@ -501,8 +459,8 @@ def run(args: argparse.Namespace) -> int:
                  for name, path in parse_tasks(args.tasks).items()}
         answers = predict_tasks(tasks, videos, device, overrides, args)
         return report(answers, args)
-    loaded = load_model(find_run_checkpoint(args.resume), device, overrides, args.finetune,
-                        args.class_names, args.unsafe_load)
+    loaded = load_model(args.resume, device, overrides, args.finetune, args.class_names,
+                        args.unsafe_load)
     views = loaded.cfg.data.test_views
     logger.info("%d videos, %d views each (%d segments x %d crops), %d frames of %dx%d",
                 len(videos), views, loaded.cfg.data.test_num_segment,
@@ -528,8 +486,6 @@ def report(answers: Sequence[Answer], args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: the exit status (2: a flag, file or checkpoint that cannot be used,
     with a message naming it)."""
-    from datasets import ListFileError
-    from models import CheckpointError
     args = get_args_parser().parse_args(argv)
     utils.setup_logging()
     try:

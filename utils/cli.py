@@ -3,18 +3,17 @@
 Each ``add_*_args`` function adds one argument group to a parser and returns it, so a script can
 append its own flags to the same group. Where the two scripts differ (a default, the choices'
 order, a help text), the difference is a keyword argument: each script passes its own values and
-every flag keeps the default, type, choices and help it had.
+every flag keeps the default, type, choices and help it had. The defaults are the fields' of
+the settings dataclasses (``utils/config.py``), declared there once.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import typing
-from dataclasses import MISSING, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
-DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "custom")
-VIDEO_BACKENDS = ("decord", "pyav")
+from .config import DATA_SETS, VIDEO_BACKENDS, DataConfig, OptimConfig, RunConfig
 
 ArgumentGroup = argparse._ArgumentGroup  # argparse does not export the class under a public name
 
@@ -32,49 +31,6 @@ def flags_to_argv(flags: Dict[str, Any]) -> List[str]:
         if value is not True:
             argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
     return argv
-
-
-def add_method_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
-    """The "transfer type" group: ``--transfer_type`` and one flag per setting that the
-    registered types declare (``models/transfer``), with the declared default, type and help.
-
-    A setting shared by several types (``--prompt_num_tokens``) is one flag; its help names the
-    types that read it. Booleans are switches (``--prompt_reparam``).
-    """
-    from models.transfer import (TRANSFER_ALIASES, TRANSFER_TYPES, all_setting_fields,
-                                 canonical_transfer_type)
-    g = parser.add_argument_group("transfer type (flags from each type's settings dataclass)")
-    # A former name (``prompt``) becomes the registered one (``apt``) as the flag is read.
-    g.add_argument("--transfer_type", default="apt", type=canonical_transfer_type,
-                   choices=sorted(TRANSFER_TYPES),
-                   help="how the backbone is adapted: " + ", ".join(
-                       f"{n} ({TRANSFER_TYPES[n].__name__})" for n in sorted(TRANSFER_TYPES))
-                   + "".join(f"; {a}: former name of {n}" for a, n in
-                             sorted(TRANSFER_ALIASES.items())))
-    for name, (f, types) in all_setting_fields().items():
-        hints = typing.get_type_hints(TRANSFER_TYPES[types[0]].config_class)
-        kind = _flag_type(hints[name])
-        help_text = f"{f.metadata.get('help', '')} [{', '.join(types)}]"
-        default = None if f.default is MISSING else f.default
-        if kind is bool:
-            if default:
-                raise TypeError(f"setting {name!r}: a boolean setting must default to False "
-                                f"(it becomes the switch --{name})")
-            g.add_argument(f"--{name}", action="store_true", default=False, help=help_text)
-        else:
-            g.add_argument(f"--{name}", type=kind, default=default, help=help_text,
-                           choices=f.metadata.get("choices"))
-    return g
-
-
-def _flag_type(hint: Any) -> Callable:
-    """``int`` for ``int`` and ``Optional[int]``; the same for float, str and bool."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
-    if base not in (int, float, str, bool):
-        raise TypeError(f"a transfer-type setting must be int, float, str or bool (or Optional "
-                        f"of one), got {hint!r}")
-    return base
 
 
 @dataclass(frozen=True)
@@ -115,59 +71,64 @@ def pop_compat_args(args: argparse.Namespace, flags: Sequence[CompatFlag]) -> Li
     return errors
 
 
-def add_optimizer_args(parser: argparse.ArgumentParser, *, opt: str = "adamw",
+def add_optimizer_args(parser: argparse.ArgumentParser, *, opt: str = OptimConfig.opt,
                        opt_choices: Sequence[str] = ("adamw", "adam", "sgd", "momentum"),
                        opt_betas_help: Optional[str] = None,
-                       weight_decay: float = 0.05) -> ArgumentGroup:
+                       weight_decay: float = OptimConfig.weight_decay) -> ArgumentGroup:
     """The "optimizer" group: ``--opt``, ``--opt_eps``, ``--opt_betas``, ``--clip_grad``,
-    ``--momentum``, ``--weight_decay``, ``--weight_decay_end``."""
+    ``--momentum``, ``--weight_decay``, ``--weight_decay_end`` (defaults: ``OptimConfig``'s,
+    or the script's ``opt`` and ``weight_decay``)."""
+    o = OptimConfig
     g = parser.add_argument_group("optimizer")
     g.add_argument("--opt", default=opt, type=str, metavar="OPTIMIZER", choices=list(opt_choices))
-    g.add_argument("--opt_eps", default=1e-8, type=float, metavar="EPSILON")
-    g.add_argument("--opt_betas", default=None, type=float, nargs="+", metavar="BETA",
+    g.add_argument("--opt_eps", default=o.opt_eps, type=float, metavar="EPSILON")
+    g.add_argument("--opt_betas", default=o.opt_betas, type=float, nargs="+", metavar="BETA",
                    help=opt_betas_help)
-    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+    g.add_argument("--clip_grad", type=float, default=o.clip_grad, metavar="NORM",
                    help="clip the gradient norm (default: no clipping)")
-    g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
+    g.add_argument("--momentum", type=float, default=o.momentum, metavar="M", help="SGD momentum")
     g.add_argument("--weight_decay", type=float, default=weight_decay)
-    g.add_argument("--weight_decay_end", type=float, default=None,
+    g.add_argument("--weight_decay_end", type=float, default=o.weight_decay_end,
                    help="final weight decay of the cosine schedule (default: --weight_decay)")
     return g
 
 
-def add_schedule_args(parser: argparse.ArgumentParser, *, lr: float, min_lr: float,
-                      warmup_epochs: int, warmup_lr: float = 1e-6) -> ArgumentGroup:
+def add_schedule_args(parser: argparse.ArgumentParser, *, lr: float = OptimConfig.lr,
+                      min_lr: float = OptimConfig.min_lr,
+                      warmup_epochs: int = OptimConfig.warmup_epochs,
+                      warmup_lr: float = OptimConfig.warmup_lr) -> ArgumentGroup:
     """The "learning-rate schedule" group: ``--lr`` (for a total batch of 256), ``--warmup_lr``,
-    ``--min_lr``, ``--warmup_epochs``, ``--warmup_steps``."""
+    ``--min_lr``, ``--warmup_epochs``, ``--warmup_steps`` (defaults: ``OptimConfig``'s, or the
+    script's)."""
     g = parser.add_argument_group("learning-rate schedule")
     g.add_argument("--lr", type=float, default=lr, metavar="LR",
                    help="learning rate for a total batch of 256 (scaled by total batch / 256)")
     g.add_argument("--warmup_lr", type=float, default=warmup_lr, metavar="LR")
     g.add_argument("--min_lr", type=float, default=min_lr, metavar="LR")
     g.add_argument("--warmup_epochs", type=int, default=warmup_epochs, metavar="N")
-    g.add_argument("--warmup_steps", type=int, default=-1, metavar="N",
+    g.add_argument("--warmup_steps", type=int, default=OptimConfig.warmup_steps, metavar="N",
                    help="warm-up steps; overrides --warmup_epochs when > 0")
     return g
 
 
 def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                         data_root_help: str, max_bad_fraction_help: str,
-                        data_set: str = "custom", data_set_help: Optional[str] = None,
-                        data_sets: Sequence[str] = DATA_SETS,
-                        video_backends: Sequence[str] = VIDEO_BACKENDS) -> ArgumentGroup:
+                        defaults: Type[DataConfig] = DataConfig,
+                        data_set_help: Optional[str] = None) -> ArgumentGroup:
     """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``, ``--num_frames``,
-    ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``, ``--allow_duplicates``."""
-    from datasets.video_dataset import VideoDataConfig
-    defaults = VideoDataConfig()  # the data options' defaults are declared there, once
+    ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``, ``--allow_duplicates``,
+    with the defaults of ``defaults`` (``DataConfig`` or ``PretrainDataConfig``)."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data_path", default=None, type=str, help=data_path_help)
-    g.add_argument("--data_root", default="", type=str, help=data_root_help)
-    g.add_argument("--data_set", default=data_set, choices=tuple(data_sets), type=str,
+    g.add_argument("--data_path", default=defaults.data_path, type=str, help=data_path_help)
+    g.add_argument("--data_root", default=defaults.data_root, type=str, help=data_root_help)
+    g.add_argument("--data_set", default=defaults.data_set, choices=DATA_SETS, type=str,
                    help=data_set_help)
     g.add_argument("--num_frames", type=int, default=defaults.num_frames)
     g.add_argument("--sampling_rate", type=int, default=defaults.sampling_rate)
-    g.add_argument("--video_backend", default=defaults.video_backend, choices=tuple(video_backends), help="new")
-    g.add_argument("--max_bad_fraction", type=float, default=defaults.max_bad_fraction, help=max_bad_fraction_help)
+    g.add_argument("--video_backend", default=defaults.video_backend, choices=VIDEO_BACKENDS,
+                   help="new")
+    g.add_argument("--max_bad_fraction", type=float, default=defaults.max_bad_fraction,
+                   help=max_bad_fraction_help)
     g.add_argument("--allow_duplicates", action="store_true", default=defaults.allow_duplicates,
                    help="new: keep videos listed more than once in a list file (one warning "
                         "counts them); by default a repeated video is an error naming its lines")
@@ -176,35 +137,39 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
 
 def add_run_args(parser: argparse.ArgumentParser, *, resume_help: str,
                  amp_dtype_help: str, pin_mem_help: Optional[str] = None,
-                 num_workers: int = 10) -> ArgumentGroup:
+                 num_workers: int = DataConfig.num_workers) -> ArgumentGroup:
     """The "output and run" group: ``--output_dir``, ``--log_dir``, ``--log_every``,
     ``--device``, ``--seed``, ``--resume``, ``--auto_resume``/``--no_auto_resume`` (default on),
     ``--start_epoch``, ``--reset_optimizer``, ``--num_workers``, ``--pin_mem``/``--no_pin_mem``
-    (default on), ``--amp``/``--no_amp`` (default: decided by the device), ``--amp_dtype``."""
+    (default on), ``--amp``/``--no_amp`` (default: decided by the device), ``--amp_dtype``
+    (defaults: ``RunConfig``'s and ``DataConfig``'s)."""
+    r = RunConfig
     g = parser.add_argument_group("output and run")
-    g.add_argument("--output_dir", default="", help="where to save; empty for no saving")
-    g.add_argument("--log_dir", default=None,
+    g.add_argument("--output_dir", default=r.output_dir,
+                   help="where to save; empty for no saving")
+    g.add_argument("--log_dir", default=r.log_dir,
                    help="TensorBoard folder (default: --output_dir)")
-    g.add_argument("--log_every", type=int, default=10, help="new: progress line every N steps")
-    g.add_argument("--device", default=None,
+    g.add_argument("--log_every", type=int, default=r.log_every,
+                   help="new: progress line every N steps")
+    g.add_argument("--device", default=r.device,
                    help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--resume", default="", help=resume_help)
+    g.add_argument("--seed", default=r.seed, type=int)
+    g.add_argument("--resume", default=r.resume, help=resume_help)
     g.add_argument("--auto_resume", action="store_true")
     g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
-    parser.set_defaults(auto_resume=True)
-    g.add_argument("--start_epoch", default=0, type=int, metavar="N")
-    g.add_argument("--reset_optimizer", action="store_true", default=False,
+    parser.set_defaults(auto_resume=r.auto_resume)
+    g.add_argument("--start_epoch", default=r.start_epoch, type=int, metavar="N")
+    g.add_argument("--reset_optimizer", action="store_true", default=r.reset_optimizer,
                    help="new: on resume, start a fresh optimizer (e.g. another --opt); the "
                         "weights, epoch and schedule step still come from the checkpoint")
     g.add_argument("--num_workers", default=num_workers, type=int)
     g.add_argument("--pin_mem", action="store_true", help=pin_mem_help)
     g.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
-    parser.set_defaults(pin_mem=True)
-    g.add_argument("--amp", action="store_true", default=None,
+    parser.set_defaults(pin_mem=DataConfig.pin_mem)
+    g.add_argument("--amp", action="store_true", default=r.amp,
                    help="new: mixed precision (default: on for CUDA, off on CPU)")
     g.add_argument("--no_amp", action="store_false", dest="amp")
-    g.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"],
+    g.add_argument("--amp_dtype", default=r.amp_dtype, choices=["auto", "bf16", "fp16"],
                    help=amp_dtype_help)
     return g
 
@@ -216,10 +181,11 @@ def add_distributed_args(parser: argparse.ArgumentParser, *,
     ``--dist_timeout``."""
     g = parser.add_argument_group("distributed")
     g.add_argument("--world_size", default=1, type=int, help=world_size_help)
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int)
-    g.add_argument("--dist_on_itp", action="store_true")
-    g.add_argument("--dist_url", default="env://")
-    g.add_argument("--dist_timeout", default=30, type=int, metavar="MINUTES",
+    g.add_argument("--local_rank", "--local-rank", dest="local_rank",
+                   default=RunConfig.local_rank, type=int)
+    g.add_argument("--dist_on_itp", action="store_true", default=RunConfig.dist_on_itp)
+    g.add_argument("--dist_url", default=RunConfig.dist_url)
+    g.add_argument("--dist_timeout", default=RunConfig.dist_timeout, type=int, metavar="MINUTES",
                    help="new: minutes a rank waits for the others (process group start and "
                         "every collective) before it fails")
     return g

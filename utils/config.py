@@ -5,22 +5,30 @@ with their defaults and help; a transfer type declares its own settings in its f
 (``models/transfer``). After parsing, ``from_namespace`` copies each group of flags into a frozen
 dataclass whose fields are named like the flags, and nothing writes into them afterwards: what a
 run computes (the backbone it loaded, the epoch it resumed at, its rank) is returned, not stored
-in the settings. A dataclass field without a default must exist in the namespace; fields with a
-default are flags only one of the scripts has.
+in the settings.
+
+Each field's default is the flag's default, declared here once: the parsers read them
+(``default=OptimConfig.lr``), and a run's settings are rebuilt from its saved flags without any
+parser (``models.config.FinetuneConfig.from_args``). Where the two scripts differ, the fine-tuning
+default is the field's and ``run_mae_pretraining.py`` passes its own to the shared flag groups
+(``utils/cli.py``); the pre-training data defaults are :class:`PretrainDataConfig`'s.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
 
 from .schedule import cosine_scheduler, scale_lr
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -59,15 +67,23 @@ class CheckedFlags:
         require_at_least({n: getattr(self, n) for n in self.AT_LEAST_ZERO}, 0)
 
 
-def from_namespace(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> T:
+def from_namespace(cls: Type[T], args: Union[argparse.Namespace, Mapping[str, Any]],
+                   **overrides: Any) -> T:
     """``cls`` filled from the flags of the same names (lists become tuples: frozen means
-    frozen all the way down)."""
+    frozen all the way down); a field whose flag is absent keeps its default.
+
+    Args:
+        cls: a settings dataclass.
+        args: a parsed command line, or flag name -> value (saved flags).
+        overrides: field values that replace the flags'.
+    """
+    given = dict(args) if isinstance(args, Mapping) else vars(args)
     values: Dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in overrides:
             continue
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
+        if f.name in given:
+            value = given[f.name]
             values[f.name] = tuple(value) if isinstance(value, list) else value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag --{f.name} in the command line")
@@ -75,9 +91,19 @@ def from_namespace(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> 
     return cls(**values)
 
 
+def field_defaults(cls: Type[Any]) -> Dict[str, Any]:
+    """Field name -> declared default of a settings dataclass (fields without one are left
+    out): the flags' defaults, for code that reads saved flags."""
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}
+
+
 def plain_dict(obj: Any) -> Dict[str, Any]:
-    """A settings object (dataclass or namespace) as JSON-ready plain types."""
-    items = dataclasses.asdict(obj).items() if dataclasses.is_dataclass(obj) else vars(obj).items()
+    """A settings object (dataclass, namespace or dict) as JSON-ready plain types."""
+    if dataclasses.is_dataclass(obj):
+        items = dataclasses.asdict(obj).items()
+    else:
+        items = (obj if isinstance(obj, Mapping) else vars(obj)).items()
 
     def plain(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
@@ -116,25 +142,26 @@ class Schedules:
 @dataclass(frozen=True)
 class OptimConfig(CheckedFlags):
     """Optimizer, learning-rate schedule and batch (``--lr`` is for a total batch of 256).
-    ``--epochs 0`` passes here; whether a run may train no epoch is its script's decision."""
+    ``--epochs 0`` passes here; whether a run may train no epoch is its script's decision.
+    The defaults are fine-tuning's; ``run_mae_pretraining.py`` passes its own to the flags."""
 
     AT_LEAST_ONE = ("batch_size", "update_freq")
     AT_LEAST_ZERO = ("epochs", "warmup_epochs")
 
-    opt: str
-    opt_eps: float
-    opt_betas: Optional[Tuple[float, ...]]
-    momentum: float
-    weight_decay: float
-    weight_decay_end: Optional[float]
-    clip_grad: Optional[float]
-    lr: float
-    min_lr: float
-    warmup_lr: float
-    warmup_epochs: int
-    warmup_steps: int
-    epochs: int
-    batch_size: int
+    opt: str = "sgd"
+    opt_eps: float = 1e-8
+    opt_betas: Optional[Tuple[float, ...]] = None
+    momentum: float = 0.9
+    weight_decay: float = 0.001
+    weight_decay_end: Optional[float] = None
+    clip_grad: Optional[float] = None
+    lr: float = 0.1
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 10
+    warmup_steps: int = -1
+    epochs: int = 100
+    batch_size: int = 16
     update_freq: int = 1
     layer_decay: float = 1.0
     decay_prompts: Optional[bool] = None  # None: the transfer type's decay_prompts_default
@@ -173,20 +200,20 @@ class RunConfig(CheckedFlags):
     AT_LEAST_ONE = ("save_ckpt_freq", "dist_timeout")
     AT_LEAST_ZERO = ("start_epoch",)
 
-    output_dir: str
-    log_dir: Optional[str]
-    log_every: int
-    device: Optional[str]
-    seed: int
-    resume: str
-    auto_resume: bool
-    start_epoch: int
-    amp: Optional[bool]
-    amp_dtype: str
-    save_ckpt_freq: int
-    dist_url: str
-    dist_on_itp: bool
-    local_rank: int
+    output_dir: str = ""
+    log_dir: Optional[str] = None
+    log_every: int = 10
+    device: Optional[str] = None
+    seed: int = 0
+    resume: str = ""
+    auto_resume: bool = True
+    start_epoch: int = 0
+    amp: Optional[bool] = None  # None: decided by the device
+    amp_dtype: str = "auto"
+    save_ckpt_freq: int = 10
+    dist_url: str = "env://"
+    dist_on_itp: bool = False
+    local_rank: int = -1
     unsafe_load: bool = False
     dist_timeout: int = 30  # minutes (--dist_timeout)
     reset_optimizer: bool = False
@@ -196,104 +223,100 @@ class RunConfig(CheckedFlags):
         return self.log_dir or self.output_dir
 
 
-# ------------------------------------------------------------------------------ fine-tuning
-@dataclass(frozen=True)
-class ModelConfig:
-    """The network: backbone variant, clip shape, regularisation and the transfer type with its
-    settings. ``ARCHITECTURE`` and the method's settings define the tensors' shapes; they are
-    saved in every checkpoint and ``--eval`` takes them from there."""
-
-    ARCHITECTURE = ("model", "transfer_type", "tubelet_size", "use_mean_pooling",
-                    "use_learnable_pos_emb")
-
-    model: str
-    transfer_type: str
-    method: Any  # models.transfer.MethodConfig of transfer_type
-    num_classes: int
-    num_frames: int
-    input_size: int
-    tubelet_size: int
-    use_mean_pooling: bool
-    use_learnable_pos_emb: bool
-    drop: float
-    attn_drop_rate: float
-    drop_path: float
-    fc_drop_rate: float
-    init_scale: float
-    use_checkpoint: bool
-
-    def build(self) -> Any:
-        """The backbone with the transfer type attached (validates shapes, reads no data)."""
-        from models import create_model
-        return create_model(
-            self.model, transfer_type=self.transfer_type, method_config=self.method,
-            num_classes=self.num_classes, all_frames=self.num_frames, img_size=self.input_size,
-            tubelet_size=self.tubelet_size, drop_rate=self.drop, drop_path_rate=self.drop_path,
-            attn_drop_rate=self.attn_drop_rate, fc_drop_rate=self.fc_drop_rate,
-            use_mean_pooling=self.use_mean_pooling, init_scale=self.init_scale,
-            use_checkpoint=self.use_checkpoint, use_learnable_pos_emb=self.use_learnable_pos_emb)
-
-    def architecture(self) -> Dict[str, Any]:
-        """The settings that define the tensors, as flag name -> value."""
-        return {**{k: getattr(self, k) for k in self.ARCHITECTURE}, **self.method.to_dict()}
-
-    def with_architecture(self, saved: Dict[str, Any]) -> Tuple["ModelConfig", List[str]]:
-        """These settings with the architecture of a checkpoint's saved flags; returns the new
-        settings and one line per flag that changed."""
-        from models.transfer import canonical_transfer_type, make_config, setting_fields
-        transfer_type = canonical_transfer_type(saved.get("transfer_type", self.transfer_type))
-        backbone = {**{k: saved[k] for k in self.ARCHITECTURE if k in saved},
-                    "transfer_type": transfer_type}
-        same = transfer_type == canonical_transfer_type(self.transfer_type)
-        current = self.method.to_dict() if same else {}
-        method = make_config(transfer_type, {k: saved.get(k, current.get(k, f.default))
-                                             for k, f in setting_fields(transfer_type).items()})
-        new = dataclasses.replace(self, **backbone, method=method)
-        old, now = self.architecture(), new.architecture()
-        changes = [f"--{k} {now[k]!r} (command line: {old.get(k)!r})" for k in now
-                   if old.get(k) != now[k]]
-        return new, changes
-
-
+# ------------------------------------------------------------------------------------- data
+# Class counts of the known data sets; 'custom' takes --nb_classes.
+DATASET_NUM_CLASSES: Dict[str, int] = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101,
+                                       "HMDB51": 51}
+DATA_SETS = tuple(DATASET_NUM_CLASSES) + ("custom",)
+# Data sets whose labels depend on left/right (e.g. "pushing something from left to right"):
+# they use segment sampling and are never flipped.
+SEGMENT_SAMPLED = ("SSV2",)
+VIDEO_BACKENDS = ("decord", "pyav")
+ERASE_MODES = ("pixel", "rand", "const")
 # The clip flags both scripts have (``--batch_size`` is checked with the optimizer's).
 CLIP_AT_LEAST_ONE = ("num_frames", "sampling_rate", "input_size")
 
 
+def num_classes_for(data_set: str, nb_classes: Optional[int] = None) -> int:
+    """Class count from ``--data_set``, checked against ``--nb_classes`` when that is given.
+
+    Args:
+        data_set: ``--data_set``.
+        nb_classes: ``--nb_classes`` (required for 'custom').
+
+    Raises:
+        ConfigError: unknown data set, or ``--nb_classes`` missing or contradicting it.
+    """
+    if data_set == "custom":
+        if nb_classes is None or int(nb_classes) < 1:
+            raise ConfigError("--data_set custom needs --nb_classes (a positive class count)")
+        return int(nb_classes)
+    if data_set not in DATASET_NUM_CLASSES:
+        raise ConfigError(f"unknown --data_set {data_set!r}; choose one of "
+                          f"{', '.join(DATA_SETS)}")
+    expected = DATASET_NUM_CLASSES[data_set]
+    if nb_classes is not None and int(nb_classes) != expected:
+        raise ConfigError(f"--nb_classes {nb_classes} contradicts --data_set {data_set} "
+                          f"({expected} classes); use --data_set custom for another class count")
+    return expected
+
+
 @dataclass(frozen=True)
 class DataConfig(CheckedFlags):
-    """Lists, clip sampling, augmentation, views and loaders (read by ``datasets.build``)."""
+    """Lists, clip sampling, augmentation, views and loaders: the settings of every video data
+    set (``datasets.build_dataset``, ``datasets.VideoClsDataset``, the k-NN probe's; the
+    pre-training data set's extend them, :class:`PretrainDataConfig`). Named as the flags.
+
+    ``nb_classes`` is the resolved class count once made by :meth:`from_args`. Training-only
+    settings (``is_aa``/``aa``, flips, crop scale, random erasing) are ignored by the
+    validation and test splits.
+    """
 
     AT_LEAST_ONE = CLIP_AT_LEAST_ONE + ("batch_size_val", "test_num_segment", "test_num_crop",
                                         "num_sample")
     AT_LEAST_ZERO = ("num_workers",)
 
-    data_path: Optional[str]
-    eval_data_path: Optional[str]
-    data_root: str
-    data_set: str
-    nb_classes: int
-    num_frames: int
-    sampling_rate: int
-    input_size: int
-    short_side_size: int
-    test_num_segment: int
-    test_num_crop: int
-    num_sample: int
-    is_aa: bool
-    aa: str
-    train_interpolation: str
-    no_flip: bool
-    train_crop_scale: Tuple[float, float]
-    reprob: float
-    remode: str
-    recount: int
-    video_backend: str
-    max_bad_fraction: float
-    allow_duplicates: bool
-    batch_size: int
-    batch_size_val: int
-    num_workers: int
-    pin_mem: bool
+    data_path: Optional[str] = None
+    eval_data_path: Optional[str] = None
+    data_root: str = ""  # prefix of relative video paths ('': the list file's folder)
+    data_set: str = "Kinetics-400"
+    nb_classes: Optional[int] = None
+    num_frames: int = 16
+    sampling_rate: int = 4
+    input_size: int = 224
+    short_side_size: int = 224
+    test_num_segment: int = 5
+    test_num_crop: int = 3
+    num_sample: int = 2  # as the original scripts' default: two augmented clips per decode
+    is_aa: bool = False
+    aa: str = "rand-m7-n4-mstd0.5-inc1"
+    train_interpolation: str = "bicubic"
+    no_flip: bool = False
+    train_crop_scale: Tuple[float, float] = (0.08, 1.0)
+    reprob: float = 0.0  # random erasing, applied on the device by the engine
+    remode: str = "pixel"
+    recount: int = 1
+    video_backend: str = "decord"
+    max_bad_fraction: float = 0.01
+    allow_duplicates: bool = False  # read by ``datasets.parse_list_file``
+    batch_size: int = OptimConfig.batch_size
+    batch_size_val: int = 14
+    num_workers: int = 10
+    pin_mem: bool = True
+
+    @classmethod
+    def from_args(cls: Type[T], args: Union[argparse.Namespace, Mapping[str, Any]],
+                  **overrides: Any) -> T:
+        """The data settings of a parsed command line (or flag name -> value), the class
+        count resolved from ``--data_set``/``--nb_classes``; absent flags keep their
+        defaults. The one conversion the scripts, tools and tests share.
+
+        Raises:
+            ConfigError: a flag that cannot run, naming it.
+        """
+        data = from_namespace(cls, args, **overrides)
+        return dataclasses.replace(data, nb_classes=num_classes_for(data.data_set,
+                                                                    data.nb_classes))
 
     def for_eval(self) -> "DataConfig":
         """The settings of the validation and test splits (``--eval_data_path`` if given)."""
@@ -305,25 +328,67 @@ class DataConfig(CheckedFlags):
     def test_views(self) -> int:
         return self.test_num_segment * self.test_num_crop
 
+    @property
+    def segment_sampling(self) -> bool:
+        """One frame per segment (SSV2) instead of a dense window."""
+        return self.data_set in SEGMENT_SAMPLED
 
+    @property
+    def train_flip(self) -> bool:
+        """Random horizontal flips in training: never for SSV2 (left/right are part of its
+        labels), nor with ``--no_flip``."""
+        return self.data_set not in SEGMENT_SAMPLED and not self.no_flip
+
+    @property
+    def auto_augment(self) -> Optional[str]:
+        """The RandAugment string of training, None when off: on only with ``--is_aa`` (the
+        original APT scripts pass ``--is_aa --aa rand-m4-n2-mstd0.2-inc1``); ``--aa`` alone
+        does nothing."""
+        if self.is_aa and self.aa not in (None, "", "None", "none"):
+            return self.aa
+        return None
+
+    def validate(self, mode: str = "train") -> None:
+        """Refuse, naming the flag, a setting that the split ``mode`` cannot run (the counts
+        are checked when the settings are made).
+
+        Raises:
+            ValueError: naming the flag.
+        """
+        if mode != "train" and self.short_side_size < self.input_size:
+            raise ValueError(f"--short_side_size ({self.short_side_size}) must be >= "
+                             f"--input_size ({self.input_size}): evaluation crops are cut from "
+                             f"frames resized to the short side")
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ValueError(f"--video_backend must be one of {VIDEO_BACKENDS}, "
+                             f"got {self.video_backend!r}")
+        if mode == "train" and not 0.0 <= self.reprob <= 1.0:
+            raise ValueError(f"--reprob must be in [0, 1], got {self.reprob}")
+        if self.remode not in ERASE_MODES:
+            raise ValueError(f"--remode must be 'pixel', 'rand' or 'const', got {self.remode!r}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"--max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+# ------------------------------------------------------------------------------ fine-tuning
 @dataclass(frozen=True)
 class TrainConfig:
     """Fine-tuning's loss, regularisation, EMA, validation and checkpoint choices."""
 
-    smoothing: float
-    mixup: float
-    cutmix: float
-    cutmix_minmax: Optional[Tuple[float, ...]]
-    mixup_prob: float
-    mixup_switch_prob: float
-    mixup_mode: str
-    model_ema: bool
-    model_ema_decay: float
-    model_ema_force_cpu: bool
-    disable_eval_during_finetuning: bool
-    test_best: bool
-    save_ckpt: bool
-    compile: bool
+    smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    cutmix_minmax: Optional[Tuple[float, ...]] = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    model_ema_force_cpu: bool = False
+    disable_eval_during_finetuning: bool = False
+    test_best: bool = False
+    save_ckpt: bool = True
+    compile: bool = False
 
     @property
     def mixup_active(self) -> bool:
@@ -334,48 +399,9 @@ class TrainConfig:
 class BackboneSource:
     """Where the pre-trained weights come from (``--finetune`` and how to read it)."""
 
-    finetune: str
-    model_key: str
-    model_prefix: str
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything ``run_class_apt.py`` was asked to do."""
-
-    model: ModelConfig
-    data: DataConfig
-    optim: OptimConfig
-    train: TrainConfig
-    run: RunConfig
-    backbone: BackboneSource
-    eval: bool
-    dist_eval: bool
-    deepspeed: bool
-    deepspeed_config: Optional[str]
-    flags: Dict[str, Any]  # every flag as given, for args.json and checkpoints
-
-    def __post_init__(self) -> None:
-        if not self.eval and self.optim.epochs < 1:
-            raise ConfigError(f"--epochs {self.optim.epochs}: training needs at least one "
-                              f"epoch (--epochs 0 only with --eval, which tests a checkpoint)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "FinetuneConfig":
-        from datasets import num_classes_for
-        from models.transfer import canonical_transfer_type, make_config, setting_fields
-        method = make_config(args.transfer_type, {k: getattr(args, k)
-                                                  for k in setting_fields(args.transfer_type)})
-        num_classes = num_classes_for(args)
-        return cls(  # the model's transfer type by its registered name (old runs: an alias)
-            model=from_namespace(ModelConfig, args, method=method, num_classes=num_classes,
-                                 transfer_type=canonical_transfer_type(args.transfer_type)),
-            data=from_namespace(DataConfig, args, nb_classes=num_classes),
-            optim=from_namespace(OptimConfig, args), train=from_namespace(TrainConfig, args),
-            run=from_namespace(RunConfig, args), backbone=from_namespace(BackboneSource, args),
-            eval=bool(args.eval), dist_eval=bool(args.dist_eval),
-            deepspeed=bool(args.enable_deepspeed or args.deepspeed),
-            deepspeed_config=args.deepspeed_config, flags=plain_dict(args))
+    finetune: str = ""
+    model_key: str = "model|module"
+    model_prefix: str = ""
 
 
 # ------------------------------------------------------------------------------ pre-training
@@ -397,30 +423,32 @@ class PretrainModelConfig:
 
 
 @dataclass(frozen=True)
-class PretrainDataConfig(CheckedFlags):
-    """Unlabelled videos, clip sampling and masks (read by ``datasets.pretrain_dataset``)."""
+class PretrainDataConfig(DataConfig):
+    """Unlabelled videos, clip sampling and masks (read by ``datasets.pretrain_dataset``): the
+    video data settings with pre-training's defaults and its masks, flips and cache. Labels
+    are not read, so there is no class count to resolve."""
 
-    AT_LEAST_ONE = CLIP_AT_LEAST_ONE
-    AT_LEAST_ZERO = ("num_workers",)
+    data_set: str = "custom"  # only used to refuse --flip for SSV2
+    batch_size: int = 64
+    tubelet_size: int = 2
+    mask_type: str = "tube"
+    mask_ratio: float = 0.9  # VideoMAE's Kinetics/SSv2 scripts (its parser says 0.75)
+    flip: bool = False  # VideoMAE pre-training has none
+    cache_videos: bool = False
+    cache_max_gb: float = 8.0
 
-    data_path: Optional[str]
-    data_root: str
-    data_set: str
-    num_frames: int
-    sampling_rate: int
-    input_size: int
-    tubelet_size: int
-    mask_type: str
-    mask_ratio: float
-    flip: bool
-    video_backend: str
-    max_bad_fraction: float
-    allow_duplicates: bool
-    cache_videos: bool
-    cache_max_gb: float
-    batch_size: int
-    num_workers: int
-    pin_mem: bool
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.flip and self.data_set in SEGMENT_SAMPLED:
+            raise ConfigError(f"--flip with --data_set {self.data_set}: flipping changes "
+                              f"Something-Something labels (left/right), so it is not allowed")
+
+    @classmethod
+    def from_args(cls: Type[T], args: Union[argparse.Namespace, Mapping[str, Any]],
+                  **overrides: Any) -> T:
+        """The pre-training data settings of a parsed command line (or flag name -> value);
+        absent flags keep their defaults."""
+        return from_namespace(cls, args, **overrides)
 
 
 @dataclass(frozen=True)
@@ -451,6 +479,6 @@ class PretrainConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PretrainConfig":
         return cls(model=from_namespace(PretrainModelConfig, args),
-                   data=from_namespace(PretrainDataConfig, args),
+                   data=PretrainDataConfig.from_args(args),
                    optim=from_namespace(OptimConfig, args), run=from_namespace(RunConfig, args),
                    probe=from_namespace(ProbeConfig, args), flags=plain_dict(args))

@@ -1,0 +1,227 @@
+"""Rebuild a trained fine-tuning run: the one way from a run folder or checkpoint to its model.
+
+:func:`load_run` reads a training checkpoint of ``run_class_apt.py`` (or the one a run folder
+points to, ``find_run_checkpoint``), makes its settings from the flags it saved over the declared
+defaults (``FinetuneConfig.from_checkpoint``: no command line is parsed), builds the network,
+loads the backbone it was trained on and its trained tensors, and names its classes
+(``classes.txt`` next to its list files). ``run_class_apt.py --eval``, ``tools/predict.py`` and
+``tools/export.py`` build their models with the same steps (:func:`build_model`,
+:func:`load_weights`); ``tools/compare_runs.py`` and ``models.multitask`` make the settings the
+same way (``FinetuneConfig.from_args`` of the saved flags, ``FinetuneConfig.from_checkpoint``).
+
+This module sits beside ``engine.py``: it imports ``models`` and ``utils``, and the scripts and
+tools import it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+import utils
+from models import load_method_state, load_pretrained, parameter_counts, trains_whole_model
+from models.method_state import check_backbone
+from models.run_checkpoints import (find_run_checkpoint, load_newest_readable, read_checkpoint,
+                                    read_named_checkpoint)
+from models.config import FinetuneConfig
+from utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# The class names a data folder carries ("<label> <name>" lines, written by tools/build_lists.py).
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, rebuilt.
+
+    Args:
+        model: the trained network on the requested device (not folded; in train mode as
+            built: call ``eval()`` for inference).
+        config: its settings (``FinetuneConfig.from_checkpoint``).
+        label_names: one name per class (class indices where no names are found).
+        checkpoint: the checkpoint file or DeepSpeed folder read.
+        ckpt: its contents.
+        backbone_path: the backbone file loaded (None where the checkpoint holds every tensor).
+        counts: the parameter counts (``models.parameter_counts``).
+    """
+
+    model: torch.nn.Module
+    config: FinetuneConfig
+    label_names: List[str]
+    checkpoint: str
+    ckpt: Dict[str, Any]
+    backbone_path: Optional[str]
+    counts: Dict[str, int]
+
+
+def load_run(source: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,
+             overrides: Optional[Mapping[str, Any]] = None, finetune: str = "",
+             unsafe_load: bool = False, class_names: str = "",
+             flag: str = "--resume") -> LoadedRun:
+    """The trained model of a run, as ``run_class_apt.py --eval`` builds it.
+
+    Args:
+        source: a run's ``--output_dir`` (its best checkpoint, else the newest), a
+            ``checkpoint-*.pth`` file or a DeepSpeed ``checkpoint-*/`` folder.
+        device: where the model goes.
+        overrides: flag name -> value over the saved flags (``num_frames``,
+            ``test_num_crop``, ``data_set``, ...; None values are left out).
+        finetune: the backbone file, when the one the checkpoint recorded is gone.
+        unsafe_load: allow full unpickling of a checkpoint you trust.
+        class_names: a ``<label> <name>`` file ('': ``classes.txt`` next to the run's lists).
+        flag: the flag that named ``source``, for messages.
+
+    Raises:
+        FileNotFoundError: no such run or checkpoint, or its backbone is gone and no
+            ``finetune`` was given.
+        CheckpointError: an unreadable checkpoint, or another backbone than it was trained on.
+        ConfigError: not a fine-tuning checkpoint, or a names file that does not fit.
+    """
+    path = find_run_checkpoint(os.fspath(source), flag)
+    ckpt = read_named_checkpoint(path, flag, unsafe_load)
+    cfg = FinetuneConfig.from_checkpoint(ckpt, path, overrides, finetune, unsafe_load)
+    model = build_model(cfg)
+    backbone_path, counts = load_weights(cfg, model, torch.device(device), ckpt, path)
+    names = read_class_names(class_names, cfg.model.num_classes) if class_names \
+        else default_class_names(cfg)
+    return LoadedRun(model, cfg, names, path, ckpt, backbone_path, counts)
+
+
+# ------------------------------------------------------------------------------ the model
+def build_model(cfg: FinetuneConfig) -> torch.nn.Module:
+    """The network of the settings, with its initial tensors seeded by ``--seed`` (the same
+    on every rank). Builds from the settings only: bad transfer flags fail here, before any
+    data or weights are read."""
+    utils.seed_everything(cfg.run.seed)
+    return cfg.model.build()
+
+
+def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,
+                  eval_ckpt: Optional[Dict[str, Any]], eval_path: str = "") -> Optional[str]:
+    """Load ``--finetune`` (or, for a trained checkpoint without it, the backbone the checkpoint
+    names); returns the file loaded."""
+    method, source = model.transfer, cfg.backbone
+    if not method.loads_pretrained:
+        if source.finetune:
+            logger.warning("--transfer_type %s trains from scratch: --finetune %s is ignored",
+                           method.name, source.finetune)
+        return None
+    path = source.finetune
+    if eval_ckpt is not None and trains_whole_model(model):
+        return None  # the checkpoint holds every tensor
+    if not path and eval_ckpt is not None:
+        path = (eval_ckpt.get("backbone") or {}).get("path")
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"{eval_path} was trained on the backbone {path}, which is "
+                                    f"no longer there: pass it with --finetune")
+        if path:
+            logger.info("loading the backbone recorded in %s: %s", eval_path, path)
+    if not path:
+        logger.warning("no --finetune checkpoint: the %s backbone keeps its random "
+                       "initialisation", cfg.model.model)
+        return None
+    report = load_pretrained(model, path, model_key=source.model_key,
+                             model_prefix=source.model_prefix, unsafe=cfg.run.unsafe_load)
+    logger.info("backbone: %s", report.summary())
+    return path
+
+
+def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.device,
+                 eval_ckpt: Optional[Dict[str, Any]] = None, eval_path: str = ""
+                 ) -> Tuple[Optional[str], Dict[str, int]]:
+    """Load the backbone into ``model`` (and, for a trained checkpoint, its tensors, after
+    checking it was trained on that backbone), then move the model to ``device``.
+
+    Args:
+        cfg: the settings (``--finetune`` and how to read it).
+        model: from :func:`build_model`.
+        device: where the model runs.
+        eval_ckpt: a read training checkpoint to apply, or None.
+        eval_path: its path, for messages.
+
+    Returns:
+        The backbone file loaded (None when none was) and the parameter counts.
+    """
+    backbone_path = load_backbone(cfg, model, eval_ckpt, eval_path)
+    if eval_ckpt is not None:
+        check_backbone(eval_ckpt, backbone_path, eval_path)
+        load_method_state(model, eval_ckpt)
+        logger.info("evaluating %s (epoch %s)", eval_path, eval_ckpt.get("epoch"))
+    model.to(device)
+    counts = parameter_counts(model)
+    logger.info("model %s, transfer type %s: %d parameters, %d trainable (%.3f%%)",
+                cfg.model.model, model.transfer, counts["params"], counts["trainable_params"],
+                100.0 * counts["trainable_params"] / max(counts["params"], 1))
+    return backbone_path, counts
+
+
+def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], FinetuneConfig]:
+    """``--eval``: find and read the checkpoint to evaluate; returns its path, its contents and
+    the settings with the checkpoint's architecture (the command line's, where it differs, are
+    overruled with a warning)."""
+    run = cfg.run
+    found = None
+    if run.resume:
+        if not os.path.exists(run.resume):
+            raise FileNotFoundError(f"--resume {run.resume}: no such checkpoint")
+        found = run.resume, read_named_checkpoint(run.resume, "--resume", run.unsafe_load)
+    elif run.auto_resume:  # the newest readable one; unreadable newer ones are named
+        found = load_newest_readable(run.output_dir,
+                                     lambda p: read_checkpoint(p, unsafe=run.unsafe_load))
+    if found is None:
+        where = f"no checkpoint-last or checkpoint-N in --output_dir {run.output_dir!r}" \
+            if run.output_dir and run.auto_resume else "no --resume given"
+        raise ConfigError(f"--eval needs a trained checkpoint to evaluate ({where}); pass "
+                          f"--resume PATH. The untrained model is never evaluated.")
+    path, ckpt = found
+    model_cfg, changes = cfg.model.with_architecture(ckpt.get("args") or {})
+    for change in changes:
+        logger.warning("--eval: using the checkpoint's %s", change)
+    return path, ckpt, dataclasses.replace(cfg, model=model_cfg)
+
+
+# ------------------------------------------------------------------------------ class names
+def read_class_names(path: str, num_classes: int, flag: str = "--class_names") -> List[str]:
+    """Class names from ``<label> <name>`` lines (the ``classes.txt`` the list-file tools
+    write; a name may hold spaces). Labels without a line are named by their index.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: a line without a label in ``[0, num_classes)``, naming file and line.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    names = [str(i) for i in range(num_classes)]
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
+        for lineno, raw in enumerate(f, start=1):
+            parts = raw.strip().split(None, 1)
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) >= num_classes:
+                raise ConfigError(f"{path}:{lineno}: expected '<label> <name>' with a label in "
+                                  f"[0, {num_classes}) (the checkpoint's class count), got "
+                                  f"{raw.strip()!r}; pass the right file with --class_names")
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def default_class_names(cfg: FinetuneConfig) -> List[str]:
+    """Names from ``classes.txt`` next to the run's list files (``--data_path``, then
+    ``--eval_data_path``); class indices when there is none."""
+    for root in (cfg.data.data_path, cfg.data.eval_data_path):
+        if not root:
+            continue
+        folder = root if os.path.isdir(root) else os.path.dirname(root)
+        path = os.path.join(folder, CLASSES_FILE)
+        if os.path.isfile(path):
+            logger.info("class names from %s", path)
+            return read_class_names(path, cfg.model.num_classes, CLASSES_FILE)
+    logger.info("no %s next to the checkpoint's list files (--data_path %s): classes are shown "
+                "by index; --class_names FILE names them", CLASSES_FILE, cfg.data.data_path)
+    return [str(i) for i in range(cfg.model.num_classes)]
