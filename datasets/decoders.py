@@ -14,7 +14,10 @@ import re
 import warnings
 from typing import Callable, List, Optional, Sequence, Union
 
+import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
+from PIL import Image
 
 from utils.config import VIDEO_BACKENDS
 
@@ -139,8 +142,6 @@ class PyAVReader(VideoReader):
     """
 
     def __init__(self, path: str) -> None:
-        import av
-
         self.path = path
         self._av = av
         try:
@@ -164,7 +165,6 @@ class PyAVReader(VideoReader):
 
     def _read_sorted(self, indices: List[int]) -> np.ndarray:
         av = self._av
-        from av.video.reformatter import VideoReformatter
 
         # One reformatter for the whole clip reuses its swscale context (frame.to_ndarray would
         # build a new one per frame, about 2.5x slower); the conversion is the same.
@@ -248,7 +248,6 @@ class FrameFolderReader(VideoReader):
                 return decode_jpeg(data)
             except RuntimeError:
                 pass  # not a JPEG libjpeg-turbo reads (or corrupt): PIL decides, and names why
-        from PIL import Image
 
         try:
             with Image.open(file) as img:
@@ -267,7 +266,7 @@ def _jpeg_decoder() -> Optional[Callable[[bytes], np.ndarray]]:
     """
     global _DECODE_JPEG
     if _DECODE_JPEG is None:
-        try:
+        try:  # lazily, and guarded: torchvision deprecates these decoders (0.29) and may drop them
             import torch
             from torchvision.io import ImageReadMode
             from torchvision.io import decode_jpeg as tv_decode_jpeg

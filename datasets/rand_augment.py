@@ -26,6 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from timm.data import rand_augment_transform, str_to_pil_interp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
@@ -51,8 +53,6 @@ class OpDraw:
 
 def _pil_mode_name(resample: object) -> str:
     """Pillow resampling constant -> grid_sample mode."""
-    from PIL import Image
-
     names = {int(Image.Resampling.NEAREST): "nearest", int(Image.Resampling.BILINEAR): "bilinear",
              int(Image.Resampling.BICUBIC): "bicubic"}
     return names.get(int(resample), "bicubic")  # type: ignore[call-overload]
@@ -69,8 +69,6 @@ class ClipRandAugment:
     """
 
     def __init__(self, config_str: str, input_size: int, interpolation: str = "bicubic") -> None:
-        from timm.data import rand_augment_transform, str_to_pil_interp
-
         hparams = {"translate_const": int(input_size * 0.45),
                    "img_mean": tuple(int(round(255 * m)) for m in IMAGENET_MEAN),
                    # timm clips magnitudes to [0, 10]; at exactly 10 (reached by 'mstd' noise or

@@ -129,3 +129,47 @@ def test_every_module_of_the_checkout_is_in_a_layer():
                  if n.endswith(".py") and n != "__init__.py"}
         named = set(contracts[contract]["modules"])
         assert found - shared == named, f"{contract}: add or remove {sorted((found - shared) ^ named)}"
+
+
+PROJECT = {"utils", "datasets", "models", "tools", "benchmarks", "engine", "engine_eval",
+           "engine_checkpoints", "engine_for_pretraining", "engine_for_probe", "optim_factory",
+           "runs", "run_class_apt", "run_mae_pretraining"}
+
+
+def _function_local_imports():
+    """(file, line number, source line, previous line, module) of every import inside a
+    function of the checkout (tests aside)."""
+    for dirpath, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            seen = set()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for sub in ast.walk(node):
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)) and id(sub) not in seen:
+                        seen.add(id(sub))
+                        module = ("." * sub.level + (sub.module or "")
+                                  if isinstance(sub, ast.ImportFrom) else sub.names[0].name)
+                        yield (os.path.relpath(path, ROOT), sub.lineno, lines[sub.lineno - 1],
+                               lines[sub.lineno - 2], module)
+
+
+def test_function_local_imports_are_lazy_optional_dependencies_with_a_why():
+    """No project module is imported inside a function (the layers decide where code lives);
+    every function-local import is a heavy or optional dependency with a comment saying why it
+    is lazy (on its line, the line before, or the first import of its group)."""
+    project, unexplained = [], []
+    for path, lineno, line, previous, module in _function_local_imports():
+        if module.startswith(".") or module.split(".")[0] in PROJECT:
+            project.append(f"{path}:{lineno} {module}")
+        elif "#" not in line and not previous.strip().startswith(("#", "import", "from")) \
+                and "#" not in previous:
+            unexplained.append(f"{path}:{lineno} {line.strip()}")
+    assert project == [], "function-local imports of project modules"
+    assert unexplained == [], "lazy imports without a comment saying why"

@@ -209,7 +209,6 @@ class ArchitectureCosts:
         return {**self.cache[key], "method": cfg.method, "transfer_type": cfg.transfer_type}
 
     def _count(self, cfg: Any) -> Dict[str, Any]:
-        import torch
         with torch.device("meta"):  # shapes only: no storage, no arithmetic
             model = cfg.build()
         if self.count_flops:

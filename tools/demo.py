@@ -233,7 +233,7 @@ def plot_knn(log_rows: List[Dict], path: str, chance: float) -> None:
     """k-NN top-1 on held-out labelled videos, and the reconstruction loss, against epochs."""
     import matplotlib  # slow to import, and only --pretrain/--build_backbone plot this
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     probe = [(r["epoch"] + 1, r["knn_top1"]) for r in log_rows if "knn_top1" in r]
     loss = [(r["epoch"] + 1, r["train_loss"]) for r in log_rows if "train_loss" in r]

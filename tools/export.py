@@ -180,7 +180,7 @@ def run_exported(fmt: str, path: str, clip: torch.Tensor) -> torch.Tensor:
     if fmt == "torch":
         with torch.no_grad():
             return torch.export.load(path).module()(clip)
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazily: only checking an ONNX export needs the runtime
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: clip.numpy()})[0])
 

@@ -55,9 +55,9 @@ def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
         chance: draw a dashed line at this top-1 (chance level), or None.
         ylim: the y axis range.
     """
-    import matplotlib
+    import matplotlib  # lazily: slow to import, and only plotting needs it
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     sizes = marker_sizes(points)
@@ -157,7 +157,7 @@ def place_labels(ax: Any, xy: Sequence[Tuple[float, float]], labels: Sequence[st
 
 
 def _square(centre: Sequence[float], half: float) -> Any:
-    from matplotlib.transforms import Bbox
+    from matplotlib.transforms import Bbox  # lazily, as matplotlib above
     return Bbox.from_extents(centre[0] - half, centre[1] - half, centre[0] + half,
                              centre[1] + half)
 
@@ -168,6 +168,6 @@ def _area(box: Any) -> float:
 
 def _overlap(a: Any, b: Any) -> float:
     """Area common to two display-coordinate boxes."""
-    from matplotlib.transforms import Bbox
+    from matplotlib.transforms import Bbox  # lazily, as matplotlib above
     common = Bbox.intersection(a, b)
     return 0.0 if common is None else _area(common)

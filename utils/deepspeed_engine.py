@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 def import_deepspeed(device: torch.device) -> Any:
     """``import deepspeed``; on CPU, keep it from compiling its shared-memory comm op."""
-    try:
+    try:  # lazily: optional, slow to import, and only DeepSpeed runs need it
         import deepspeed
         import deepspeed.ops
     except ImportError as err:
@@ -101,7 +101,7 @@ def zero_supports(opt: Optional[str]) -> bool:
     Args:
         opt: ``--opt`` (None or unknown: not supported).
     """
-    from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS
+    from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS  # lazy: optional package
     name = _CLIENT_OPTIMIZERS.get((opt or "").lower())
     cls = getattr(torch.optim, name) if name else None
     return cls is not None and cls in ZERO_SUPPORTED_OPTIMIZERS
