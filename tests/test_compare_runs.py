@@ -143,7 +143,7 @@ def test_flops_are_counted_once_per_architecture(runs, monkeypatch, capsys):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "cost_report", counting)
+    monkeypatch.setattr(compare_runs, "cost_report", counting)  # the name compare_runs calls
     dirs = [runs[n][0] for n in sorted(runs)]
     assert compare_runs.main(dirs) == 0
     assert len(calls) == 2  # b_prompt and c_stopped share one architecture

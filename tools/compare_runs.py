@@ -36,7 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models import cost_report, parameter_counts  # noqa: E402  (after the checkout is on sys.path)
+import torch  # noqa: E402  (after the checkout is on sys.path)
+
+from models import cost_report, parameter_counts  # noqa: E402
 from models.config import FinetuneConfig  # noqa: E402
 from models.transfer import (TRANSFER_TYPES, canonical_transfer_type,  # noqa: E402
                              resolve_block_range, setting_fields)
