@@ -4,6 +4,9 @@ multi-view test (``evaluate``). Pre-training runs the same ``train_one_epoch`` w
 
 ``run_class_apt.py`` parses the flags into a ``FinetuneConfig``, builds the model and loaders and
 calls ``fit`` or ``evaluate``; nothing here writes into the settings.
+
+Long on purpose: one concern, the fine-tuning loop (step, epoch, ``fit``, ``evaluate``, the
+final test) for both training engines; splitting it would scatter one epoch over files.
 """
 from __future__ import annotations
 

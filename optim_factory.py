@@ -154,21 +154,21 @@ def create_optimizer(args: Any, model: nn.Module,
     Args:
         args: the optimisation settings (``OptimConfig`` or a namespace): ``opt`` ('adamw' |
             'sgd' | 'adam'), ``lr``, ``weight_decay``, ``opt_eps``, ``opt_betas``, ``momentum``,
-            ``decay_prompts`` (optional; None or missing: the transfer type's default).
+            ``decay_prompts`` (None: the transfer type's default).
         model: the unwrapped model; names in ``model.no_weight_decay()`` take no decay.
         get_num_layer / get_layer_scale: layer decay (``LayerDecayValueAssigner``).
     """
     opt = canonical_optimizer(args.opt)
     skip_list = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    decay_prompts = getattr(args, "decay_prompts", None)
+    decay_prompts = args.decay_prompts
     params = get_parameter_groups(model, args.weight_decay, skip_list, get_num_layer,
                                   get_layer_scale, decay_prompts)
     _log_prompt_decay(model, decay_prompts)
     kwargs = {"lr": args.lr, "weight_decay": 0.0}
     if opt in ("adamw", "adam"):
-        if getattr(args, "opt_eps", None) is not None:
+        if args.opt_eps is not None:
             kwargs["eps"] = args.opt_eps
-        if getattr(args, "opt_betas", None) is not None:
+        if args.opt_betas is not None:
             if len(args.opt_betas) != 2:
                 raise ValueError(f"--opt_betas takes two values, got {args.opt_betas}")
             kwargs["betas"] = tuple(args.opt_betas)
@@ -190,7 +190,7 @@ def build_optimizer(args: Any, model: nn.Module) -> torch.optim.Optimizer:
         args: the optimisation settings (``OptimConfig``), ``layer_decay`` included.
         model: the unwrapped model.
     """
-    assigner = layer_decay_assigner(model, float(getattr(args, "layer_decay", 1.0)))
+    assigner = layer_decay_assigner(model, float(args.layer_decay))
     return create_optimizer(args, model,
                             get_num_layer=assigner.get_layer_id if assigner else None,
                             get_layer_scale=assigner.get_scale if assigner else None)

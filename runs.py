@@ -24,10 +24,10 @@ import torch
 
 import utils
 from models import load_method_state, load_pretrained, parameter_counts, trains_whole_model
+from models.config import FinetuneConfig
 from models.method_state import check_backbone
 from models.run_checkpoints import (find_run_checkpoint, load_newest_readable, read_checkpoint,
                                     read_named_checkpoint)
-from models.config import FinetuneConfig
 from utils.config import ConfigError
 
 logger = logging.getLogger(__name__)

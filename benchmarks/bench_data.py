@@ -22,6 +22,8 @@ Usage::
 
     python benchmarks/bench_data.py --out benchmarks/results/data.md
     python benchmarks/bench_data.py --quick          # tiny smoke run, a few seconds
+
+Long on purpose: one benchmark, both pipelines' timing loops and its report side by side.
 """
 
 from __future__ import annotations

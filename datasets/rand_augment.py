@@ -14,6 +14,9 @@ the colour and filter ops give identical pixels; shears and
 translations use Pillow's cubic (a = -1) along rows or columns, within one level; rotation
 samples all frames with one ``grid_sample`` grid, Pillow's bilinear within one level, its bicubic
 within a few levels at edges (``grid_sample``'s cubic kernel has a = -0.75).
+
+Long on purpose: one concern, clip RandAugment; most of the lines are the ops themselves, each
+written to give Pillow's pixels (timm's ops) on a whole clip.
 """
 
 from __future__ import annotations

@@ -72,6 +72,9 @@ tasks' counts differ, the padding is masked out of the attention (``kv_mask``: S
 ``attn_mask``, ``-inf`` before the softmax on the math path), so each clip's attention equals its
 own model's; where they are equal (a single task, or same-size tasks) no mask is built and the
 block runs the unmasked path; where none of them has prompts the block runs without extra keys.
+
+Long on purpose: a third of it is this description of the batching rules; the code is one
+concern (one backbone, many tasks' prompts and heads in one forward).
 """
 from __future__ import annotations
 

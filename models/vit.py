@@ -23,6 +23,9 @@ Transfer types (``models/transfer``) change the network only through these hook 
   The names are those of the parameters a checkpoint stores (``blocks.3.mlp_adapter.up.weight``).
 * ``VisionTransformer.transfer``: the method object; asked before every block for extra
   keys/values and for token-sequence edits (VPT), and how many prefix tokens to drop before pooling.
+
+Long on purpose: the backbone is one concern (patch embedding, attention with its fused path,
+the block with its hooks, the ViT and its registered variants), read together.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def _srun_env(procid: int, localid: int, step_tasks: int = 8, **extra: str) -> D
 
 
 def _run(**kw: Any) -> argparse.Namespace:
-    values = dict(device=None, dist_url="env://", dist_on_itp=False, local_rank=-1)
+    values = dict(device=None, dist_url="env://", dist_on_itp=False, local_rank=-1, dist_timeout=30)
     values.update(kw)
     return argparse.Namespace(**values)
 

@@ -15,6 +15,9 @@ sorted by data set, then by top-1 (highest first). Markdown goes to stdout; ``--
 
 GFLOPs are counted by ``models.cost_report`` on the model rebuilt from the run's architecture on
 the meta device (shapes only, so a ViT-L counts as fast as a test model), once per architecture.
+
+Long on purpose: one command line (reading runs, the table, CSV and plot of them); its library
+parts (settings, costs, log reading) come from the layers below.
 """
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ Stages, all on the built-in synthetic data set (classes told apart only by motio
 Every stage is a subprocess running the command a user would type; the commands are logged.
 Hyperparameters were chosen on the ``val`` split (``--select`` reruns that search); the test
 split is only read by the final multi-view test of each run.
+
+Long on purpose: the demo is one script with its stages in order (data, pre-training,
+adaptation, the table and its targets, plots), so a reader follows it top to bottom.
 """
 from __future__ import annotations
 

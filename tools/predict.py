@@ -20,6 +20,9 @@ probabilities are those ``run_class_apt.py --eval`` writes to ``predictions_rank
 Two halves, kept apart so that several checkpoints can share them: :func:`load_model` (a
 checkpoint -> a :class:`LoadedModel` on its device) and :func:`predict` (a model and video paths
 -> one :class:`Answer` per video).
+
+Long on purpose: one command line (flags, video discovery, one and many tasks, output
+formats); rebuilding the run is ``runs.load_run``.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ Each field's default is the flag's default, declared here once: the parsers read
 parser (``models.config.FinetuneConfig.from_args``). Where the two scripts differ, the fine-tuning
 default is the field's and ``run_mae_pretraining.py`` passes its own to the shared flag groups
 (``utils/cli.py``); the pre-training data defaults are :class:`PretrainDataConfig`'s.
+
+Long on purpose: the settings dataclasses of both scripts, one short class per concern, kept in
+one file so each flag's default is found in one place.
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def create_ds_config(optim: Any, user_file: Optional[str], output_dir: str,
         config.setdefault("data_types", {})["buffer_dtype"] = "fp16" if fp16 else "bf16"
     config.pop("optimizer", None)  # the client optimizer (see module docstring) is used
     config.pop("scheduler", None)  # learning rate and weight decay follow the per-step schedule
-    _check_zero_stage(config, getattr(optim, "opt", None), user_file)
+    _check_zero_stage(config, optim.opt, user_file)
     return config
 
 

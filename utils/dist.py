@@ -148,13 +148,13 @@ def _slurm_master_port() -> str:
 def _launcher_env(args: Any) -> str:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK from the launcher; returns its name ('' for none)."""
     env = os.environ
-    if getattr(args, "dist_on_itp", False) and "OMPI_COMM_WORLD_RANK" in env:
+    if args.dist_on_itp and "OMPI_COMM_WORLD_RANK" in env:
         env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
         env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
         env["LOCAL_RANK"] = env["OMPI_COMM_WORLD_LOCAL_RANK"]
         return "openmpi"
     if "RANK" in env and "WORLD_SIZE" in env:
-        env.setdefault("LOCAL_RANK", str(max(getattr(args, "local_rank", -1), 0)))
+        env.setdefault("LOCAL_RANK", str(max(args.local_rank, 0)))
         return "torchrun"
     step_tasks = _slurm_step_tasks()
     if step_tasks > 1:
@@ -212,18 +212,18 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
         force: create a one-process group even without a launcher (DeepSpeed needs one);
             MASTER_ADDR/MASTER_PORT default to localhost and a free port.
     """
-    device_name = getattr(run, "device", None) or default_device_name()
+    device_name = run.device or default_device_name()
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device_name} was asked for but CUDA is not available; "
                            f"use --device cpu")
-    if not getattr(run, "device", None) and device_name == "cpu" and torch.version.cuda:
+    if not run.device and device_name == "cpu" and torch.version.cuda:
         # A CUDA build without a usable GPU is mostly a broken driver or an empty
         # CUDA_VISIBLE_DEVICES: say so rather than train for days on the CPU.
         logger.warning("torch was built with CUDA %s but no CUDA device is available "
                        "(CUDA_VISIBLE_DEVICES=%s): running on the CPU; pass --device cpu to "
                        "silence this", torch.version.cuda,
                        os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
-    timeout = int(getattr(run, "dist_timeout", 30))
+    timeout = int(run.dist_timeout)
     if timeout < 1:
         raise ValueError(f"--dist_timeout {timeout}: must be at least 1 (minutes)")
     launcher = _launcher_env(run)
@@ -254,7 +254,7 @@ def init_distributed_mode(run: Any, force: bool = False) -> DistState:
         device = torch.device(device_name)
     backend = "nccl" if on_gpu else "gloo"
     owns = False
-    init_method = getattr(run, "dist_url", None) or "env://"
+    init_method = run.dist_url or "env://"
     if not dist.is_initialized():
         kwargs = {"device_id": device} if on_gpu else {}
         dist.init_process_group(backend=backend, init_method=init_method, world_size=world,
