@@ -56,9 +56,10 @@ from timm.data import rand_augment_transform, str_to_pil_interp
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms
 
+from utils.config import VIDEO_BACKENDS as BACKENDS
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-BACKENDS = ("decord", "pyav")
 
 
 class StageTimer:

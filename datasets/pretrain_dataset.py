@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.config import PretrainDataConfig, require_at_least
+from utils.config import PretrainDataConfig, check_video_backend, require_at_least
 
 from . import decoders
 from .bad_videos import BadVideoTracker
@@ -162,9 +162,7 @@ class VideoMAEPretrainDataset(Dataset):
         # the command line's check, for datasets made in code
         require_at_least({"num_frames": num_frames, "sampling_rate": sampling_rate,
                           "input_size": input_size}, 1)
-        if video_backend not in decoders.BACKENDS:
-            raise ValueError(f"--video_backend must be one of {decoders.BACKENDS}, "
-                             f"got {video_backend!r}")
+        check_video_backend(video_backend)
         self.records = list(records)
         self.num_frames = int(num_frames)
         self.sampling_rate = int(sampling_rate)

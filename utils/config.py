@@ -240,6 +240,12 @@ ERASE_MODES = ("pixel", "rand", "const")
 CLIP_AT_LEAST_ONE = ("num_frames", "sampling_rate", "input_size")
 
 
+def check_video_backend(name: str) -> None:
+    """Refuse a ``--video_backend`` no decoder implements (naming the flag and the choices)."""
+    if name not in VIDEO_BACKENDS:
+        raise ValueError(f"--video_backend must be one of {VIDEO_BACKENDS}, got {name!r}")
+
+
 def num_classes_for(data_set: str, nb_classes: Optional[int] = None) -> int:
     """Class count from ``--data_set``, checked against ``--nb_classes`` when that is given.
 
@@ -362,9 +368,7 @@ class DataConfig(CheckedFlags):
             raise ValueError(f"--short_side_size ({self.short_side_size}) must be >= "
                              f"--input_size ({self.input_size}): evaluation crops are cut from "
                              f"frames resized to the short side")
-        if self.video_backend not in VIDEO_BACKENDS:
-            raise ValueError(f"--video_backend must be one of {VIDEO_BACKENDS}, "
-                             f"got {self.video_backend!r}")
+        check_video_backend(self.video_backend)
         if mode == "train" and not 0.0 <= self.reprob <= 1.0:
             raise ValueError(f"--reprob must be in [0, 1], got {self.reprob}")
         if self.remode not in ERASE_MODES:
