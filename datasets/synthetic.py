@@ -144,10 +144,7 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
     # the shape's contrast is the same in every clip. A ViT trained from scratch did not learn
     # the motions at all when backgrounds were random colours of any brightness with strong
     # gradients (the learning curves are in BENCHMARKS.md).
-    base = rng.uniform(0, 60, size=3)
-    grad_dir = rng.uniform(0, 2 * math.pi)
-    ramp = (xx * math.cos(grad_dir) + yy * math.sin(grad_dir)) / small
-    background = base[None, None, :] + rng.uniform(-15, 15, size=3)[None, None, :] * ramp[..., None]
+    background = _background(rng, xx, yy, small)
     steps = max(num_frames - 1, 1)
     # Clip time from -0.5 (first frame) to 0.5 (last frame): every motion is centred on the
     # middle frame, which makes opposite classes mirror images in time.
@@ -163,10 +160,32 @@ def render_clip(motion: str, num_frames: int, height: int, width: int,
             shape_motion = MOTION_CLASSES[int(rng.integers(0, 8))]
         for t, mask in enumerate(_moving_shape(shape_motion, tau, xx, yy, rng)):
             img[t][mask] = colour
+    return _add_noise(img, rng, noise_max)
+
+
+def _background(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+                small: float) -> np.ndarray:
+    """A dark random colour with a faint linear gradient, ``(H, W, 3)`` float."""
+    base = rng.uniform(0, 60, size=3)
+    grad_dir = rng.uniform(0, 2 * math.pi)
+    ramp = (xx * math.cos(grad_dir) + yy * math.sin(grad_dir)) / small
+    return base[None, None, :] + rng.uniform(-15, 15, size=3)[None, None, :] * ramp[..., None]
+
+
+def _add_noise(img: np.ndarray, rng: np.random.Generator, noise_max: float) -> np.ndarray:
+    """Gaussian pixel noise of a random strength up to ``noise_max``; rounds to uint8."""
     noise_std = rng.uniform(0, noise_max)
     if noise_std > 0.5:
         img += rng.normal(0, noise_std, size=img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shape_kind(rng: np.random.Generator) -> Tuple[str, float]:
+    """A random shape kind and its aspect ratio. Kinds without rotational symmetry below 72
+    degrees, so a turn is visible for every kind."""
+    kind = str(rng.choice(["triangle", "rectangle", "pentagon", "ellipse"]))
+    aspect = rng.uniform(0.35, 0.6) if kind in ("rectangle", "ellipse") else 1.0
+    return kind, aspect
 
 
 def _moving_shape(motion: str, tau: np.ndarray, xx: np.ndarray, yy: np.ndarray,
@@ -175,9 +194,7 @@ def _moving_shape(motion: str, tau: np.ndarray, xx: np.ndarray, yy: np.ndarray,
     the pixel grid ``xx, yy``."""
     height, width = xx.shape
     small = min(height, width)
-    # Shapes without rotational symmetry below 72 degrees, so a turn is visible for every kind.
-    kind = rng.choice(["triangle", "rectangle", "pentagon", "ellipse"])
-    aspect = rng.uniform(0.35, 0.6) if kind in ("rectangle", "ellipse") else 1.0
+    kind, aspect = _shape_kind(rng)
     radius = rng.uniform(0.1, 0.15) * small
     angle = rng.uniform(0, 2 * math.pi)
     num_frames = len(tau)
@@ -206,9 +223,124 @@ def _moving_shape(motion: str, tau: np.ndarray, xx: np.ndarray, yy: np.ndarray,
                         radius * scale[t], angle + spin[t], aspect) for t in range(num_frames)]
 
 
+# Relations world: classes are relations between two objects over time.
+RELATION_CLASSES: Tuple[str, ...] = (
+    "approach", "retreat", "orbit_clockwise", "orbit_anticlockwise",
+    "touch_and_return", "leave_and_return", "converge", "diverge",
+)
+
+
+def _relation_path(relation: str, tau: np.ndarray, contact: float, travel: float,
+                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Centres of the two actors (A, B) per frame, relative to B's mean position, for clip times
+    ``tau`` in [-0.5, 0.5]; ``contact`` is the centre distance at which they nearly touch and
+    ``travel`` how much that distance changes.
+
+    Each class has a twin that is the same clip played backwards (approach/retreat, the two
+    orbits, touch-and-return/leave-and-return, converge/diverge), and the distance between A and
+    B runs over [contact, contact + travel] with the same spread in every class, so neither one
+    frame nor the pair's spacing tells the class; the change of that spacing over time, and which
+    objects move, do.
+    """
+    n = len(tau)
+    theta = rng.uniform(0, 2 * math.pi)
+    ray = np.array([math.cos(theta), math.sin(theta)])
+    u = tau + 0.5                                  # 0 -> 1 over the clip
+    vee = np.abs(2 * tau)                          # 1 -> 0 -> 1
+    b = np.zeros((n, 2))
+    if relation in ("approach", "retreat", "touch_and_return", "leave_and_return"):
+        frac = {"approach": 1 - u, "retreat": u, "touch_and_return": vee,
+                "leave_and_return": 1 - vee}[relation]
+        a = (contact + travel * frac)[:, None] * ray[None, :]
+    elif relation in ("converge", "diverge"):
+        frac = 1 - u if relation == "converge" else u
+        d = contact + travel * frac
+        # Both move, symmetric about a fixed midpoint.
+        a = 0.5 * d[:, None] * ray[None, :]
+        b = -a
+    elif relation in ("orbit_clockwise", "orbit_anticlockwise"):
+        radius = contact + travel * rng.uniform(0, 1)
+        # About the same path length as the radial classes, at most 200 degrees of arc.
+        sweep = min(travel * rng.uniform(1.0, 1.4) / radius, math.radians(200))
+        # Image y grows downwards: a growing angle turns clockwise on screen.
+        sign = 1 if relation == "orbit_clockwise" else -1
+        phi = theta + sign * sweep * tau
+        a = radius * np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    else:
+        raise ValueError(f"unknown relation class {relation!r}; known: {', '.join(RELATION_CLASSES)}")
+    return a, b
+
+
+def render_relation_clip(relation: str, num_frames: int, height: int, width: int,
+                         rng: np.random.Generator, noise_max: float = 4.0,
+                         distractors: int = 1) -> np.ndarray:
+    """Render one clip of a relation class: two actors (random shapes and colours, so neither
+    identity nor look tells the class) doing the relation, plus static distractor shapes of the
+    same look, on a dark background with a faint gradient and pixel noise.
+
+    Args:
+        relation: one of :data:`RELATION_CLASSES`.
+        num_frames: frames in the clip.
+        height: frame height.
+        width: frame width.
+        rng: the clip's random generator.
+        noise_max: largest standard deviation of the per-frame pixel noise.
+        distractors: static shapes besides the two actors.
+
+    Returns:
+        uint8 ``(num_frames, height, width, 3)``.
+    """
+    small = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.broadcast_to(_background(rng, xx, yy, small), (num_frames, height, width, 3)).copy()
+    tau = np.arange(num_frames) / max(num_frames - 1, 1) - 0.5
+    # Actors about one 8-pixel patch wide at the demo's 32-pixel input, and paths of 1.3 to 1.8
+    # patches: smaller ones (radius 0.08-0.11, travel 0.24-0.36) left full fine-tuning at 25%
+    # after 800 steps from scratch, these at 34%.
+    radii = rng.uniform(0.10, 0.14, size=2) * small
+    contact = radii.sum() + rng.uniform(0.01, 0.03) * small
+    travel = rng.uniform(0.32, 0.44) * small
+    a, b = _relation_path(relation, tau, contact, travel, rng)
+    paths = [a, b]
+    reach = radii.max() * 1.05
+    lo = reach - np.minimum(a.min(axis=0), b.min(axis=0))
+    hi = np.array([width, height]) - reach - np.maximum(a.max(axis=0), b.max(axis=0))
+    origin = rng.uniform(lo, np.maximum(hi, lo))
+    # Static distractors first (drawn under the actors), anywhere in the frame.
+    for _ in range(distractors):
+        r = rng.uniform(0.07, 0.11) * small
+        centre = rng.uniform([r, r], [width - r, height - r])
+        kind, aspect = _shape_kind(rng)
+        mask = _shape_mask(kind, xx, yy, centre[0], centre[1], r, rng.uniform(0, 2 * math.pi),
+                           aspect)
+        img[:, mask] = rng.uniform(140, 255, size=3)
+    for path, r in zip(paths, radii):
+        kind, aspect = _shape_kind(rng)
+        angle = rng.uniform(0, 2 * math.pi)
+        colour = rng.uniform(140, 255, size=3)
+        for t in range(num_frames):
+            cx, cy = origin + path[t]
+            img[t][_shape_mask(kind, xx, yy, cx, cy, r, angle, aspect)] = colour
+    return _add_noise(img, rng, noise_max)
+
+
+# World name -> (class names in label order, renderer(class, num_frames, height, width, rng,
+# distractors=...)). "motion": one kind of motion per class; "relations": how two objects move
+# relative to each other, as in Something-Something-V2.
+WORLDS = {"motion": (MOTION_CLASSES, render_clip),
+          "relations": (RELATION_CLASSES, render_relation_clip)}
+
+
+def world_classes(world: str) -> Tuple[str, ...]:
+    """Class names of a synthetic world, in label order."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; known: {', '.join(WORLDS)}")
+    return WORLDS[world][0]
+
+
 def render_clip_batch(per_class: int, seed: int, num_classes: int = 8, num_frames: int = 8,
-                      video_size: int = 64, input_size: int = 32, **render_kwargs
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+                      video_size: int = 64, input_size: int = 32, world: str = "motion",
+                      **render_kwargs) -> Tuple[np.ndarray, np.ndarray]:
     """Clips rendered in memory as a data loader would deliver them, for fast experiments and
     tests: ``num_frames`` frames spanning the whole motion (dense sampling over the whole video),
     drawn at ``video_size`` and area-averaged down to ``input_size``.
@@ -216,11 +348,12 @@ def render_clip_batch(per_class: int, seed: int, num_classes: int = 8, num_frame
     Args:
         per_class: clips per class.
         seed: clip k of class c is a function of (seed, c, k) only.
-        num_classes: the first ``num_classes`` of :data:`MOTION_CLASSES`.
+        num_classes: the first ``num_classes`` of the world's classes.
         num_frames: frames per clip.
         video_size: drawing size (a multiple of ``input_size``).
         input_size: output size.
-        **render_kwargs: passed to :func:`render_clip`.
+        world: a key of :data:`WORLDS`.
+        **render_kwargs: passed to the world's renderer.
 
     Returns:
         ``(clips uint8 (B, T, input_size, input_size, 3), labels int64 (B,))``, classes
@@ -229,11 +362,12 @@ def render_clip_batch(per_class: int, seed: int, num_classes: int = 8, num_frame
     if video_size % input_size:
         raise ValueError(f"video_size {video_size} must be a multiple of input_size {input_size}")
     f = video_size // input_size
+    names, render = world_classes(world), WORLDS[world][1]
     clips, labels = [], []
     for k in range(per_class):
         for label in range(num_classes):
-            frames = render_clip(MOTION_CLASSES[label], num_frames, video_size, video_size,
-                                 np.random.default_rng([seed, label, k]), **render_kwargs)
+            frames = render(names[label], num_frames, video_size, video_size,
+                            np.random.default_rng([seed, label, k]), **render_kwargs)
             frames = frames.reshape(num_frames, input_size, f, input_size, f, 3).mean(axis=(2, 4))
             clips.append(np.round(frames).astype(np.uint8))
             labels.append(label)
@@ -271,23 +405,24 @@ def split_counts(videos_per_class: int, splits: Mapping[str, float]) -> Dict[str
     return {n: counts[n] for n in names}
 
 
-def _make_one(job: Tuple[str, str, int, int, int, int, Tuple[int, ...], int]) -> None:
-    path, motion, num_frames, height, width, fps, seed_key, distractors = job
+def _make_one(job: Tuple[str, str, str, int, int, int, int, Tuple[int, ...], int]) -> None:
+    path, world, name, num_frames, height, width, fps, seed_key, distractors = job
     rng = np.random.default_rng(list(seed_key))
-    write_video(path, render_clip(motion, num_frames, height, width, rng,
-                                  distractors=distractors), fps=fps)
+    write_video(path, WORLDS[world][1](name, num_frames, height, width, rng,
+                                       distractors=distractors), fps=fps)
 
 
 def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class: int = 20,
                            num_frames: int = 32, size: Union[int, Tuple[int, int]] = 64,
                            seed: int = 0, splits: Optional[Mapping[str, float]] = None,
-                           fps: int = 25, workers: int = 1,
-                           distractors: int = 0) -> SyntheticDataset:
+                           fps: int = 25, workers: int = 1, distractors: int = 0,
+                           world: str = "motion") -> SyntheticDataset:
     """Write the synthetic data set.
 
     Args:
         out_dir: output folder (created).
-        num_classes: number of motion classes, at most ``len(MOTION_CLASSES)`` (12).
+        num_classes: number of classes, the first of the world's (motion: at most 12;
+            relations: at most 8).
         videos_per_class: videos per class over all splits.
         num_frames: frames per video.
         size: frame size, an int for square frames or ``(height, width)``; even numbers.
@@ -296,17 +431,21 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class:
             train/val/test); every split gets at least one video per class.
         fps: frame rate written into the files.
         workers: processes used to render and encode.
-        distractors: dimmer shapes per video doing random motions besides the class's shapes.
+        distractors: shapes per video besides the class's actors (motion: dimmer shapes doing
+            random motions; relations: static shapes of the actors' look).
+        world: a key of :data:`WORLDS`.
 
     Returns:
         A :class:`SyntheticDataset` describing the files.
     """
-    if not 1 <= num_classes <= len(MOTION_CLASSES):
-        raise ValueError(f"num_classes must be in [1, {len(MOTION_CLASSES)}], got {num_classes}")
+    classes = world_classes(world)
+    if not 1 <= num_classes <= len(classes):
+        raise ValueError(f"num_classes must be in [1, {len(classes)}] for the {world} world, "
+                         f"got {num_classes}")
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     per_split = split_counts(videos_per_class, splits)
-    names = list(MOTION_CLASSES[:num_classes])
+    names = list(classes[:num_classes])
     os.makedirs(out_dir, exist_ok=True)
     jobs, lines = [], {s: [] for s in splits}
     for label, name in enumerate(names):
@@ -315,7 +454,7 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, videos_per_class:
             for k in range(per_split[split]):
                 rel = f"videos/{name}/{split}_{k:04d}.mp4"
                 # Seeded per video, so the result does not depend on order or worker count.
-                jobs.append((os.path.join(out_dir, rel), name, num_frames, height, width, fps,
+                jobs.append((os.path.join(out_dir, rel), world, name, num_frames, height, width, fps,
                              (seed, label, split_no, k), distractors))
                 lines[split].append(f"{rel} {label}")
     if workers > 1:

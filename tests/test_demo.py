@@ -1,4 +1,5 @@
-"""A shortened demo (tiny sizes, one epoch per stage) runs end to end and fills every row."""
+"""A shortened demo (tiny sizes, one epoch per stage) runs both worlds end to end and fills
+every row of each table."""
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ def test_quick_demo_produces_the_full_table(tmp_path):
     proc = subprocess.run([sys.executable, "tools/demo.py", "--quick", "--output_dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "motion" / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert set(rows) == {"linear (random backbone)", "linear probing", "VPT-deep", "APT (ours)",
                          "adapter", "LoRA", "end2end"}
@@ -23,16 +24,30 @@ def test_quick_demo_produces_the_full_table(tmp_path):
     # token sequence costs more FLOPs than APT's key/value prompts.
     assert rows["APT (ours)"]["trainable_params"] > rows["linear probing"]["trainable_params"]
     assert rows["VPT-deep"]["gflops"] > rows["APT (ours)"]["gflops"] > rows["linear probing"]["gflops"]
-    table = (out / "results.md").read_text()
+    table = (out / "motion" / "results.md").read_text()
     assert table.count("\n| ") == 8 and "top-1" in table  # header + 7 rows
     # Every target of the comparison is checked and reported, met or not.
     assert sum(("target met" in n or "TARGET MISSED" in n) for n in results["notes"]) == 4
     assert "| APT (ours) |" in proc.stdout  # printed too
-    assert (out / "accuracy_vs_params.png").stat().st_size > 1000
+    assert (out / "motion" / "accuracy_vs_params.png").stat().st_size > 1000
     assert (out / "pretrain" / "checkpoint-last.pth").exists()
     assert (out / "knn_probe.png").stat().st_size > 1000
     probes = [json.loads(line) for line in (out / "pretrain" / "log.txt").read_text().splitlines()
               if "knn_top1" in line]
     assert [p["epoch"] for p in probes] == [-1, 0]  # before training, then after the epoch
-    stages = {p.name for p in (out / "tensorboard").iterdir()}
-    assert {"pretrain", "apt", "linear_probing", "linear_random", "vpt-deep", "end2end"} <= stages
+    assert {p.name for p in (out / "tensorboard").iterdir()} == {"pretrain"}
+    stages = {p.name for p in (out / "motion" / "tensorboard").iterdir()}
+    assert {"apt", "linear_probing", "linear_random", "vpt-deep", "end2end"} <= stages
+
+    # The relations world: its own data (relation classes), five rows, its four targets.
+    rel = json.loads((out / "relations" / "results.json").read_text())
+    assert rel["config"]["world"] == "relations"
+    assert [r["method"] for r in rel["rows"]] == ["linear (random backbone)", "linear probing",
+                                                  "VPT-deep", "APT (ours)", "end2end"]
+    rel_notes = [n for n in rel["notes"] if "target met" in n or "TARGET MISSED" in n]
+    assert len(rel_notes) == 4 and any("headroom" in n for n in rel_notes)
+    assert any("recovers" in n for n in rel_notes)
+    classes = (out / "relations" / "data" / "classes.txt").read_text().split()
+    assert classes == ["0", "approach", "1", "retreat", "2", "orbit_clockwise"]
+    summary = (out / "results.md").read_text()
+    assert "Synthetic motion classes" in summary and "Synthetic relation classes" in summary

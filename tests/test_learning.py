@@ -24,7 +24,7 @@ import utils
 from datasets.transforms import normalize_video
 from models import create_model, load_pretrained
 from utils.backend import PlainBackend
-from tools.demo import BACKBONE_DIR, BACKBONE_FILE, DemoConfig
+from tools.worlds import BACKBONE_DIR, BACKBONE_FILE, DemoConfig
 from datasets.synthetic import render_clip_batch
 
 CFG = DemoConfig.full()
@@ -92,7 +92,7 @@ def top1(model, test) -> float:
 
 def test_backbone_file_is_the_recorded_one():
     from models import file_sha256
-    from tools.demo import BACKBONE_SHA256
+    from tools.worlds import BACKBONE_SHA256
     assert file_sha256(BACKBONE) == BACKBONE_SHA256
 
 

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,116 +38,16 @@ sys.path.insert(0, ROOT)  # entry point
 
 import torch  # noqa: E402
 
-from datasets.synthetic import make_synthetic_dataset, split_counts  # noqa: E402
+from datasets.synthetic import split_counts  # noqa: E402
 from models import cost_report, create_model, file_sha256  # noqa: E402
 from models.transfer import setting_fields  # noqa: E402
 from tools.plots import PlotPoint, accuracy_vs_params  # noqa: E402
+from tools.worlds import (BACKBONE_DIR, BACKBONE_FILE, DemoConfig, Method,  # noqa: E402
+                          committed_backbone, common_flags, make_data, methods, world_config)
 from utils.logs import read_json_lines  # noqa: E402
 from utils.machine import info_lines, machine_info  # noqa: E402
 
 logger = logging.getLogger("demo")
-
-BACKBONE_DIR = os.path.join(ROOT, "assets", "demo_backbone")
-BACKBONE_FILE = "pretrain_videomae_mini_patch8.pth"
-# sha256 of the committed backbone; `make demo-backbone` regenerates the file and prints it.
-BACKBONE_SHA256 = "82823127b627c0d48f2dc55bd2220ecb9e2d75cdf07e9fc777e72b91f7eae97f"
-
-
-@dataclass
-class Method:
-    """One row of the table.
-
-    Args:
-        name: row label.
-        transfer_type: ``--transfer_type``.
-        pretrained: start from the pre-trained backbone (else a random one).
-        lr: ``--lr`` before the batch/256 scaling.
-        why: one line on how ``lr`` was chosen.
-        flags: extra command-line flags.
-    """
-
-    name: str
-    transfer_type: str
-    pretrained: bool
-    lr: float
-    why: str
-    flags: List[str] = field(default_factory=list)
-
-    @property
-    def slug(self) -> str:
-        return self.name.split(" (")[0].replace(" ", "_").lower() + ("" if self.pretrained else "_random")
-
-
-@dataclass
-class DemoConfig:
-    """Sizes of one demo run. ``full()`` is ``make demo``; ``quick()`` is the test suite's."""
-
-    # data: 8 motion classes, 64x64 videos of 32 frames; 8 frames 4 apart span the whole video
-    num_classes: int = 8
-    videos_per_class: int = 40  # 20 train / 8 val / 12 test per class
-    splits: Tuple[Tuple[str, float], ...] = (("train", 0.5), ("val", 0.2), ("test", 0.3))
-    video_frames: int = 32
-    video_size: int = 64
-    num_frames: int = 8
-    sampling_rate: int = 4
-    input_size: int = 32
-    data_seed: int = 0
-    # the backbone: 32x32 clips in 8x8x2 tubelets, a 4x4x4 token grid
-    model: str = "vit_mini_patch8"
-    pretrain_model: str = "pretrain_videomae_mini_patch8"
-    # pre-training (`make demo-backbone`, or `make demo` with --pretrain), on unlabelled videos
-    # of another seed than the labelled set's
-    pretrain_videos_per_class: int = 300
-    pretrain_seed: int = 1000
-    pretrain_epochs: int = 40  # 96,000 clips; the k-NN probe leaves chance after ~14 epochs
-    pretrain_warmup_epochs: int = 2
-    pretrain_batch: int = 32
-    pretrain_lr: float = 1.6e-2  # before the batch/256 scaling: 2e-3 at batch 32
-    mask_type: str = "tube"
-    mask_ratio: float = 0.75  # of a 4x4 grid, 90% would leave one or two visible columns
-    # adaptation
-    finetune_epochs: int = 20  # 200 steps of 16 clips
-    batch_size: int = 16
-    num_prompts: int = 32  # APT then trains 1.2% of end2end's parameters
-    test_num_segment: int = 2
-    test_num_crop: int = 3
-    workers: int = 2
-
-    @classmethod
-    def full(cls) -> "DemoConfig":
-        return cls()
-
-    @classmethod
-    def quick(cls) -> "DemoConfig":
-        # 40-pixel videos: decord2 3.4 cannot return frames 16/24/32/48/96/144 pixels wide.
-        return cls(num_classes=3, videos_per_class=5, video_frames=12, video_size=40,
-                   num_frames=4, sampling_rate=2, input_size=32, model="vit_micro_patch16",
-                   pretrain_model="pretrain_videomae_micro_patch16", pretrain_videos_per_class=4,
-                   pretrain_epochs=1, pretrain_warmup_epochs=0, pretrain_batch=4, finetune_epochs=1, batch_size=4,
-                   num_prompts=2, test_num_segment=2, test_num_crop=2, workers=0)
-
-
-def methods(cfg: DemoConfig) -> List[Method]:
-    """The rows. Learning rates (``--lr``, before the batch/256 scaling: 0.48 is 3e-2 at batch
-    16) were chosen on the ``val`` split (``--select``), never on ``test``; the rows without a
-    sweep of their own take a neighbouring row's value (the ``why`` of each says which)."""
-    p = ["--prompt_num_tokens", str(cfg.num_prompts), "--prompt_dropout", "0.0"]
-    return [
-        Method("linear (random backbone)", "linear", False, 0.48,
-               "the linear-probing value, so the two rows differ only in the backbone"),
-        Method("linear probing", "linear", True, 0.48,
-               "best val top-1 of 0.16/0.48 (79.7/85.9%, `--select`)"),
-        Method("VPT-deep", "vpt", True, 0.48, "APT's value (same prompt count)",
-               ["--vpt_mode", "deep", *p]),
-        Method("APT (ours)", "apt", True, 0.48,
-               "best val top-1 of 0.16/0.48 (81.2/85.9%, `--select`)",
-               ["--prompt_reparam", *p]),
-        Method("adapter", "adapter", True, 0.16, "1e-2 at batch 16, between APT's and end2end's"),
-        Method("LoRA", "lora", True, 0.16, "1e-2 at batch 16, between APT's and end2end's"),
-        Method("end2end", "end2end", True, 0.016,
-               "1e-3 at batch 16, the usual AdamW value for a ViT trained whole"),
-    ]
-
 
 def run(cmd: Sequence[str], log_path: str) -> float:
     """Run one stage, its output teed to ``log_path``; returns wall seconds; raises on failure."""
@@ -178,19 +78,6 @@ def final_metrics(log_txt: str, rows: Optional[List[Dict]] = None) -> Dict[str, 
     if not found:
         raise RuntimeError(f"{log_txt} has no line with 'Final top-1'")
     return found[-1]
-
-
-def make_data(cfg: DemoConfig, folder: str, videos_per_class: int, seed: int,
-              splits: Dict[str, float]) -> None:
-    make_synthetic_dataset(folder, num_classes=cfg.num_classes, videos_per_class=videos_per_class,
-                           num_frames=cfg.video_frames, size=cfg.video_size, seed=seed,
-                           splits=splits, workers=max(cfg.workers, 1))
-
-
-def common_flags(cfg: DemoConfig, seed: int) -> List[str]:
-    return ["--num_frames", str(cfg.num_frames), "--sampling_rate", str(cfg.sampling_rate),
-            "--input_size", str(cfg.input_size), "--num_workers", str(cfg.workers),
-            "--device", "cpu", "--seed", str(seed)]
 
 
 # ------------------------------------------------------------------------------ pre-training
@@ -292,7 +179,7 @@ def write_backbone_readme(cfg: DemoConfig, digest: str, seconds: float, log_rows
         f"{cfg.num_classes * cfg.pretrain_videos_per_class:,} **unlabelled** synthetic videos. "
         f"`make demo` adapts it; `run_class_apt.py --model {cfg.model} --finetune "
         f"assets/demo_backbone/{BACKBONE_FILE}` loads it.", "",
-        f"- sha256: `{digest}` (checked by `make demo`; `BACKBONE_SHA256` in `tools/demo.py`)",
+        f"- sha256: `{digest}` (checked by `make demo`; `BACKBONE_SHA256` in `tools/worlds.py`)",
         f"- made by: `make demo-backbone` (= `python tools/demo.py --build_backbone --output_dir "
         f"demo_output/backbone`), seed 0, in {seconds / 60:.1f} minutes on 2 CPU cores (one compute "
         f"thread, {cfg.workers} loader workers), torch {torch.__version__}.",
@@ -355,8 +242,8 @@ def adapt(cfg: DemoConfig, method: Method, data: str, backbone: str, out: str, s
            "--test_num_segment", str(cfg.test_num_segment),
            "--test_num_crop", str(cfg.test_num_crop), "--save_ckpt_freq", "1000",
            "--output_dir", run_dir, "--log_dir", os.path.join(out, "tensorboard", slug),
-           # The classes include left/right motions and clockwise/anticlockwise rotations: a
-           # horizontal flip would swap labels. Mild crops keep the shape in view.
+           # The classes include left/right motions and clockwise/anticlockwise turns: a
+           # horizontal flip would swap labels. Mild crops keep the shapes in view.
            "--no_flip", "--train_crop_scale", "0.6", "1.0",
            "--no_auto_resume", *common_flags(cfg, seed), *method.flags]
     if method.pretrained:
@@ -373,14 +260,18 @@ def adapt(cfg: DemoConfig, method: Method, data: str, backbone: str, out: str, s
 
 
 # -------------------------------------------------------------------------------- reporting
+WORLD_TITLES = {"motion": "Synthetic motion classes",
+                "relations": "Synthetic relation classes (Something-Something-like)"}
+
+
 def markdown_table(rows: List[Dict], cfg: DemoConfig, notes: List[str]) -> str:
     per_split = " / ".join(f"{n} {name}" for name, n in
                            split_counts(cfg.videos_per_class, dict(cfg.splits)).items())
-    lines = [f"Synthetic motion data set: {cfg.num_classes} classes (chance "
+    lines = [f"{WORLD_TITLES[cfg.world]}: {cfg.num_classes} classes (chance "
              f"{100 / cfg.num_classes:.1f}%), {per_split} videos per class; "
              f"`{cfg.model}` at {cfg.num_frames}x{cfg.input_size}x"
              f"{cfg.input_size}, {cfg.test_num_segment}x{cfg.test_num_crop} test views, "
-             f"P={cfg.num_prompts} prompts.",
+             f"P={cfg.num_prompts} prompts, {cfg.finetune_epochs} epochs.",
              "",
              "| method | trainable params | GFLOPs / clip | top-1 (%) | top-5 (%) | wall time (s) |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -392,18 +283,24 @@ def markdown_table(rows: List[Dict], cfg: DemoConfig, notes: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: List[Dict], path: str, chance: float) -> None:
+def plot(rows: List[Dict], path: str, chance: float, world: str) -> None:
     """Top-1 against trainable parameters (log axis), marker area proportional to GFLOPs; one
     colour per method, named in a legend outside the axes (no labels to overlap)."""
     points = [PlotPoint(r["trainable_params"], r["top1"], r["gflops"], group=r["method"],
                         legend=f"{r['method']}: {r['top1']:.1f}%, {r['gflops']:.3g} GFLOPs")
               for r in rows]
-    accuracy_vs_params(points, path, "Synthetic motion classes: accuracy against trainable "
+    accuracy_vs_params(points, path, f"{WORLD_TITLES[world]}: accuracy against trainable "
                        "parameters\n(marker area proportional to GFLOPs per clip)", chance=chance)
 
 
-def check_targets(rows: Dict[str, Dict]) -> List[str]:
-    """The comparisons the demo exists to show (its targets); a miss is reported."""
+def check_targets(rows: Dict[str, Dict], world: str = "motion") -> List[str]:
+    """The comparisons the demo exists to show (its targets); a miss is reported.
+
+    motion: pre-training worth >= 10 points to a linear head, APT >= linear probing + 15, APT
+    within 10 points of end2end with < 5% of its parameters. relations (the headroom world):
+    end2end >= 70%, linear probing >= 25 points under end2end, pre-training worth >= 10 points,
+    and APT recovering at least half of the linear-to-end2end gap.
+    """
     apt, lin, rnd, e2e = (rows.get(n) for n in ("APT (ours)", "linear probing",
                                                 "linear (random backbone)", "end2end"))
     checks = []
@@ -411,6 +308,20 @@ def check_targets(rows: Dict[str, Dict]) -> List[str]:
         checks.append((lin["top1"] >= rnd["top1"] + 10,
                        f"linear probing of the pre-trained backbone {lin['top1']:.1f}% >= "
                        f"linear probing of a random backbone {rnd['top1']:.1f}% + 10"))
+    if world == "relations":
+        if e2e:
+            checks.append((e2e["top1"] >= 70, f"end2end {e2e['top1']:.1f}% >= 70%"))
+        if lin and e2e:
+            checks.append((lin["top1"] <= e2e["top1"] - 25,
+                           f"headroom: linear probing {lin['top1']:.1f}% <= end2end "
+                           f"{e2e['top1']:.1f}% - 25"))
+        if apt and lin and e2e:
+            gap = e2e["top1"] - lin["top1"]
+            recovered = (apt["top1"] - lin["top1"]) / gap if gap > 0 else float("nan")
+            checks.append((gap > 0 and recovered >= 0.5,
+                           f"APT recovers {100 * recovered:.0f}% (>= 50%) of the "
+                           f"linear-to-end2end gap of {gap:.1f} points"))
+        return [("target met: " if ok else "TARGET MISSED: ") + text for ok, text in checks]
     if apt and lin:
         checks.append((apt["top1"] >= lin["top1"] + 15,
                        f"APT {apt['top1']:.1f}% >= linear probing {lin['top1']:.1f}% + 15"))
@@ -422,36 +333,61 @@ def check_targets(rows: Dict[str, Dict]) -> List[str]:
     return [("target met: " if ok else "TARGET MISSED: ") + text for ok, text in checks]
 
 
-def record_in_benchmarks(table: str, install_excluded_seconds: float) -> str:
-    """Write the table with the machine header to ``benchmarks/results/demo.md`` (BENCHMARKS.md
+def record_in_benchmarks(tables: List[str], install_excluded_seconds: float) -> str:
+    """Write the tables with the machine header to ``benchmarks/results/demo.md`` (BENCHMARKS.md
     includes every file there; rebuild it with ``python benchmarks/run_all.py --no-run``)."""
     lines = ["## Demo (`make demo`)", "", *info_lines(machine_info()),
              f"- wall time of the whole demo: {install_excluded_seconds:.0f} s (install excluded; "
-             f"target: under 10 minutes on 2 CPU cores)", "", table]
+             f"target: both worlds under 15 minutes on 2 CPU cores)", ""]
+    for table in tables:
+        lines += [table]
     path = os.path.join(ROOT, "benchmarks", "results", "demo.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
+def run_world(cfg: DemoConfig, args: argparse.Namespace, out: str, backbone: str,
+              pre_seconds: Optional[float], wanted: Sequence[str]) -> str:
+    """Data, the rows and the table of one world in ``out``; returns the Markdown table."""
+    started = time.time()
+    data = os.path.join(out, "data")
+    make_data(cfg, data, cfg.videos_per_class, cfg.data_seed + args.seed, dict(cfg.splits))
+    logger.info("%s world: synthetic data set in %s (%.0f s)", cfg.world, data,
+                time.time() - started)
+    rows_to_run = [m for m in methods(cfg) if not wanted or m.name in wanted]
+    rows: Dict[str, Dict] = {}
+    for method in rows_to_run:
+        cost = flops_report(cfg, method)
+        row = adapt(cfg, method, data, backbone, out, args.seed)
+        row.update(trainable_params=cost["trainable_params"], params=cost["params"],
+                   gflops=cost["gflops"])
+        rows[method.name] = row
+        logger.info("%s world, %s: top-1 %.1f%%, top-5 %.1f%% (%.0f s)", cfg.world, method.name,
+                    row["top1"], row["top5"], row["seconds"])
+    notes = check_targets(rows, cfg.world)
+    notes.append("backbone: " + (f"pre-trained in this run ({cfg.pretrain_epochs} epochs, "
+                                 f"{pre_seconds:.0f} s)" if pre_seconds is not None else
+                                 f"assets/demo_backbone/{BACKBONE_FILE} (`make demo-backbone`)"))
+    notes.append(f"this world {time.time() - started:.0f} s")
+    table = markdown_table(list(rows.values()), cfg, notes)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"config": asdict(cfg), "methods": [asdict(m) for m in rows_to_run],
+                   "rows": list(rows.values()), "notes": notes}, f, indent=2)
+    plot(list(rows.values()), os.path.join(out, "accuracy_vs_params.png"),
+         100.0 / cfg.num_classes, cfg.world)
+    return table
+
+
 # -------------------------------------------------------------------------------------- main
-def committed_backbone() -> str:
-    """The committed demo backbone, checked against its recorded sha256."""
-    path = os.path.join(BACKBONE_DIR, BACKBONE_FILE)
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path} is missing: run `make demo-backbone` to make it, or "
-                         f"`make demo DEMO_ARGS=--pretrain` to pre-train inside the demo")
-    digest = file_sha256(path)
-    if digest != BACKBONE_SHA256:
-        raise SystemExit(f"{path}: sha256 {digest} differs from the recorded {BACKBONE_SHA256} "
-                         f"(tools/demo.py BACKBONE_SHA256); regenerate it with "
-                         f"`make demo-backbone` or restore it with git")
-    return path
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
+    parser.add_argument("--world", default="motion,relations",
+                        help="comma-separated worlds to run (motion, relations); each writes "
+                             "OUTPUT_DIR/<world>/")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, one epoch, pre-training included (tests)")
     parser.add_argument("--seed", type=int, default=0)
@@ -463,94 +399,91 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pretrain_epochs", type=int, default=None, help="override the stage's epochs")
     parser.add_argument("--finetune_epochs", type=int, default=None, help="override the stage's epochs")
     parser.add_argument("--methods", default="",
-                        help="comma-separated row names to run (default: all)")
+                        help="comma-separated row names to run (default: each world's rows)")
     parser.add_argument("--select", default="",
                         help="'METHOD=LR,LR,...;METHOD=...': run each learning rate and report "
-                             "the val top-1 of each (how the demo's values were chosen)")
+                             "the val top-1 of each (how the demo's values were chosen; first "
+                             "world of --world)")
     parser.add_argument("--record", action="store_true",
-                        help="also write the table to benchmarks/results/demo.md (for BENCHMARKS.md)")
+                        help="also write the tables to benchmarks/results/demo.md (for BENCHMARKS.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
-    cfg = DemoConfig.quick() if args.quick else DemoConfig.full()
-    for name in ("workers", "pretrain_epochs", "finetune_epochs"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
+    worlds = [w.strip() for w in args.world.split(",") if w.strip()]
+    try:
+        cfgs = [world_config(w, args.quick) for w in worlds]
+    except ValueError as e:
+        parser.error(f"--world: {e}")
+    for cfg in cfgs:
+        for name in ("workers", "pretrain_epochs", "finetune_epochs"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
     out = os.path.abspath(args.output_dir)
     for d in ("", "tensorboard", "logs"):
         os.makedirs(os.path.join(out, d), exist_ok=True)
     started = time.time()
+    # The backbone is the motion world's in both worlds (its own pre-training recipe run on the
+    # relations videos gave a worse one: docs/WORLDS.md).
+    backbone_cfg = world_config("motion", args.quick)
+    for name in ("workers", "pretrain_epochs"):
+        if getattr(args, name) is not None:
+            setattr(backbone_cfg, name, getattr(args, name))
 
     if args.build_backbone:
-        digest = build_backbone(cfg, out, args.seed)
+        digest = build_backbone(backbone_cfg, out, args.seed)
         sys.stdout.write(f"\nwrote {os.path.join(BACKBONE_DIR, BACKBONE_FILE)}\nsha256 {digest}\n"
-                         f"(record it as BACKBONE_SHA256 in tools/demo.py)\n")
+                         f"(record it as BACKBONE_SHA256 in tools/worlds.py)\n")
         return 0
 
-    # 1. labelled data
-    data = os.path.join(out, "data")
-    t0 = time.time()
-    make_data(cfg, data, cfg.videos_per_class, cfg.data_seed + args.seed, dict(cfg.splits))
-    logger.info("synthetic data set in %s (%.0f s)", data, time.time() - t0)
-
-    # 2. the pre-trained backbone
     pre_seconds = None
     if args.pretrain or args.quick:
-        backbone, pre_seconds = pretrain(cfg, out, data, args.seed)
+        # The k-NN probe reads the motion world's labelled train/val videos.
+        labelled = os.path.join(out, "pretrain_probe_data")
+        make_data(backbone_cfg, labelled, backbone_cfg.videos_per_class,
+                  backbone_cfg.data_seed + args.seed, dict(backbone_cfg.splits))
+        backbone, pre_seconds = pretrain(backbone_cfg, out, labelled, args.seed)
         logger.info("pre-training done in %.0f s: %s", pre_seconds, backbone)
     else:
         backbone = committed_backbone()
         logger.info("backbone: %s (committed; --pretrain redoes it)", backbone)
 
-    # 3. adaptation
-    rows_to_run = methods(cfg)
-    if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",")]
-        unknown = set(wanted) - {m.name for m in rows_to_run}
-        if unknown:
-            parser.error(f"--methods: unknown rows {sorted(unknown)}; known: "
-                         f"{[m.name for m in rows_to_run]}")
-        rows_to_run = [m for m in rows_to_run if m.name in wanted]
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    known = {m.name for cfg in cfgs for m in methods(replace(cfg, rows=()))}
+    if set(wanted) - known:
+        parser.error(f"--methods: unknown rows {sorted(set(wanted) - known)}; known: "
+                     f"{sorted(known)}")
     if args.select:
-        by_name = {m.name: m for m in methods(cfg)}
+        cfg = cfgs[0]
+        world_out = os.path.join(out, cfg.world)
+        data = os.path.join(world_out, "data")
+        make_data(cfg, data, cfg.videos_per_class, cfg.data_seed + args.seed, dict(cfg.splits))
+        by_name = {m.name: m for m in methods(replace(cfg, rows=()))}
         report = []
         for part in args.select.split(";"):
             name, lrs = part.split("=")
             for lr in (float(v) for v in lrs.split(",")):
-                row = adapt(cfg, by_name[name.strip()], data, backbone, out, args.seed, lr,
+                row = adapt(cfg, by_name[name.strip()], data, backbone, world_out, args.seed, lr,
                             tag=f"_lr{lr:g}")
-                report.append(f"{name.strip()} lr {lr:g}: best val top-1 "
+                report.append(f"{cfg.world} {name.strip()} lr {lr:g}: best val top-1 "
                               f"{row['best_val_top1']:.1f}, last {row['last_val_top1']:.1f}")
                 logger.info(report[-1])
         sys.stdout.write("\n".join(report) + "\n")
         return 0
-    rows: Dict[str, Dict] = {}
-    for method in rows_to_run:
-        cost = flops_report(cfg, method)
-        row = adapt(cfg, method, data, backbone, out, args.seed)
-        row.update(trainable_params=cost["trainable_params"], params=cost["params"],
-                   gflops=cost["gflops"])
-        rows[method.name] = row
-        logger.info("%s: top-1 %.1f%%, top-5 %.1f%% (%.0f s)", method.name, row["top1"],
-                    row["top5"], row["seconds"])
 
-    # 4. the comparison
-    chance = 100.0 / cfg.num_classes
-    notes = check_targets(rows)
-    notes.append("backbone: " + (f"pre-trained in this run ({cfg.pretrain_epochs} epochs, "
-                                 f"{pre_seconds:.0f} s)" if pre_seconds is not None else
-                                 f"assets/demo_backbone/{BACKBONE_FILE} (`make demo-backbone`)"))
-    notes.append(f"whole demo {time.time() - started:.0f} s")
-    table = markdown_table(list(rows.values()), cfg, notes)
+    tables = []
+    for cfg in cfgs:
+        world_out = os.path.join(out, cfg.world)
+        for d in ("tensorboard", "logs"):
+            os.makedirs(os.path.join(world_out, d), exist_ok=True)
+        tables.append(f"### {WORLD_TITLES[cfg.world]}\n\n" +
+                      run_world(cfg, args, world_out, backbone, pre_seconds, wanted))
+    total = time.time() - started
+    text = "\n".join(tables) + f"\nwhole demo {total:.0f} s\n"
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "methods": [asdict(m) for m in rows_to_run],
-                   "rows": list(rows.values()), "notes": notes}, f, indent=2)
-    plot(list(rows.values()), os.path.join(out, "accuracy_vs_params.png"), chance)
+        f.write(text)
     if args.record:
-        logger.info("recorded in %s", record_in_benchmarks(table, time.time() - started))
-    sys.stdout.write("\n" + table + f"\nTensorBoard: tensorboard --logdir {out}/tensorboard\n")
+        logger.info("recorded in %s", record_in_benchmarks(tables, total))
+    sys.stdout.write("\n" + text + f"\nTensorBoard: tensorboard --logdir {out}/<world>/tensorboard\n")
     return 0
 
 
