@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
