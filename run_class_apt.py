@@ -215,12 +215,14 @@ def check_data_paths(cfg: FinetuneConfig) -> None:
 def build_loaders(cfg: FinetuneConfig, dist: utils.DistState) -> Dict[str, Any]:
     """Datasets, samplers and loaders of the splits this run needs (and ``sharded``)."""
     data_cfg, world, rank = cfg.data, dist.world_size, dist.rank
+    budget = datasets.CacheBudget(data_cfg.cache_max_gb)  # --cache_videos: all splits together
     common = dict(num_workers=data_cfg.num_workers,
                   pin_memory=bool(data_cfg.pin_mem) and dist.device.type == "cuda",
                   worker_init_fn=datasets.seed_worker if data_cfg.num_workers > 0 else None)
     out: Dict[str, Any] = {}
     if not cfg.eval:
-        ds_train, _ = datasets.build_dataset(is_train=True, test_mode=False, cfg=data_cfg)
+        ds_train, _ = datasets.build_dataset(is_train=True, test_mode=False, cfg=data_cfg,
+                                             budget=budget)
         sampler = torch.utils.data.DistributedSampler(ds_train, num_replicas=world, rank=rank,
                                                       shuffle=True, seed=cfg.run.seed)
         out["train"] = torch.utils.data.DataLoader(
@@ -237,11 +239,13 @@ def build_loaders(cfg: FinetuneConfig, dist: utils.DistState) -> Dict[str, Any]:
 
     eval_cfg = data_cfg.for_eval()
     if not cfg.eval and not cfg.train.disable_eval_during_finetuning:
-        ds_val, _ = datasets.build_dataset(is_train=False, test_mode=False, cfg=eval_cfg)
+        ds_val, _ = datasets.build_dataset(is_train=False, test_mode=False, cfg=eval_cfg,
+                                           budget=budget)
         out["val"] = torch.utils.data.DataLoader(
             ds_val, sampler=eval_sampler(ds_val), batch_size=data_cfg.batch_size_val,
             drop_last=False, collate_fn=datasets.collate_eval, **common)
-    ds_test, _ = datasets.build_dataset(is_train=False, test_mode=True, cfg=eval_cfg)
+    ds_test, _ = datasets.build_dataset(is_train=False, test_mode=True, cfg=eval_cfg,
+                                        budget=budget)
     # About --batch_size_val clips per forward pass: each test item holds all views of a video.
     test_batch = max(1, math.ceil(data_cfg.batch_size_val / data_cfg.test_views))
     out["test"] = torch.utils.data.DataLoader(

@@ -113,18 +113,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="new: random horizontal flips (VideoMAE pre-training has none; refused "
                         "for SSV2)")
 
-    g = add_video_data_args(
+    add_video_data_args(
         parser, data_path_help="a list file ('<path> <label>' lines, label unused: write 0 for "
                                "unlabelled videos), or a folder holding train.csv",
         data_root_help="prefix of relative video paths (default: the list file's folder)",
         defaults=PretrainDataConfig, data_set_help="new: only used to refuse --flip for SSV2",
         max_bad_fraction_help="new: stop when more than this fraction of the videos cannot be "
                               "read")
-    g.add_argument("--cache_videos", action="store_true", default=PretrainDataConfig.cache_videos,
-                   help="new: decode every video once and keep its frames in memory (small data "
-                        "sets: later epochs only crop)")
-    g.add_argument("--cache_max_gb", type=float, default=PretrainDataConfig.cache_max_gb,
-                   help="new: stop when --cache_videos would take more memory than this")
 
     g = parser.add_argument_group("k-NN probe (what the features carry, measured with labels)")
     g.add_argument("--probe_data_path", default="", type=str,
@@ -171,7 +166,7 @@ def build_loader(cfg: PretrainConfig, dist: utils.DistState, patch_size: int
     d = cfg.data
     dataset = build_pretraining_dataset(d, patch_size)
     if d.cache_videos:
-        dataset.preload(num_workers=d.num_workers, max_bytes=int(d.cache_max_gb * 2 ** 30))
+        dataset.preload(d.num_workers, datasets.CacheBudget(d.cache_max_gb), d.cache_dir)
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist.world_size,
                                                   rank=dist.rank, shuffle=True,
                                                   seed=cfg.run.seed)

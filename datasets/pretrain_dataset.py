@@ -14,26 +14,27 @@ Item: ``(clip (3, T, H, W) uint8, mask (N,) bool, bad_paths)``; ``bad_paths`` li
 that failed and were replaced by another random one (the engine counts them per epoch).
 
 For small data sets, ``cache=True`` decodes every video once (in parallel, by
-:meth:`VideoMAEPretrainDataset.preload`) and keeps all its frames as uint8 in memory, so later
-epochs only crop: on a CPU, decoding costs far more than a tiny model's step.
+:meth:`VideoMAEPretrainDataset.preload`, through :mod:`datasets.frame_cache`) and keeps all its
+frames as uint8 (in memory, or mapped from ``--cache_dir``), so later epochs only crop: on a CPU,
+decoding costs far more than a tiny model's step.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from utils.config import PretrainDataConfig, check_video_backend, require_at_least
 
 from . import decoders
 from .bad_videos import BadVideoTracker
 from .decoders import VideoDecodeError
+from .frame_cache import CacheBudget, FrameStore, cached_frames
 from .listfile import VideoRecord, parse_list_file
 from .masking import build_masking_generator
 from .sampling import dense_train_indices
@@ -115,30 +116,6 @@ class PretrainTransform:
 
 
 # --------------------------------------------------------------------------------- dataset
-def _identity(item: Any) -> Any:
-    return item  # module level (not a lambda) so spawn-started workers can pickle it
-
-
-class _FullDecode(Dataset):
-    """Every frame of each video (used once by ``preload``); a bad video gives its error."""
-
-    def __init__(self, records: Sequence[VideoRecord], backend: str) -> None:
-        self.records = records
-        self.backend = backend
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> Tuple[int, Optional[torch.Tensor], str]:
-        try:
-            reader = decoders.open_video(self.records[i].path, self.backend)
-            frames = reader.get_batch(np.arange(len(reader)))
-        except VideoDecodeError as err:
-            return i, None, err.reason
-        # A tensor travels from the worker through shared memory, not a pickled copy.
-        return i, torch.from_numpy(np.ascontiguousarray(frames)), ""
-
-
 class VideoMAEPretrainDataset(Dataset):
     """Random clips of listed videos with a token mask each.
 
@@ -173,7 +150,7 @@ class VideoMAEPretrainDataset(Dataset):
         self.list_path = list_path
         self.split = "train"
         self.cache = cache
-        self._frames: Dict[int, np.ndarray] = {}  # index -> uint8 (n, H, W, 3), after preload
+        self._frames: Optional[FrameStore] = None  # every frame of each video, after preload
         self._known_bad: Set[int] = set()
         self._bad_reason: Dict[int, str] = {}
         self.preload_bad: List[str] = []  # videos that failed in ``preload``
@@ -188,41 +165,31 @@ class VideoMAEPretrainDataset(Dataset):
         return BadVideoTracker(self.split, len(self), self.max_bad_fraction)
 
     # ----------------------------------------------------------------------------- caching
-    def preload(self, num_workers: int = 0, max_bytes: Optional[int] = None) -> List[str]:
+    def preload(self, num_workers: int = 0, budget: Optional[CacheBudget] = None,
+                cache_dir: str = "") -> List[str]:
         """Decode every video once and keep its frames (``cache=True``).
 
         Args:
             num_workers: decoding processes (0: in this process).
-            max_bytes: stop with an error when the frames would take more memory than this.
+            budget: the run's ``--cache_max_gb`` (default: its default, for this list alone).
+            cache_dir: ``--cache_dir`` (''; in memory).
 
         Returns:
             The paths of the videos that failed to decode (they are replaced when sampled).
 
         Raises:
-            MemoryError: the cache would exceed ``max_bytes`` (names ``--cache_max_gb``).
+            CacheTooLarge: the frames would exceed ``--cache_max_gb`` (a ``ConfigError``).
         """
-        start = time.time()
-        loader = DataLoader(_FullDecode(self.records, self.video_backend), batch_size=None,
-                            shuffle=False, num_workers=num_workers,
-                            collate_fn=_identity)
-        total = 0
+        budget = budget or CacheBudget(PretrainDataConfig.cache_max_gb)
+        self._frames = cached_frames([r.path for r in self.records], self.video_backend,
+                                     num_workers, budget, cache_dir,
+                                     self.list_path or "the pre-training list")
         bad: List[str] = []
-        for i, frames, reason in loader:
-            if frames is None:
-                self._report_bad(i, VideoDecodeError(self.records[i].path, reason))
-                bad.append(self.records[i].path)
-                continue
-            array = frames.numpy()
-            total += array.nbytes
-            if max_bytes is not None and total > max_bytes:
-                self._frames.clear()
-                raise MemoryError(
-                    f"caching the decoded videos of {self.list_path or 'the list'} needs more than "
-                    f"{max_bytes / 2 ** 30:.2f} GiB (--cache_max_gb); raise the limit or drop "
-                    f"--cache_videos")
-            self._frames[i] = array
-        logger.info("cached %d decoded videos (%.1f MiB, %d bad) in %.1fs", len(self._frames),
-                    total / 2 ** 20, len(bad), time.time() - start)
+        for i, rec in enumerate(self.records):
+            reason = self._frames.failed.get(rec.path)
+            if reason is not None:
+                self._report_bad(i, VideoDecodeError(rec.path, reason))
+                bad.append(rec.path)
         self.preload_bad = bad
         return bad
 
@@ -247,7 +214,7 @@ class VideoMAEPretrainDataset(Dataset):
         rec = self.records[index]
         if index in self._known_bad:
             raise VideoDecodeError(rec.path, self._bad_reason.get(index, "known bad"))
-        cached = self._frames.get(index)
+        cached = None if self._frames is None else self._frames.get(rec.path)
         if cached is not None:
             return cached[dense_train_indices(len(cached), self.num_frames, self.sampling_rate)]
         reader = decoders.open_video(rec.path, self.video_backend)

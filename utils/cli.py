@@ -117,7 +117,7 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                         data_set_help: Optional[str] = None) -> ArgumentGroup:
     """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``, ``--num_frames``,
     ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``, ``--allow_duplicates``,
-    with the defaults of ``defaults`` (``DataConfig`` or ``PretrainDataConfig``)."""
+    ``--cache_videos``, ``--cache_max_gb``, ``--cache_dir``, with the defaults of ``defaults`` (``DataConfig`` or ``PretrainDataConfig``)."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", default=defaults.data_path, type=str, help=data_path_help)
     g.add_argument("--data_root", default=defaults.data_root, type=str, help=data_root_help)
@@ -132,6 +132,16 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
     g.add_argument("--allow_duplicates", action="store_true", default=defaults.allow_duplicates,
                    help="new: keep videos listed more than once in a list file (one warning "
                         "counts them); by default a repeated video is an error naming its lines")
+    g.add_argument("--cache_videos", action="store_true", default=defaults.cache_videos,
+                   help="new: decode every frame of each listed video once and keep them "
+                        "(uint8); every epoch still samples, crops and augments as without it "
+                        "(small data sets: later epochs decode nothing)")
+    g.add_argument("--cache_max_gb", type=float, default=defaults.cache_max_gb,
+                   help="new: stop when the frames of --cache_videos would take more than this")
+    g.add_argument("--cache_dir", default=defaults.cache_dir, type=str,
+                   help="new: with --cache_videos, keep the decoded frames in this folder (one "
+                        "uint8 .npy per list, keyed by the videos' paths, sizes and times), "
+                        "decoded by the first run and mapped by the later ones")
     return g
 
 

@@ -312,6 +312,17 @@ class DataConfig(CheckedFlags):
     batch_size_val: int = 14
     num_workers: int = 10
     pin_mem: bool = True
+    cache_videos: bool = False  # decoded frames kept once (datasets.frame_cache)
+    cache_max_gb: float = 8.0
+    cache_dir: str = ""  # '': the frame cache lives in memory, for this run only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.cache_max_gb > 0:
+            raise ConfigError(f"--cache_max_gb must be > 0, got {self.cache_max_gb}")
+        if self.cache_dir and not self.cache_videos:
+            raise ConfigError(f"--cache_dir {self.cache_dir} needs --cache_videos (it says "
+                              f"where the decoded frames are kept)")
 
     @classmethod
     def from_args(cls: Type[T], args: Union[argparse.Namespace, Mapping[str, Any]],
@@ -432,7 +443,7 @@ class PretrainModelConfig:
 @dataclass(frozen=True)
 class PretrainDataConfig(DataConfig):
     """Unlabelled videos, clip sampling and masks (read by ``datasets.pretrain_dataset``): the
-    video data settings with pre-training's defaults and its masks, flips and cache. Labels
+    video data settings with pre-training's defaults and its masks and flips. Labels
     are not read, so there is no class count to resolve."""
 
     data_set: str = "custom"  # only used to refuse --flip for SSV2
@@ -441,8 +452,6 @@ class PretrainDataConfig(DataConfig):
     mask_type: str = "tube"
     mask_ratio: float = 0.9  # VideoMAE's Kinetics/SSv2 scripts (its parser says 0.75)
     flip: bool = False  # VideoMAE pre-training has none
-    cache_videos: bool = False
-    cache_max_gb: float = 8.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
