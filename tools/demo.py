@@ -245,6 +245,8 @@ def adapt(cfg: DemoConfig, method: Method, data: str, backbone: str, out: str, s
            # The classes include left/right motions and clockwise/anticlockwise turns: a
            # horizontal flip would swap labels. Mild crops keep the shapes in view.
            "--no_flip", "--train_crop_scale", "0.6", "1.0",
+           # Decoded once per data set, on disk, for every row (results do not change).
+           "--cache_videos", "--cache_dir", os.path.join(data, "frame_cache"),
            "--no_auto_resume", *common_flags(cfg, seed), *method.flags]
     if method.pretrained:
         cmd += ["--finetune", backbone]

@@ -11,6 +11,8 @@ Usage::
 
     python tools/make_synthetic.py --out data/synthetic --num_classes 8 --videos_per_class 30 \
         --num_frames 32 --size 64 --seed 0
+    python tools/make_synthetic.py --world relations --distractors 1 --out data/relations \
+        --videos_per_class 240 --splits train:0.625,val:0.125,test:0.25
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
 
-from datasets.synthetic import MOTION_CLASSES, make_synthetic_dataset  # noqa: E402
+from datasets.synthetic import WORLDS, make_synthetic_dataset  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (use it as --data_path)")
-    p.add_argument("--num_classes", type=int, default=8, help=f"at most {len(MOTION_CLASSES)}")
+    p.add_argument("--world", default="motion", choices=sorted(WORLDS),
+                   help="motion: kinds of motion; relations: how two objects move relative to "
+                        "each other (Something-Something-like)")
+    p.add_argument("--num_classes", type=int, default=8,
+                   help=", ".join(f"{w}: at most {len(c)}" for w, (c, _) in WORLDS.items()))
     p.add_argument("--videos_per_class", type=int, default=20)
     p.add_argument("--num_frames", type=int, default=32)
     p.add_argument("--size", type=int, nargs="+", default=[64], help="SIZE or HEIGHT WIDTH")
@@ -40,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--distractors", type=int, default=0,
-                   help="dimmer shapes per video doing random motions (a harder variant)")
+                   help="shapes per video besides the actors (motion: dimmer shapes doing random "
+                        "motions, a harder variant; relations: static shapes, the demo uses 1)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -49,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--splits {a.splits!r}: expected name:fraction pairs like train:0.6,val:0.2")
     size = a.size[0] if len(a.size) == 1 else (a.size[0], a.size[1])
     make_synthetic_dataset(a.out, a.num_classes, a.videos_per_class, a.num_frames, size,
-                           a.seed, splits, a.fps, a.workers, a.distractors)
+                           a.seed, splits, a.fps, a.workers, a.distractors, a.world)
     return 0
 
 
