@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -247,7 +248,7 @@ def final_val_top1(run_dir: str, epochs: int) -> Optional[float]:
     return float(found[-1]) if found else None
 
 
-def test_result(run_dir: str) -> Optional[Dict[str, Any]]:
+def final_result(run_dir: str) -> Optional[Dict[str, Any]]:
     """The final test of the last weights in ``log.txt`` and its per-video predictions
     (``predictions_rank0.json``, complete), or None while either is missing."""
     log, preds = os.path.join(run_dir, "log.txt"), os.path.join(run_dir, "predictions_rank0.json")
@@ -314,7 +315,7 @@ def _val_dir(job: Job) -> str:
     return job.command[job.command.index("--output_dir") + 1]
 
 
-def test_jobs(spec: SweepSpec, out: str, chosen: Mapping[str, Mapping[str, Any]]
+def final_jobs(spec: SweepSpec, out: str, chosen: Mapping[str, Mapping[str, Any]]
               ) -> List[Tuple[MethodSpec, int, str, Job]]:
     """Stage ``test``: (method, seed, run folder, job) for every seed at the chosen points."""
     script = script_path(ROOT, "run_class_apt.py")
@@ -328,7 +329,7 @@ def test_jobs(spec: SweepSpec, out: str, chosen: Mapping[str, Mapping[str, Any]]
             argv = flags_to_argv({**flags, "seed": seed, "output_dir": run_dir,
                                   "log_dir": run_dir, "disable_eval_during_finetuning": True})
             job = Job(f"{m.name} {point_label(point)} seed {seed}", python_command(script, argv),
-                      done=lambda d=run_dir: test_result(d) is not None)
+                      done=lambda d=run_dir: final_result(d) is not None)
             found.append((m, seed, run_dir, job))
     return found
 
@@ -373,9 +374,11 @@ class SweepResults:
     Args:
         chosen: method -> ``{"point", "val_top1_mean"}``.
         val_table: every grid point's val top-1 per val seed and mean.
-        tests: ``(method, seed)`` -> ``test_result`` of the run (top-1, top-5, predictions).
+        tests: ``(method, seed)`` -> ``final_result`` of the run (top-1, top-5, predictions).
         costs: method -> the ``--flops`` report at its chosen point.
         ran: jobs run by this call (0: everything was already done).
+        launch: where and how they ran (``LaunchConfig`` as a dict).
+        seconds: wall time of this call.
     """
 
     chosen: Dict[str, Dict[str, Any]]
@@ -383,6 +386,8 @@ class SweepResults:
     tests: Dict[Tuple[str, int], Dict[str, Any]]
     costs: Dict[str, Dict[str, Any]]
     ran: int
+    launch: Dict[str, Any]
+    seconds: float
 
 
 def run_sweep(spec: SweepSpec, launch: LaunchConfig, out: str, stages: str = "all"
@@ -403,6 +408,7 @@ def run_sweep(spec: SweepSpec, launch: LaunchConfig, out: str, stages: str = "al
     """
     if stages not in ("all", "val"):
         raise ValueError(f"stages must be 'all' or 'val', got {stages!r}")
+    started = time.time()
     out = os.path.abspath(out)
     make_dirs(out)
     with atomic_file(os.path.join(out, "protocol.json")) as f:
@@ -423,7 +429,7 @@ def run_sweep(spec: SweepSpec, launch: LaunchConfig, out: str, stages: str = "al
                     point_label(c["point"]), c["val_top1_mean"])
     if stages == "val":
         return None
-    tests, costs = test_jobs(spec, out, chosen), cost_jobs(spec, out, chosen)
+    tests, costs = final_jobs(spec, out, chosen), cost_jobs(spec, out, chosen)
     ran2, failed = run_jobs([j for *_, j in costs] + [j for *_, j in tests], launch, folder,
                             ROOT, progress, stage="test")
     if failed:
@@ -432,5 +438,5 @@ def run_sweep(spec: SweepSpec, launch: LaunchConfig, out: str, stages: str = "al
     for m, path, _ in costs:
         with open(path, encoding="utf-8") as f:
             cost[m.name] = json.load(f)
-    return SweepResults(chosen, table, {(m.name, seed): test_result(d) for m, seed, d, _ in tests},
-                        cost, ran + ran2)
+    return SweepResults(chosen, table, {(m.name, seed): final_result(d) for m, seed, d, _ in tests},
+                        cost, ran + ran2, dataclasses.asdict(launch), time.time() - started)

@@ -88,7 +88,8 @@ def build_report(spec: SweepSpec, results: SweepResults) -> Dict[str, Any]:
         r["diff_to_reference"], r["diff_low"], r["diff_high"] = d.diff, d.low, d.high
     return {"name": spec.name, "protocol": spec.to_dict(), "machine": machine_info(),
             "selection_rule": SELECTION_RULE, "reference": spec.reference,
-            "test_videos": int(videos[0].size), "val": results.val_table, "methods": rows}
+            "test_videos": int(videos[0].size), "val": results.val_table, "methods": rows,
+            "launch": results.launch, "jobs_run": results.ran, "seconds": results.seconds}
 
 
 def _pm(mean: float, std: float) -> str:
@@ -131,7 +132,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     for v in report["val"]:
         seeds = ", ".join(f"{s}: {x:.1f}" for s, x in v["val_top1"].items())
         lines.append(f"| {v['method']} | {point_label(v['point'])} | {seeds} | {v['mean']:.2f} |")
-    lines += ["", "</details>", "", *info_lines(report["machine"])]
+    launch = report["launch"]
+    lines += ["", "</details>", "",
+              f"- launched: {launch['cluster']}, {launch['jobs']} jobs at once x "
+              f"{launch['threads']} threads; this call ran {report['jobs_run']} jobs in "
+              f"{report['seconds']:.0f} s", *info_lines(report["machine"])]
     return "\n".join(lines) + "\n"
 
 
