@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from tests.engine_helpers import tiny_argv
+import run_class_apt
+from tests.engine_helpers import parse, tiny_argv
 from utils.config import ConfigError
 from utils.jobs import LaunchConfig, make_executor, submit
 from utils.logs import append_json_line
@@ -184,3 +185,8 @@ def test_slurm_path_submits_one_job_array_of_the_same_commands(tmp_path, monkeyp
             function = pickle.load(f).function
         assert function.command == job.command and function.cwd == "/checkout"
         assert function.command[1].endswith("run_class_apt.py") and "--skip_test" in job.command
+
+
+def test_skip_test_with_eval_is_refused():
+    with pytest.raises(ConfigError, match="--eval with --skip_test"):
+        run_class_apt.make_config(parse(tiny_argv("D", "O", eval=True, skip_test=True)))

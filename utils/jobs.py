@@ -171,12 +171,27 @@ def run_jobs(jobs: Sequence[Job], launch: LaunchConfig, folder: str, cwd: str,
     running: List[Tuple[Job, Any, float]] = []
     failed: List[str] = []
     ran = 0
+    try:
+        ran = _wait(queue, running, tries, failed, executor, launch, cwd, progress, later, stage)
+    finally:  # stopped (Ctrl-C, an error): no job is left running unwatched; a rerun resumes it
+        for job, handle, _ in running:
+            if not handle.done():
+                logger.warning("[%s] %s cancelled", stage, job.name)
+                handle.cancel(check=False)
+    return ran, failed
+
+
+def _wait(queue: List[Job], running: List[Tuple[Job, Any, float]], tries: Dict[int, int],
+          failed: List[str], executor: Any, launch: LaunchConfig, cwd: str, progress: Progress,
+          later: int, stage: str) -> int:
+    """``run_jobs``' loop: submit, poll, retry; ``running`` is kept current for the caller."""
+    ran = 0
     while queue or running:
         room = len(queue) if launch.cluster == "slurm" else launch.jobs - len(running)
         if room > 0 and queue:
             batch, queue = queue[:room], queue[room:]
             now = time.time()
-            running += [(j, h, now) for j, h in zip(batch, submit(executor, launch, batch, cwd))]
+            running.extend((j, h, now) for j, h in zip(batch, submit(executor, launch, batch, cwd)))
         time.sleep(launch.poll_s)
         still = []
         for job, handle, since in running:
@@ -202,8 +217,8 @@ def run_jobs(jobs: Sequence[Job], launch: LaunchConfig, folder: str, cwd: str,
                 logger.error("[%s] %s failed (%s); its logs: %s", stage, job.name, why,
                              _log_paths(handle))
                 failed.append(job.name)
-        running = still
-    return ran, failed
+        running[:] = still
+    return ran
 
 
 def _outcome(job: Job, handle: Any) -> Optional[str]:
