@@ -190,3 +190,15 @@ def test_slurm_path_submits_one_job_array_of_the_same_commands(tmp_path, monkeyp
 def test_skip_test_with_eval_is_refused():
     with pytest.raises(ConfigError, match="--eval with --skip_test"):
         run_class_apt.make_config(parse(tiny_argv("D", "O", eval=True, skip_test=True)))
+
+
+def test_the_documented_protocol_is_a_fair_one():
+    """The example protocol of docs/EVALUATION.md loads: equal grids, its rows named."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs",
+                           "EVALUATION.md"), encoding="utf-8") as f:
+        page = f.read()
+    block = page.split("## Comparing methods fairly")[1].split("```json\n")[1].split("```")[0]
+    spec = SweepSpec.from_dict(json.loads(block))
+    assert len(spec.methods) == 7 and {len(m.points()) for m in spec.methods} == {4}
+    assert (spec.reference, spec.linear, spec.full) == ("APT", "linear probing",
+                                                        "full fine-tuning")

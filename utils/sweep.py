@@ -16,6 +16,9 @@ several seeds at its chosen point (``tools/sweep.py`` is its command line; docs/
 
 Jobs are ``run_class_apt.py`` command lines launched through submitit (``utils/jobs.py``);
 nothing here imports the engine or builds a model.
+
+Long on purpose: the protocol's checks, its two stages and the choice between them are one
+file, so what is tuned on which split, and what is read when, is seen in one place.
 """
 from __future__ import annotations
 
