@@ -18,8 +18,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # entry point
@@ -59,6 +60,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; exit status 2 for a protocol or flag that cannot run."""
     args = get_args_parser().parse_args(argv)
@@ -73,11 +78,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as err:  # ConfigError is a ValueError; JSON errors too
         logger.error("%s: %s", type(err).__name__, err)
         return 2
+    # A kill (SIGTERM) stops like Ctrl-C: the running jobs are cancelled, and a rerun resumes.
+    signal.signal(signal.SIGTERM, stop_on_signal)
     try:
         results = run_sweep(spec, launch, args.output_dir, args.stage)
     except (ConfigError, RuntimeError) as err:
         logger.error("%s", err)
         return 1
+    except KeyboardInterrupt:
+        logger.error("stopped; its running jobs were cancelled: rerun the same command to resume")
+        return 130
     if results is None:
         logger.info("val stage done: %s", os.path.join(args.output_dir, "selection.json"))
         return 0

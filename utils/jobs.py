@@ -11,9 +11,12 @@ no model build and no project import to a job's start-up.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import glob
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -177,8 +180,32 @@ def run_jobs(jobs: Sequence[Job], launch: LaunchConfig, folder: str, cwd: str,
         for job, handle, _ in running:
             if not handle.done():
                 logger.warning("[%s] %s cancelled", stage, job.name)
-                handle.cancel(check=False)
+                cancel(handle, launch)
     return ran, failed
+
+
+def cancel(handle: Any, launch: LaunchConfig) -> None:
+    """Stop a running job. SLURM: ``scancel`` (the whole job). Locally, submitit signals only
+    its controller process, which would leave the command itself running (an orphan holding
+    its run folder's lock); so the whole process tree goes."""
+    tree = descendants(int(handle.job_id)) if launch.cluster == "local" else []
+    handle.cancel(check=False)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> List[int]:
+    """The processes below ``pid`` (Linux ``/proc``; elsewhere none are found)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in glob.glob(f"/proc/{parent}/task/*/children"):
+            with contextlib.suppress(OSError), open(task) as f:
+                children = [int(c) for c in f.read().split()]
+                found += children
+                todo += children
+    return found
 
 
 def _wait(queue: List[Job], running: List[Tuple[Job, Any, float]], tries: Dict[int, int],
