@@ -326,6 +326,11 @@ def fit(cfg: FinetuneConfig, run: Prepared) -> Dict[str, Any]:
         records.log(record)
         records.flush()
 
+    if cfg.train.skip_test:
+        logger.info("--skip_test: no final test (the test split was not read); training time %s",
+                    datetime.timedelta(seconds=int(time.time() - start_time)))
+        records.close()
+        return {"final": None, "best_acc": best_acc if has_best else None, "counts": run.counts}
     tested = "last"
     if cfg.train.test_best:
         if checkpoints.load_best(run.model):

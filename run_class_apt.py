@@ -126,6 +126,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_num_crop", type=int, default=D.test_num_crop)
     g.add_argument("--test_best", action="store_true", default=T.test_best,
                    help="new: run the final test on checkpoint-best (default: the last weights)")
+    g.add_argument("--skip_test", action="store_true", default=T.skip_test,
+                   help="new: no final test; test.csv is neither needed nor opened (choosing "
+                        "settings on val without reading the test split: tools/sweep.py)")
 
     g = parser.add_argument_group("random erasing")
     g.add_argument("--reprob", type=float, default=D.reprob, metavar="PCT")
@@ -203,7 +206,8 @@ def check_data_paths(cfg: FinetuneConfig) -> None:
     needed = [] if cfg.eval else [(data.data_path, "train.csv", "--data_path")]
     if not cfg.eval and not cfg.train.disable_eval_during_finetuning:
         needed.append((eval_root, "val.csv", eval_flag))
-    needed.append((eval_root, "test.csv", eval_flag))
+    if not cfg.train.skip_test:
+        needed.append((eval_root, "test.csv", eval_flag))
     for root, name, flag in needed:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{flag} {root}: no such folder")
@@ -244,6 +248,8 @@ def build_loaders(cfg: FinetuneConfig, dist: utils.DistState) -> Dict[str, Any]:
         out["val"] = torch.utils.data.DataLoader(
             ds_val, sampler=eval_sampler(ds_val), batch_size=data_cfg.batch_size_val,
             drop_last=False, collate_fn=datasets.collate_eval, **common)
+    if cfg.train.skip_test:  # test.csv is not even parsed
+        return out
     ds_test, _ = datasets.build_dataset(is_train=False, test_mode=True, cfg=eval_cfg,
                                         budget=budget)
     # About --batch_size_val clips per forward pass: each test item holds all views of a video.

@@ -159,6 +159,8 @@ class FinetuneConfig:
     deepspeed_config: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.eval and self.train.skip_test:
+            raise ConfigError("--eval with --skip_test: --eval is the test, nothing would run")
         if not self.eval and self.optim.epochs < 1:
             raise ConfigError(f"--epochs {self.optim.epochs}: training needs at least one "
                               f"epoch (--epochs 0 only with --eval, which tests a checkpoint)")

@@ -280,3 +280,33 @@ def test_help_runs_as_a_script():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "RUN_DIR" in proc.stdout and "--no_flops" in proc.stdout and "--plot" in proc.stdout
+
+
+def test_seeds_of_one_run_are_summarised_as_mean_and_std(runs, tmp_path, capsys):
+    """Runs equal but for --seed (and their folders) make one row: mean ± sample std."""
+    src = runs["b_prompt"][0]
+    other = str(tmp_path / "b_prompt_seed7")
+    shutil.copytree(src, other)
+    with open(os.path.join(other, "args.json")) as f:
+        saved = json.load(f)
+    saved.update(seed=7, output_dir=other, log_dir=other)
+    with open(os.path.join(other, "args.json"), "w") as f:
+        json.dump(saved, f)
+    first = final(read_log(src))["Final top-1"]
+    with open(os.path.join(other, "log.txt"), "a") as f:  # the later final line is the one read
+        f.write(json.dumps({"Final top-1": first + 30.0, "Final top-5": 100.0,
+                            "test_videos": 9, "tested": "last"}) + "\n")
+    assert compare_runs.main([src, other, runs["a_linear"][0], "--no_flops"]) == 0
+    out = capsys.readouterr().out
+    main, seeds = out.split("Seeds of the same run:")
+    rows = table(seeds)
+    assert len(rows) == 1 and rows[0]["seeds"] == "0, 7"
+    # two values 30 apart: mean in the middle, sample std 30 / sqrt(2) = 21.21
+    assert rows[0]["top-1 (mean ± std)"] == f"{first + 15:.2f} ± 21.21"
+    assert rows[0]["runs"] == "b_prompt, b_prompt_seed7"
+    # A changed flag other than the seed is another run: no group.
+    saved["lr"] = 1.0
+    with open(os.path.join(other, "args.json"), "w") as f:
+        json.dump(saved, f)
+    assert compare_runs.main([src, other, "--no_flops"]) == 0
+    assert "Seeds of the same run" not in capsys.readouterr().out

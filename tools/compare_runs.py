@@ -10,8 +10,9 @@ size, backbone loaded; older runs without the resolved keys fall back to the fla
 ``log.txt`` (docs/FORMATS.md, 'log.txt') and its ``run.log``, one row: method and settings, data
 set, backbone, trainable parameters, GFLOPs per view, test views, final top-1/top-5, best
 validation top-1 and its epoch, epochs done of planned, training time and a status. Rows are
-sorted by data set, then by top-1 (highest first). Markdown goes to stdout; ``--csv`` and
-``--plot`` write files.
+sorted by data set, then by top-1 (highest first). Runs whose flags are equal but for
+``--seed`` (and their output folders) are also summarised as one row each: top-1 and top-5 mean
+± sample std over the seeds. Markdown goes to stdout; ``--csv`` and ``--plot`` write files.
 
 GFLOPs are counted by ``models.cost_report`` on the model rebuilt from the run's architecture on
 the meta device (shapes only, so a ViT-L counts as fast as a test model), once per architecture.
@@ -47,6 +48,7 @@ from models.transfer import (TRANSFER_TYPES, canonical_transfer_type,  # noqa: E
                              resolve_block_range, setting_fields)
 from tools.plots import PlotPoint, accuracy_vs_params  # noqa: E402
 from utils.logs import read_json_lines  # noqa: E402
+from utils.stats import mean_std  # noqa: E402
 
 logger = logging.getLogger("compare_runs")
 
@@ -72,6 +74,8 @@ TIME_NOTE = ("train time: from each `training epochs` line of run.log (one per s
              "time between sessions is not counted")
 FLOPS_NOTE = ("GFLOPs: one view at the run's frames and size, a multiply-add counted as 2, "
               "inference folding applied (models.cost_report)")
+# Flags that differ between seeds of one run and nothing else: the rest must be equal to group.
+PER_SEED = ("seed", "output_dir", "log_dir", "resume")
 EPOCH_NOTE = "best val: the highest val_acc1 of log.txt, at the epoch numbered as there (from 0)"
 
 
@@ -389,6 +393,35 @@ def markdown(rows: Sequence[Row], count_flops: bool = True) -> str:
     return "\n".join(lines + [""] + [f"- {n}." for n in notes]) + "\n"
 
 
+def seed_groups(rows: Sequence[Row]) -> List[List[Tuple[Row, Any]]]:
+    """Runs equal but for ``--seed`` (``PER_SEED``), as ``[(row, seed), ...]`` per group, for
+    the groups holding at least two tested runs, in the rows' order."""
+    groups: Dict[str, List[Tuple[Row, Any]]] = {}
+    for r in rows:
+        saved = read_args(r.run) or {}
+        key = json.dumps({k: v for k, v in saved.items() if k not in PER_SEED}, sort_keys=True,
+                         default=str)
+        groups.setdefault(key, []).append((r, saved.get("seed")))
+    return [g for g in groups.values() if sum(r.top1 is not None for r, _ in g) >= 2]
+
+
+def seeds_markdown(groups: Sequence[Sequence[Tuple[Row, Any]]]) -> str:
+    """One row per group of ``seed_groups``: mean ± sample std over its tested runs."""
+    lines = ["| method | data set | backbone | seeds | top-1 (mean ± std) | top-5 (mean ± std) | "
+             "runs |", "|---|---|---|---|---:|---:|---|"]
+    for group in groups:
+        tested = sorted(((r, s) for r, s in group if r.top1 is not None),
+                        key=lambda rs: (str(type(rs[1])), rs[1]))  # by seed
+        (t1, s1), (t5, s5) = (mean_std([getattr(r, k) for r, _ in tested]) for k in ("top1", "top5"))
+        first = tested[0][0]
+        cells = [first.method, first.data_set, first.backbone,
+                 ", ".join(str(s) for _, s in tested), f"{t1:.2f} ± {s1:.2f}",
+                 f"{t5:.2f} ± {s5:.2f}", ", ".join(os.path.basename(r.run) for r, _ in tested)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines + ["", "- runs whose flags are equal but for --seed; sample std "
+                              "(n - 1) over the seeds; runs without a final test left out."]) + "\n"
+
+
 def write_csv(rows: Sequence[Row], path: str) -> None:
     """Every field of every row, unformatted (empty where not known)."""
     names = [f.name for f in dataclasses.fields(Row)]
@@ -457,6 +490,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("none of %s is a run folder (no args.json)", ", ".join(args.run_dirs))
         return 2
     sys.stdout.write(markdown(rows, count_flops=not args.no_flops))  # the command's output
+    groups = seed_groups(rows)
+    if groups:
+        sys.stdout.write("\nSeeds of the same run:\n\n" + seeds_markdown(groups))
     if args.csv:
         write_csv(rows, args.csv)
         logger.info("wrote %s", args.csv)

@@ -1,12 +1,13 @@
-"""The accuracy-against-trainable-parameters plot shared by the demo (``tools/demo.py``) and the
-run comparison (``tools/compare_runs.py``): top-1 against trainable parameters on a log axis,
-marker area proportional to GFLOPs, one colour per group named in a legend outside the axes, and
-optional text beside each point, placed so that no two texts overlap."""
+"""The accuracy-against-trainable-parameters plot shared by the demo (``tools/demo.py``), the run
+comparison (``tools/compare_runs.py``) and the protocol sweep (``tools/sweep.py``): top-1 against
+trainable parameters on a log axis, marker area proportional to GFLOPs, one colour per group
+named in a legend outside the axes, optional error bars (std over seeds), and optional text
+beside each point, placed so that no two texts overlap."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # Marker area (points^2) of the point with the most GFLOPs; the others scale with their GFLOPs.
 LARGEST_MARKER = 300.0
@@ -31,6 +32,7 @@ class PlotPoint:
         group: points of one group share a colour and one legend entry.
         legend: the legend entry of the group (the group's first point's is used).
         label: text beside the point ('' for none).
+        yerr: half-height of the error bar (the std over seeds), or None for none.
     """
 
     params: float
@@ -39,6 +41,7 @@ class PlotPoint:
     group: str
     legend: str
     label: str = ""
+    yerr: Optional[float] = None
 
 
 def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
@@ -69,6 +72,11 @@ def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
         ax.scatter([points[i].params for i in members], [points[i].top1 for i in members],
                    s=[sizes[i] for i in members], color=colours(g % 10), alpha=0.7,
                    edgecolors="black", linewidths=0.6, label=points[members[0]].legend)
+        bars = [i for i in members if points[i].yerr is not None]
+        if bars:
+            ax.errorbar([points[i].params for i in bars], [points[i].top1 for i in bars],
+                        yerr=[points[i].yerr for i in bars], fmt="none", ecolor="black",
+                        elinewidth=0.8, capsize=3, zorder=3)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1,
                    label=f"chance ({chance:.1f}%)")
@@ -88,6 +96,29 @@ def accuracy_vs_params(points: Sequence[PlotPoint], path: str, title: str,
         place_labels(ax, [(p.params, p.top1) for p in points], [p.label for p in points], sizes)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def protocol_plot(methods: Sequence[Mapping[str, Any]], path: str, title: str,
+                  chance: Optional[float] = None) -> None:
+    """The plot of a protocol sweep (``utils.sweep_report.build_report``'s ``methods``): each
+    method's mean test top-1 with a +- std error bar against its trainable parameters, marker
+    area proportional to GFLOPs.
+
+    Args:
+        methods: rows with ``method``, ``trainable_params``, ``gflops``, ``top1_mean``,
+            ``top1_std`` and ``seeds``.
+        path: the output file.
+        title: the title's first line (the marker area and bars are explained below it).
+        chance: the chance level drawn as a dashed line, or None.
+    """
+    points = [PlotPoint(r["trainable_params"], r["top1_mean"], r["gflops"], group=r["method"],
+                        legend=f"{r['method']}: {r['top1_mean']:.1f} ± {r['top1_std']:.1f}%",
+                        yerr=r["top1_std"] if r["top1_std"] == r["top1_std"] else None)
+              for r in methods]
+    seeds = len(methods[0]["seeds"]) if methods else 0
+    accuracy_vs_params(points, path, f"{title}\n(mean ± std over {seeds} seeds; marker area "
+                       f"proportional to GFLOPs per view)", ylabel="test top-1 (%)",
+                       chance=chance)
 
 
 def marker_sizes(points: Sequence[PlotPoint]) -> List[float]:

@@ -405,6 +405,9 @@ class TrainConfig:
     model_ema_force_cpu: bool = False
     disable_eval_during_finetuning: bool = False
     test_best: bool = False
+    # No final test: test.csv is neither needed nor opened (the val stage of a sweep, which
+    # must choose without reading the test split).
+    skip_test: bool = False
     save_ckpt: bool = True
     compile: bool = False
 
