@@ -1,6 +1,7 @@
 # make install : .venv from requirements.txt (re-made when requirements.txt changes)
 # make test    : install if needed, then the test suite
-# make demo    : install if needed, then the end-to-end demo on synthetic videos
+# make demo    : install if needed, then the end-to-end demo on synthetic videos (both worlds)
+# make compare : the fair comparison protocol on both demo worlds (tools/sweep.py --world)
 # make lint-imports : check the import layers (pyproject.toml's import-linter contracts)
 # make demo-backbone : redo the demo's VideoMAE pre-training into assets/demo_backbone
 PYTHON ?= python3
@@ -10,8 +11,9 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+COMPARE_ARGS ?= --jobs 2 --threads 1
 
-.PHONY: install test demo demo-backbone bench lint-imports clean
+.PHONY: install test demo demo-backbone compare bench lint-imports clean
 
 install: $(STAMP)
 
@@ -28,6 +30,9 @@ test: install
 demo: install
 	$(PY) tools/demo.py --output_dir demo_output $(DEMO_ARGS)
 
+compare: install
+	$(PY) tools/sweep.py --world motion,relations --output_dir compare_output $(COMPARE_ARGS)
+
 demo-backbone: install
 	$(PY) tools/demo.py --build_backbone --output_dir demo_output/backbone $(DEMO_ARGS)
 
@@ -38,4 +43,4 @@ lint-imports: install
 	$(PY) tools/lint_imports.py
 
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf demo_output compare_output .pytest_cache

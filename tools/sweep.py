@@ -6,6 +6,11 @@ bootstrap intervals (docs/EVALUATION.md, 'Comparing methods fairly').
     python tools/sweep.py --protocol protocol.json --output_dir sweeps/motion --jobs 2 --threads 1
     python tools/sweep.py --protocol protocol.json --output_dir sweeps/motion \\
         --cluster slurm --partition gpu --gpus_per_node 1 --threads 8 --jobs 16 --timeout_min 240
+    python tools/sweep.py --world motion,relations --output_dir compare_output   # make compare
+
+``--world`` runs the built-in protocol of the demo worlds (``tools/worlds.py``:
+``protocol_spec``): it writes each world's labelled videos (once) and sweeps it into
+``OUTPUT_DIR/<world>/``.
 
 Every job is a ``run_class_apt.py`` command line, launched through submitit; rerunning the same
 command runs only the jobs without a complete result (a killed job resumes where it stopped).
@@ -20,15 +25,18 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Optional, Sequence
+import time
+from typing import Any, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # entry point
 
 from tools.plots import protocol_plot  # noqa: E402
+from tools.worlds import committed_backbone, make_data, protocol_spec, world_config  # noqa: E402
 from utils.config import ConfigError  # noqa: E402
 from utils.jobs import CLUSTERS, LaunchConfig  # noqa: E402
 from utils.sweep import SweepSpec, run_sweep  # noqa: E402
+from utils.outputs import atomic_file  # noqa: E402
 from utils.sweep_report import build_report, write_report  # noqa: E402
 
 logger = logging.getLogger("sweep")
@@ -37,9 +45,13 @@ L = LaunchConfig
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--protocol", required=True, metavar="FILE",
-                        help="the protocol (JSON: data, backbone, flags, methods and grids, "
-                             "seeds; the keys of utils.sweep.SweepSpec)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--protocol", metavar="FILE",
+                       help="the protocol (JSON: data, backbone, flags, methods and grids, "
+                            "seeds; the keys of utils.sweep.SweepSpec)")
+    which.add_argument("--world", metavar="NAME[,NAME]",
+                       help="the built-in protocol of demo worlds (motion, relations), each "
+                            "into OUTPUT_DIR/<world>/ (`make compare`)")
     parser.add_argument("--output_dir", required=True, help="the sweep's folder (resumable)")
     parser.add_argument("--stage", default="all", choices=["all", "val"],
                         help="'val': stop once the points are chosen on val")
@@ -64,12 +76,50 @@ def stop_on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def world_specs(names: str, out: str) -> List[Tuple[SweepSpec, str]]:
+    """``--world``: each world's protocol and folder; its labelled videos written once."""
+    backbone = committed_backbone()
+    specs = []
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        cfg = world_config(name)
+        folder = os.path.join(out, name)
+        data = os.path.join(folder, "data")
+        # Written once: rewriting would give the same videos new mtimes, and so a new frame
+        # cache (the cache's key holds every file's size and mtime).
+        if not os.path.isfile(os.path.join(data, "classes.txt")):
+            logger.info("%s world: writing its labelled videos to %s", name, data)
+            make_data(cfg, data, cfg.videos_per_class, cfg.data_seed, dict(cfg.splits))
+        specs.append((protocol_spec(cfg, data, backbone, os.path.join(data, "frame_cache")),
+                      folder))
+    return specs
+
+
+def sweep_one(spec: SweepSpec, launch: LaunchConfig, out: str, stage: str) -> Optional[str]:
+    """One protocol into ``out``; returns its Markdown table (None after ``--stage val``)."""
+    results = run_sweep(spec, launch, out, stage)
+    if results is None:
+        logger.info("val stage done: %s", os.path.join(out, "selection.json"))
+        return None
+    report = build_report(spec, results)
+    paths = write_report(report, out)
+    plot = os.path.join(out, "accuracy_vs_params.png")
+    nb_classes = spec.flags.get("nb_classes")
+    protocol_plot(report["methods"], plot, f"{spec.name}: test top-1 against trainable "
+                  f"parameters", chance=100.0 / nb_classes if nb_classes else None)
+    logger.info("wrote %s, %s, %s, %s", paths["md"], paths["json"], paths["csv"], plot)
+    with open(paths["md"], encoding="utf-8") as f:
+        return f.read()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; exit status 2 for a protocol or flag that cannot run."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
-        spec = SweepSpec.from_json(args.protocol)
+        if args.protocol:
+            specs = [(SweepSpec.from_json(args.protocol), args.output_dir)]
+        else:
+            specs = world_specs(args.world, args.output_dir)
         launch = LaunchConfig(cluster=args.cluster, jobs=args.jobs, threads=args.threads,
                               timeout_min=args.timeout_min, partition=args.partition,
                               gpus_per_node=args.gpus_per_node,
@@ -80,26 +130,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # A kill (SIGTERM) stops like Ctrl-C: the running jobs are cancelled, and a rerun resumes.
     signal.signal(signal.SIGTERM, stop_on_signal)
-    try:
-        results = run_sweep(spec, launch, args.output_dir, args.stage)
-    except (ConfigError, RuntimeError) as err:
-        logger.error("%s", err)
-        return 1
-    except KeyboardInterrupt:
-        logger.error("stopped; its running jobs were cancelled: rerun the same command to resume")
-        return 130
-    if results is None:
-        logger.info("val stage done: %s", os.path.join(args.output_dir, "selection.json"))
-        return 0
-    report = build_report(spec, results)
-    paths = write_report(report, args.output_dir)
-    plot = os.path.join(args.output_dir, "accuracy_vs_params.png")
-    nb_classes = spec.flags.get("nb_classes")
-    protocol_plot(report["methods"], plot, f"{spec.name}: test top-1 against trainable "
-                  f"parameters", chance=100.0 / nb_classes if nb_classes else None)
-    logger.info("wrote %s, %s, %s, %s", paths["md"], paths["json"], paths["csv"], plot)
-    with open(paths["md"], encoding="utf-8") as f:
-        sys.stdout.write(f.read())  # the command's output
+    started = time.time()
+    tables = []
+    for spec, out in specs:
+        try:
+            table = sweep_one(spec, launch, out, args.stage)
+        except (ConfigError, RuntimeError) as err:
+            logger.error("%s", err)
+            return 1
+        except KeyboardInterrupt:
+            logger.error("stopped; its running jobs were cancelled: rerun the same command to "
+                         "resume")
+            return 130
+        if table is not None:
+            tables.append(f"### {spec.name}\n\n{table}")
+    if tables:
+        text = "\n".join(tables)
+        if len(specs) > 1:
+            text += f"\nwhole comparison {(time.time() - started) / 60:.0f} minutes\n"
+            with atomic_file(os.path.join(args.output_dir, "results.md")) as f:
+                f.write(text)
+        sys.stdout.write(text)  # the command's output
     return 0
 
 

@@ -10,8 +10,9 @@ Two synthetic worlds (:mod:`datasets.synthetic`), each a :class:`DemoConfig`:
   converge/diverge), each the time reversal of its twin, with a static distractor. One frame
   says nothing; the class lies in how the spacing of two objects changes over time.
 
-A library module (no command line): ``tools/demo.py`` and ``tools/sweep.py`` take the worlds
-from here, and the tests build their clips from the same sizes.
+A library module (no command line): ``tools/demo.py`` (``make demo``) and ``tools/sweep.py
+--world`` (``make compare``: :func:`protocol_spec`) take the worlds from here, and the tests
+build their clips from the same sizes.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Dict, List, Tuple
 
 from datasets.synthetic import make_synthetic_dataset, world_classes
 from models import file_sha256
+from utils.sweep import MethodSpec, SweepSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -198,3 +200,55 @@ def committed_backbone() -> str:
                          f"(tools/worlds.py BACKBONE_SHA256); regenerate it with "
                          f"`make demo-backbone` or restore it with git")
     return path
+
+
+# The comparison protocol's grids (``make compare``): four points per method, lr for all, lr x
+# prompts for APT and VPT, lr x bottleneck for adapters, lr x rank for LoRA. Values are --lr
+# before the batch/256 scaling (0.48 is 3e-2 at batch 16), around the demo's hand-picked ones.
+PROTOCOL_GRIDS: Dict[str, Dict[str, List]] = {
+    "linear (random backbone)": {"lr": [0.05, 0.16, 0.48, 1.6]},
+    "linear probing": {"lr": [0.05, 0.16, 0.48, 1.6]},
+    "VPT-deep": {"lr": [0.16, 0.48], "prompt_num_tokens": [8, 32]},
+    "APT": {"lr": [0.16, 0.48], "prompt_num_tokens": [8, 32]},
+    "adapter": {"lr": [0.05, 0.16], "adapter_dim": [16, 64]},
+    "LoRA": {"lr": [0.05, 0.16], "lora_rank": [4, 8]},
+    "full fine-tuning": {"lr": [0.0016, 0.005, 0.016, 0.048]},
+}
+
+
+def protocol_spec(cfg: DemoConfig, data_path: str, finetune: str,
+                  cache_dir: str = "") -> SweepSpec:
+    """The fair comparison of every method on one world (``make compare``): the demo's flags,
+    each method with a grid of four points (:data:`PROTOCOL_GRIDS`), seeds 0-2.
+
+    Args:
+        cfg: the world.
+        data_path: its labelled data set (``make_data``).
+        finetune: the pre-trained backbone.
+        cache_dir: ``--cache_dir`` of the runs ('' for none): the world is decoded once.
+    """
+    flags = {"data_set": "custom", "nb_classes": cfg.num_classes, "epochs": cfg.finetune_epochs,
+             "batch_size": cfg.batch_size, "batch_size_val": 4 * cfg.batch_size,
+             "num_sample": 1, "short_side_size": cfg.input_size, "opt": "adamw",
+             "weight_decay": 1e-4, "warmup_epochs": 1, "smoothing": 0.0, "init_scale": 0.001,
+             "test_num_segment": cfg.test_num_segment, "test_num_crop": cfg.test_num_crop,
+             "save_ckpt_freq": 1000, "no_flip": True, "train_crop_scale": [0.6, 1.0],
+             "num_frames": cfg.num_frames, "sampling_rate": cfg.sampling_rate,
+             "input_size": cfg.input_size,
+             # The decoded frames are shared through the page cache; loader processes would
+             # only add start-up and copies for 32x32 clips.
+             "num_workers": 0, "device": "cpu",
+             "cache_videos": bool(cache_dir), "cache_dir": cache_dir or None}
+    prompts = {"prompt_dropout": 0.0}
+    methods_ = [
+        MethodSpec("linear (random backbone)", "linear", pretrained=False),
+        MethodSpec("linear probing", "linear"),
+        MethodSpec("VPT-deep", "vpt", flags={"vpt_mode": "deep", **prompts}),
+        MethodSpec("APT", "apt", flags={"prompt_reparam": True, **prompts}),
+        MethodSpec("adapter", "adapter"),
+        MethodSpec("LoRA", "lora"),
+        MethodSpec("full fine-tuning", "end2end"),
+    ]
+    methods_ = [replace(m, grid=PROTOCOL_GRIDS[m.name]) for m in methods_]
+    return SweepSpec(name=f"{cfg.world} world", data_path=data_path, model=cfg.model,
+                     finetune=finetune, flags=flags, methods=tuple(methods_))
