@@ -1,6 +1,10 @@
-"""Synthetic action data set of real video files, deterministic from a seed.
+"""Synthetic action data sets of real video files, deterministic from a seed: two worlds.
 
-Each class is a kind of motion done by a few random bright shapes on a dark background: moving
+**relations** (:func:`render_relation_clip`): each class is a relation between two objects over
+time, as in Something-Something-V2 (approach, retreat, orbit either way, touch-and-return,
+leave-and-return, converge, diverge), with a static distractor; docs/WORLDS.md.
+
+**motion** (:func:`render_clip`): each class is a kind of motion done by a few random bright shapes on a dark background: moving
 in one of eight directions, rotating clockwise or anticlockwise, growing or shrinking.
 Appearance (shapes, colours, sizes, positions, angles, background, noise) is drawn from the same
 distribution for every class and each motion is its opposite played backwards, so a single frame
