@@ -20,7 +20,8 @@ def lazy_exports(package: str, table: Dict[str, Sequence[str]]
 
     Args:
         package: the package's ``__name__``.
-        table: relative submodule (``".dist"``) -> the names it exports through the package.
+        table: module (relative, ``".dist"``, or absolute) -> the names the package exports
+            from it.
 
     Returns:
         ``(__all__, __getattr__, __dir__)``, to be assigned in the package's ``__init__``.
