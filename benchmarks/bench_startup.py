@@ -14,6 +14,10 @@ commands interleaved round by round so a busy machine slows all alike:
   is the per-epoch cost over the steps of an epoch;
 * the imports a training run makes before its first step (``import finetuning``), alone.
 
+This process imports nothing heavy before its children have run: Linux hands a forked child its
+parent's peak RSS as its own starting ``ru_maxrss``, so a parent holding torch would report
+torch's memory for every command.
+
 Usage::
 
     python benchmarks/bench_startup.py --out benchmarks/results/startup.md
@@ -33,9 +37,6 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
-
-from utils.machine import info_lines, machine_info  # noqa: E402
-from utils.outputs import atomic_file  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("torch", "timm", "decord", "deepspeed", "matplotlib", "transformers")
@@ -126,14 +127,16 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
 
 
 def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float],
-           repeats: int) -> str:
-    """The Markdown table of both measurements."""
+           repeats: int, machine: List[str]) -> str:
+    """The Markdown table of both measurements, under the machine's description."""
     lines = [f"Start-up cost (benchmarks/bench_startup.py, medians of {repeats} runs each, "
-             f"checkout {root})", "", *info_lines(machine_info()), "",
+             f"checkout {root})", "", *machine, "",
              "| command | `--help` wall (s) | peak RSS (MB) | heavy modules imported |",
              "|---|---:|---:|---|"]
     for c, r in helps.items():
         lines.append(f"| `{c}` | {r['wall']:.2f} | {r['rss']:.0f} | {r['heavy']} |")
+    if not run:
+        return "\n".join(lines) + "\n"
     lines += ["", "Short fine-tuning run (APT, vit_mini_patch8, 32x32, 8 frames, CPU, "
               f"{int(run['steps'])} steps per epoch, final test on the test split):", "",
               "| quantity | seconds |", "|---|---:|",
@@ -151,14 +154,20 @@ def main(argv: Sequence[str] = ()) -> str:
     p.add_argument("--root", default=ROOT, help="checkout to measure (default: this one)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--run_repeats", type=int, default=3)
+    p.add_argument("--help_only", action="store_true", help="measure --help only, not the run")
     p.add_argument("--out", default="", help="write the Markdown table here")
     args = p.parse_args(list(argv) or None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = os.path.abspath(args.root)
     helps = measure_help(root, args.repeats)
-    with tempfile.TemporaryDirectory() as work:
-        run = measure_run(root, args.run_repeats, work)
-    table = report(root, helps, run, args.repeats)
+    run: Dict[str, float] = {}
+    if not args.help_only:
+        with tempfile.TemporaryDirectory() as work:
+            run = measure_run(root, args.run_repeats, work)
+    # The project's helpers import torch: only now, once every child has been measured.
+    from utils.machine import info_lines, machine_info
+    from utils.outputs import atomic_file
+    table = report(root, helps, run, args.repeats, info_lines(machine_info()))
     if args.out:
         with atomic_file(args.out, "w") as f:
             f.write(table)
