@@ -2,8 +2,8 @@
 behind ``utils.backend``), the epoch loop with validation and checkpoints (``fit``), and the
 multi-view test (``evaluate``). Pre-training runs the same ``train_one_epoch`` with its own step.
 
-``run_class_apt.py`` parses the flags into a ``FinetuneConfig``, builds the model and loaders and
-calls ``fit`` or ``evaluate``; nothing here writes into the settings.
+``run_class_apt.py`` parses the flags into a ``FinetuneConfig``; ``finetuning.py`` builds the model
+and loaders and calls ``fit`` or ``evaluate``; nothing here writes into the settings.
 
 Long on purpose: one concern, the fine-tuning loop (step, epoch, ``fit``, ``evaluate``, the
 final test) for both training engines; splitting it would scatter one epoch over files.

@@ -24,6 +24,7 @@ import torch
 
 import utils
 from models import load_method_state, load_pretrained, parameter_counts, trains_whole_model
+from models.factory import create_model_from_config
 from models.config import FinetuneConfig
 from models.method_state import check_backbone
 from models.run_checkpoints import (find_run_checkpoint, load_newest_readable, read_checkpoint,
@@ -99,7 +100,7 @@ def build_model(cfg: FinetuneConfig) -> torch.nn.Module:
     on every rank). Builds from the settings only: bad transfer flags fail here, before any
     data or weights are read."""
     utils.seed_everything(cfg.run.seed)
-    return cfg.model.build()
+    return create_model_from_config(cfg.model)
 
 
 def load_backbone(cfg: FinetuneConfig, model: torch.nn.Module,

@@ -8,23 +8,21 @@ Public entry points:
 * :func:`seed_worker`: DataLoader ``worker_init_fn``
 * :class:`BadVideoTracker`, :class:`TooManyBadVideos`: bad-video accounting per split
 * :class:`Mixup`: timm Mixup/CutMix for video batches
-* :class:`CacheBudget`: the run's ``--cache_max_gb``, shared by the lists it caches
-  (``--cache_videos``, :mod:`datasets.frame_cache`)
+* :class:`CacheBudget`, :class:`CacheTooLarge`: the run's ``--cache_max_gb``, shared by the
+  lists it caches (``--cache_videos``, :mod:`datasets.frame_cache`)
+
+The names below are re-exported lazily (:func:`utils.lazy.lazy_exports`): a light submodule
+(``datasets.listfile``, ``datasets.synthetic``) imports without torch and timm.
 """
+from utils.lazy import lazy_exports
 
-from .bad_videos import BadVideoTracker, TooManyBadVideos
-from utils.config import DATASET_NUM_CLASSES, num_classes_for
-
-from .build import build_dataset
-from .decoders import VideoDecodeError, open_video
-from .frame_cache import CacheBudget, CacheTooLarge
-from .listfile import ListFileError, VideoRecord, parse_list_file
-from .mixup import Mixup
-from .video_dataset import VideoClsDataset, collate_eval, collate_train, seed_worker
-
-__all__ = [
-    "BadVideoTracker", "TooManyBadVideos", "DATASET_NUM_CLASSES", "build_dataset",
-    "num_classes_for", "VideoDecodeError", "open_video", "ListFileError",
-    "VideoRecord", "parse_list_file", "Mixup", "VideoClsDataset",
-    "collate_eval", "collate_train", "seed_worker", "CacheBudget", "CacheTooLarge",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    ".bad_videos": ["BadVideoTracker", "TooManyBadVideos"],
+    ".build": ["build_dataset"],
+    ".decoders": ["VideoDecodeError", "open_video"],
+    ".frame_cache": ["CacheBudget", "CacheTooLarge"],
+    ".listfile": ["ListFileError", "VideoRecord", "parse_list_file"],
+    ".mixup": ["Mixup"],
+    ".video_dataset": ["VideoClsDataset", "collate_eval", "collate_train", "seed_worker"],
+    "utils.config": ["DATASET_NUM_CLASSES", "num_classes_for"],
+})

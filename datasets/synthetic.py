@@ -13,6 +13,9 @@ measures both: 89% held-out from clips, 27.5% from one frame repeated, chance 12
 still shows where the shapes sit and how big they are, whose ranges differ a little between
 moving, turning and scaling classes).
 
+Long on purpose: both worlds share the drawing (backgrounds, shapes, noise), the writing of
+video files and the split lists, so they live in one file.
+
 The library half of ``tools/make_synthetic.py`` (its command line), here below ``tools`` and
 ``benchmarks`` because the demo, the benchmarks and the tests all render these clips. Output of
 :func:`make_synthetic_dataset` (paths in the lists are relative to the output folder, which

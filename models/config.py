@@ -3,8 +3,8 @@ variant, clip shape, the transfer type and its settings) and the whole run's (``
 which adds the data, optimisation and run settings of ``utils.config``), and the flags the
 transfer types declare (``add_method_args``).
 
-They live here, above ``models.transfer``, because a model's settings are made by the transfer
-types' own settings dataclasses (their registry); ``utils.config`` holds the settings that know
+They live here, above ``models.transfer_settings``, because a model's settings are made by the transfer
+types' own settings dataclasses (their registry, ``models.transfer_settings``); ``utils.config`` holds the settings that know
 no network and sits below ``models`` and ``datasets``.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from utils.cli import ArgumentGroup
 from utils.config import (BackboneSource, ConfigError, DataConfig, OptimConfig, RunConfig,
                           TrainConfig, from_namespace, plain_dict)
 
-from . import create_model
-from .transfer import (TRANSFER_ALIASES, TRANSFER_TYPES, MethodConfig, all_setting_fields,
-                       canonical_transfer_type, make_config, setting_fields)
+from .transfer_settings import (TRANSFER_ALIASES, TRANSFER_SETTINGS, TRANSFER_TITLES,
+                                MethodConfig, all_setting_fields, canonical_transfer_type,
+                                make_config, setting_fields)
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ def add_method_args(parser: argparse.ArgumentParser) -> ArgumentGroup:
     g = parser.add_argument_group("transfer type (flags from each type's settings dataclass)")
     # A former name (``prompt``) becomes the registered one (``apt``) as the flag is read.
     g.add_argument("--transfer_type", default=ModelConfig.transfer_type,
-                   type=canonical_transfer_type, choices=sorted(TRANSFER_TYPES),
+                   type=canonical_transfer_type, choices=sorted(TRANSFER_SETTINGS),
                    help="how the backbone is adapted: " + ", ".join(
-                       f"{n} ({TRANSFER_TYPES[n].__name__})" for n in sorted(TRANSFER_TYPES))
+                       f"{n} ({TRANSFER_TITLES[n]})" for n in sorted(TRANSFER_SETTINGS))
                    + "".join(f"; {a}: former name of {n}" for a, n in
                              sorted(TRANSFER_ALIASES.items())))
     for name, (f, types) in all_setting_fields().items():
-        hints = typing.get_type_hints(TRANSFER_TYPES[types[0]].config_class)
+        hints = typing.get_type_hints(TRANSFER_SETTINGS[types[0]])
         kind = _flag_type(hints[name])
         help_text = f"{f.metadata.get('help', '')} [{', '.join(types)}]"
         default = None if f.default is MISSING else f.default
@@ -112,16 +112,6 @@ class ModelConfig:
         transfer_type = canonical_transfer_type(flags.get("transfer_type", cls.transfer_type))
         return from_namespace(cls, flags, method=method_config(transfer_type, flags),
                               num_classes=num_classes, transfer_type=transfer_type)
-
-    def build(self) -> Any:
-        """The backbone with the transfer type attached (validates shapes, reads no data)."""
-        return create_model(
-            self.model, transfer_type=self.transfer_type, method_config=self.method,
-            num_classes=self.num_classes, all_frames=self.num_frames, img_size=self.input_size,
-            tubelet_size=self.tubelet_size, drop_rate=self.drop, drop_path_rate=self.drop_path,
-            attn_drop_rate=self.attn_drop_rate, fc_drop_rate=self.fc_drop_rate,
-            use_mean_pooling=self.use_mean_pooling, init_scale=self.init_scale,
-            use_checkpoint=self.use_checkpoint, use_learnable_pos_emb=self.use_learnable_pos_emb)
 
     def architecture(self) -> Dict[str, Any]:
         """The settings that define the tensors, as flag name -> value."""

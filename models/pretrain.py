@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import trunc_normal_
 
+from .variants import PRETRAIN_VARIANTS
 from .vit import VIT_VARIANTS, Block, VisionTransformer, sincos_position_table
 
 logger = logging.getLogger(__name__)
@@ -306,20 +307,6 @@ class PretrainVisionTransformer(nn.Module):
 
 # --- registered variants ---------------------------------------------------------------------
 PRETRAIN_MODEL_REGISTRY: Dict[str, Callable[..., PretrainVisionTransformer]] = {}
-
-# name: (encoder dim, depth, heads, decoder dim, decoder heads, matching fine-tuning --model);
-# the patch size is the fine-tuning variant's.
-PRETRAIN_VARIANTS: Dict[str, Tuple[int, int, int, int, int, str]] = {
-    "pretrain_videomae_micro_patch16": (64, 2, 4, 32, 2, "vit_micro_patch16"),
-    "pretrain_videomae_mini_patch8": (128, 4, 4, 64, 2, "vit_mini_patch8"),
-    "pretrain_videomae_mini_patch16": (128, 4, 4, 64, 2, "vit_mini_patch16"),
-    "pretrain_videomae_tiny_patch16_224": (192, 12, 3, 96, 3, "vit_tiny_patch16_224"),
-    "pretrain_videomae_small_patch16_224": (384, 12, 6, 192, 3, "vit_small_patch16_224"),
-    "pretrain_videomae_base_patch16_224": (768, 12, 12, 384, 6, "vit_base_patch16_224"),
-    "pretrain_videomae_large_patch16_224": (1024, 24, 16, 512, 8, "vit_large_patch16_224"),
-    "pretrain_videomae_huge_patch16_224": (1280, 32, 16, 640, 8, "vit_huge_patch16_224"),
-}
-
 
 def _register(name: str, enc_dim: int, enc_depth: int, enc_heads: int, dec_dim: int,
               dec_heads: int, finetune_name: str) -> None:

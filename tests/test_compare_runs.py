@@ -16,7 +16,7 @@ import pytest
 import engine
 import models
 import utils
-from models.transfer import TRANSFER_TYPES, BlockRange, TransferMethod, setting
+from models.transfer_settings import TRANSFER_SETTINGS, BlockRange, setting
 from tests.engine_helpers import ROOT, make_data, read_log, run_main, tiny_argv, write_tiny_backbone
 from tools import compare_runs
 
@@ -202,11 +202,8 @@ def test_method_label_shows_the_settings_of_every_type_and_of_a_new_one(monkeypa
         token_shift_init: float = setting(0.0, "initial value of every shift")
         token_shift_gate: bool = setting(False, "a learned gate")
 
-    class TokenShift(TransferMethod):
-        name = "token_shift"
-        config_class = TokenShiftConfig
-
-    monkeypatch.setitem(TRANSFER_TYPES, "token_shift", TokenShift)
+    # registered as a settings module of models/transfer_settings registers it
+    monkeypatch.setitem(TRANSFER_SETTINGS, "token_shift", TokenShiftConfig)
     assert label("token_shift", {"token_shift_init": 0.5, "token_shift_gate": True,
                                  "prompt_end": 2}, 4) == \
         "token_shift token_shift_init=0.5 blocks 0-2 token_shift_gate"

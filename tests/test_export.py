@@ -21,7 +21,7 @@ import torch
 import run_class_apt
 import utils
 from engine_checkpoints import TrainingCheckpoints
-from models import create_model, load_pretrained
+from models import create_model, create_model_from_config, load_pretrained
 from tests.engine_helpers import ROOT, make_data, parse, run_main, subprocess_env, tiny_argv
 from tools import export
 
@@ -63,7 +63,7 @@ def trained_like(out: str, backbone: str, transfer_type: str, **flags):
                            **flags))
     cfg = run_class_apt.make_config(args)
     utils.seed_everything(cfg.run.seed)
-    model = cfg.model.build()
+    model = create_model_from_config(cfg.model)
     load_pretrained(model, backbone)
     seed = zlib.crc32(f"{transfer_type} {sorted(flags.items())}".encode())
     gen = torch.Generator().manual_seed(seed)
@@ -111,7 +111,7 @@ def vpt(tmp_path_factory, backbone):
                      test_num_segment=1, test_num_crop=1, init_scale=1.0)  # a non-zero head
     run_main(argv)
     path = os.path.join(out, "checkpoint-last.pth")
-    model = run_class_apt.make_config(parse(argv)).model.build()
+    model = create_model_from_config(run_class_apt.make_config(parse(argv)).model)
     load_pretrained(model, backbone)
     trained = torch.load(path, weights_only=True)["model"]
     assert {"head.weight", "fc_norm.weight"} < set(trained)  # and the prompts

@@ -64,11 +64,14 @@ def _copy(trained: str, tmp_path) -> str:
 def nothing_built(monkeypatch):
     """Fails the test if a model or a data set is built."""
     import datasets
+    import finetuning
+    import pretraining
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model or data set was built before the flags were checked")
-    monkeypatch.setattr(run_class_apt, "build_model", refuse)
-    monkeypatch.setattr(run_mae_pretraining, "build_model", refuse)
+    # the scripts' run modules (imported by their main once the flags are parsed) build them
+    monkeypatch.setattr(finetuning, "build_model", refuse)
+    monkeypatch.setattr(pretraining, "build_model", refuse)
     monkeypatch.setattr(datasets, "build_dataset", refuse)
 
 

@@ -1,8 +1,10 @@
-"""A transfer type added as one file: its flag, training, checkpoint and ``--eval`` work without
-any other edit (the promise of ``models/transfer/__init__.py`` and docs/CONVENTIONS.md).
+"""A transfer type added as two files, its settings and its method: its flag, training,
+checkpoint and ``--eval`` work without any other edit (the promise of
+``models/transfer/__init__.py`` and docs/CONVENTIONS.md).
 
-The repository's code is copied into a temporary folder and one new module is written into its
-``models/transfer``; nothing else of the copy is touched.
+The repository's code is copied into a temporary folder, one settings module is written into its
+``models/transfer_settings`` and one method module into its ``models/transfer``; nothing else of
+the copy is touched.
 """
 import json
 import os
@@ -15,18 +17,16 @@ import torch
 
 from tests.engine_helpers import ROOT, final_record, make_data, subprocess_env, tiny_argv
 
-# A per-block learned shift of the tokens (one vector per adapted block), with its own flag.
-NEW_METHOD = textwrap.dedent('''
-    """Token shift: a learned vector added to every token before each block of the range."""
+# A per-block learned shift of the tokens (one vector per adapted block), with its own flag: its
+# settings (no torch: the command line reads them before torch is imported) ...
+NEW_SETTINGS = textwrap.dedent('''
+    """Token shift's settings."""
     from dataclasses import dataclass
-    from typing import List
 
-    import torch
-    import torch.nn as nn
-
-    from .base import BlockRange, TransferMethod, register_transfer, setting
+    from .base import BlockRange, register_settings, setting
 
 
+    @register_settings("token_shift", "token shift")
     @dataclass(frozen=True)
     class TokenShiftConfig(BlockRange):
         token_shift_init: float = setting(0.0, "initial value of every shift")
@@ -36,6 +36,18 @@ NEW_METHOD = textwrap.dedent('''
             if abs(self.token_shift_init) > 1:
                 raise ValueError(f"--token_shift_init must be in [-1, 1], got "
                                  f"{self.token_shift_init}")
+''')
+
+# ... and its method.
+NEW_METHOD = textwrap.dedent('''
+    """Token shift: a learned vector added to every token before each block of the range."""
+    from typing import List
+
+    import torch
+    import torch.nn as nn
+
+    from .base import TransferMethod, register_transfer
+    from ..transfer_settings.token_shift import TokenShiftConfig
 
 
     @register_transfer("token_shift")
@@ -78,10 +90,12 @@ def _run(code_dir: str, args, check: bool = True) -> subprocess.CompletedProcess
     return proc
 
 
-def test_a_new_transfer_type_is_one_file(tmp_path):
+def test_a_new_transfer_type_is_two_files(tmp_path):
     code = str(tmp_path / "code")
     os.makedirs(code)
     _copy_code(code)
+    with open(os.path.join(code, "models", "transfer_settings", "token_shift.py"), "w") as f:
+        f.write(NEW_SETTINGS)
     with open(os.path.join(code, "models", "transfer", "token_shift.py"), "w") as f:
         f.write(NEW_METHOD)
     data = make_data(str(tmp_path / "data"))

@@ -43,6 +43,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402  (after the checkout is on sys.path)
 
 from models import cost_report, parameter_counts  # noqa: E402
+from models.factory import create_model_from_config  # noqa: E402
 from models.config import FinetuneConfig  # noqa: E402
 from models.transfer import (TRANSFER_TYPES, canonical_transfer_type,  # noqa: E402
                              resolve_block_range, setting_fields)
@@ -219,7 +220,7 @@ class ArchitectureCosts:
 
     def _count(self, cfg: Any) -> Dict[str, Any]:
         with torch.device("meta"):  # shapes only: no storage, no arithmetic
-            model = cfg.build()
+            model = create_model_from_config(cfg)
         if self.count_flops:
             report = cost_report(model, cfg.num_frames, cfg.input_size, cfg.model)
         else:

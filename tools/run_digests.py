@@ -27,8 +27,6 @@ import sys
 import tempfile
 from typing import Any, Dict, List
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONE = os.path.join(ROOT, "assets", "demo_backbone", "pretrain_videomae_mini_patch8.pth")
 
@@ -61,6 +59,7 @@ TIMING_KEYS = ("time", "eta")
 
 def _tensor_digests(obj: Any, prefix: str, out: Dict[str, str]) -> None:
     """sha256 of the bytes, dtype and shape of every tensor in a nested checkpoint."""
+    import torch  # heavy: only recording reads checkpoints; --help and compare need no torch
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous().reshape(-1)
         h = hashlib.sha256(f"{obj.dtype}{tuple(obj.shape)}".encode())
@@ -83,6 +82,7 @@ def _log_numbers(path: str) -> List[Dict[str, Any]]:
 
 def record(out: str, work: str) -> Dict[str, Any]:
     """Train every run of ``RUNS`` under ``work``; write and return their fingerprints."""
+    import torch  # heavy: only recording reads checkpoints; --help and compare need no torch
     data = os.path.join(work, "data")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic.py"), "--out",
                     data, "--num_classes", "4", "--videos_per_class", "10", "--num_frames", "24",

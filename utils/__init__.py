@@ -14,21 +14,20 @@ Checkpoints: foreign weights are read by :mod:`models.pretrained`, a method's te
 :mod:`models.method_state`, run checkpoint files by :mod:`models.run_checkpoints`; training
 writes and resumes them through :mod:`engine_checkpoints`. Atomic writes:
 :func:`utils.outputs.atomic_torch_save`.
-"""
-from .amp import NativeScalerWithGradNormCount, amp_dtype_for, autocast, get_grad_norm_
-from .dist import (all_gather_object, all_ranks_ok, barrier, default_device_name,
-                   destroy_process_group, free_port, get_rank, get_world_size,
-                   init_distributed_mode, is_dist_avail_and_initialized, is_main_process,
-                   seed_everything, DistState)
-from .logs import (MetricLogger, SmoothedValue, TensorboardLogger, append_json_line,
-                   setup_logging)
-from .schedule import cosine_scheduler, scale_lr
 
-__all__ = [
-    "NativeScalerWithGradNormCount", "amp_dtype_for", "autocast", "get_grad_norm_",
-    "all_gather_object", "all_ranks_ok", "barrier", "default_device_name",
-    "destroy_process_group", "free_port", "get_rank", "get_world_size", "init_distributed_mode",
-    "is_dist_avail_and_initialized", "is_main_process", "seed_everything", "DistState",
-    "MetricLogger", "SmoothedValue", "TensorboardLogger", "append_json_line", "setup_logging",
-    "cosine_scheduler", "scale_lr",
-]
+The names below are re-exported lazily (:func:`utils.lazy.lazy_exports`): importing
+``utils.config`` or ``utils.cli`` (the flags of every command line) imports no torch, so
+``--help`` answers at once; ``utils.setup_logging`` imports :mod:`utils.logs` when first used.
+"""
+from .lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    ".amp": ["NativeScalerWithGradNormCount", "amp_dtype_for", "autocast", "get_grad_norm_"],
+    ".dist": ["all_gather_object", "all_ranks_ok", "barrier", "default_device_name",
+              "destroy_process_group", "free_port", "get_rank", "get_world_size",
+              "init_distributed_mode", "is_dist_avail_and_initialized", "is_main_process",
+              "seed_everything", "DistState"],
+    ".logs": ["MetricLogger", "SmoothedValue", "TensorboardLogger", "append_json_line",
+              "setup_logging"],
+    ".schedule": ["cosine_scheduler", "scale_lr"],
+})

@@ -5,13 +5,13 @@ model starts as the frozen one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List
 
 import torch
 import torch.nn as nn
 
-from .base import BlockRange, TransferMethod, register_transfer, setting
+from .base import TransferMethod, register_transfer
+from ..transfer_settings.adapter import AdapterConfig
 
 
 class Adapter(nn.Module):
@@ -34,19 +34,6 @@ class Adapter(nn.Module):
         """Args: h (B, N, dim) the MLP's input ``norm2(x)``; x the block's output after the MLP
         residual. Returns ``x`` plus the branch (added last, outside the MLP's drop path)."""
         return x + self.branch(h)
-
-
-@dataclass(frozen=True)
-class AdapterConfig(BlockRange):
-    """Settings: the block range, the bottleneck width and the output scale."""
-
-    adapter_dim: int = setting(64, "new: AdaptFormer bottleneck")
-    adapter_scale: float = setting(0.1, "new: AdaptFormer scale")
-
-    def validate(self) -> None:
-        super().validate()
-        if int(self.adapter_dim) < 1:
-            raise ValueError(f"--adapter_dim must be >= 1, got {self.adapter_dim}")
 
 
 @register_transfer("adapter")

@@ -8,13 +8,13 @@ so the frozen attention is untouched and the extra cost is ``O(N M D)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
-from .base import PromptSettings, TransferMethod, register_transfer, setting
+from .base import TransferMethod, register_transfer
+from ..transfer_settings.approx import ApproxConfig
 
 
 class ApproxPrompt(nn.Module):
@@ -36,18 +36,6 @@ class ApproxPrompt(nn.Module):
         diffused = weights @ pm  # (B, N, D)
         strength = weights.detach().amax(dim=-1, keepdim=True)  # (B, N, 1), no gradient
         return (attn_out + diffused * strength) * self.gate.exp()
-
-
-@dataclass(frozen=True)
-class ApproxConfig(PromptSettings):
-    """Settings: M (``--prompt_num_tokens``), the block range, dropout, and the bottleneck rank."""
-
-    approx_rank: int = setting(4, "new: Approximated Prompt Tuning bottleneck rank")
-
-    def validate(self) -> None:
-        super().validate()
-        if int(self.approx_rank) < 1:
-            raise ValueError(f"--approx_rank must be >= 1, got {self.approx_rank}")
 
 
 @register_transfer("approx")

@@ -13,28 +13,19 @@ checkpoints load unchanged.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import PromptSettings, TransferMethod, register_transfer, setting
+from .base import TransferMethod, register_transfer
+from ..transfer_settings.apt import APTConfig
 
 
 def prompt_init_bound(patch_size: int, width: int) -> float:
     """VPT's uniform init bound ``sqrt(6 / (3 * patch * patch + width))``."""
     return math.sqrt(6.0 / float(3 * patch_size * patch_size + width))
-
-
-@dataclass(frozen=True)
-class APTConfig(PromptSettings):
-    """APT's settings: P, the block range and dropout (``PromptSettings``) and these two."""
-
-    prompt_reparam: bool = setting(False, "learned per-prompt scales s = max(scale, 1)")
-    prompt_per_head: bool = setting(False, "new: one APT prompt set per head instead of one "
-                                           "shared by all heads")
 
 
 @register_transfer("apt", aliases=("prompt",))

@@ -7,14 +7,14 @@ for inference (no extra work per forward) and ``unfold`` restores the exact orig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import BlockRange, TransferMethod, register_transfer, setting
+from .base import TransferMethod, register_transfer
+from ..transfer_settings.lora import LoRAConfig
 
 
 class LoRAQKV(nn.Module):
@@ -46,19 +46,6 @@ class LoRAQKV(nn.Module):
         q_out, k_out, v_out = qkv.chunk(3, dim=-1)
         return torch.cat((q_out + self.scaling * F.linear(q, self.lora_B_q), k_out,
                           v_out + self.scaling * F.linear(v, self.lora_B_v)), dim=-1)
-
-
-@dataclass(frozen=True)
-class LoRAConfig(BlockRange):
-    """Settings: the block range, the rank and alpha (the update is scaled by alpha / rank)."""
-
-    lora_rank: int = setting(8, "new: LoRA rank")
-    lora_alpha: float = setting(16.0, "new: LoRA alpha (scale alpha / rank)")
-
-    def validate(self) -> None:
-        super().validate()
-        if int(self.lora_rank) < 1:
-            raise ValueError(f"--lora_rank must be >= 1, got {self.lora_rank}")
 
 
 @register_transfer("lora")

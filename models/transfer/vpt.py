@@ -8,29 +8,15 @@ and, for deep, ``deep_prompt_embeddings`` (L - 1, P, D).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import PromptSettings, TransferMethod, register_transfer, setting
+from .base import TransferMethod, register_transfer
+from ..transfer_settings.vpt import VPTConfig
 from .apt import prompt_init_bound
-
-
-@dataclass(frozen=True)
-class VPTConfig(PromptSettings):
-    """VPT's settings: P, the block range and dropout (``PromptSettings``) and the mode."""
-
-    vpt_mode: str = setting("deep", "new: shallow (prompts before the first block of the range) "
-                                    "or deep (fresh prompts before every block of it)",
-                            choices=("shallow", "deep"))
-
-    def validate(self) -> None:
-        super().validate()
-        if self.vpt_mode not in ("shallow", "deep"):
-            raise ValueError(f"--vpt_mode must be 'shallow' or 'deep', got {self.vpt_mode!r}")
 
 
 @register_transfer("vpt")
