@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "resume")
             return 130
         if table is not None:
-            tables.append(f"### {spec.name}\n\n{table}")
+            tables.append(table)  # it starts with its "### <name>" heading
     if tables:
         text = "\n".join(tables)
         if len(specs) > 1:
