@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import run_class_apt
+import pretraining
 import run_mae_pretraining
 from engine_checkpoints import TrainingCheckpoints
 from models import CheckpointError, create_model, load_pretrained, read_checkpoint, torch_load
@@ -158,7 +159,7 @@ def test_pretraining_resume_skips_an_unreadable_checkpoint_last(tmp_path, caplog
     (tmp_path / "checkpoint-last.pth").write_bytes(b"")
     args = run_mae_pretraining.get_args_parser().parse_args(
         ["--model", "pretrain_videomae_micro_patch16"])
-    check = run_mae_pretraining.resume_check(PretrainConfig.from_args(args).model)
+    check = pretraining.resume_check(PretrainConfig.from_args(args).model)
     with caplog.at_level(logging.WARNING):
         ckpt = TrainingCheckpoints(str(tmp_path), {}, check_resumed=check).resume(
             "", True, _backend(tiny_pretrain_model()))
