@@ -84,7 +84,6 @@ def linear_probe(train_f, train_y, test_f, test_y, steps: int = 300) -> float:
 
 @pytest.fixture(scope="module")
 def world():
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return clips(100, seed=11), clips(40, seed=12)
 
 

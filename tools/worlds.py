@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Tuple
 
-from datasets.synthetic import make_synthetic_dataset, world_classes
+from datasets.synthetic import make_synthetic_dataset
 from models import file_sha256
 from utils.sweep import MethodSpec, SweepSpec
 
@@ -59,7 +59,7 @@ class Method:
 
 @dataclass
 class DemoConfig:
-    """Sizes of one world's demo run. ``full()``/``motion()`` and ``relations()`` are
+    """Sizes of one world's demo run. ``full()`` (motion) and ``relations()`` are
     ``make demo``'s two worlds; ``quick()`` is the test suite's.
 
     Args:
@@ -107,10 +107,6 @@ class DemoConfig:
         return cls()
 
     @classmethod
-    def motion(cls) -> "DemoConfig":
-        return cls()
-
-    @classmethod
     def relations(cls) -> "DemoConfig":
         # 150 train / 30 val / 60 test videos per class: 480 test videos, one is 0.21 points.
         # The backbone is the motion world's (see ``docs/WORLDS.md``: pre-training on this
@@ -134,10 +130,6 @@ class DemoConfig:
                        pretrain_batch=4, finetune_epochs=1, batch_size=4, num_prompts=2,
                        test_num_segment=2, test_num_crop=2, workers=0)
 
-    @property
-    def class_names(self) -> List[str]:
-        return list(world_classes(self.world)[:self.num_classes])
-
 
 def world_config(world: str, quick: bool = False) -> DemoConfig:
     """The :class:`DemoConfig` of a world by name (``motion`` or ``relations``)."""
@@ -145,7 +137,7 @@ def world_config(world: str, quick: bool = False) -> DemoConfig:
         raise ValueError(f"unknown demo world {world!r}; known: motion, relations")
     if quick:
         return DemoConfig.quick(world)
-    return DemoConfig.relations() if world == "relations" else DemoConfig.motion()
+    return DemoConfig.relations() if world == "relations" else DemoConfig.full()
 
 
 def methods(cfg: DemoConfig) -> List[Method]:
