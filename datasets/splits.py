@@ -276,7 +276,7 @@ def k_shot(entries: Sequence[Entry], shots: int, seed: int, class_names: Sequenc
     """
     if shots < 1:
         raise FolderTreeError(f"--shots must be >= 1, got {shots}")
-    by_class = _by_class(entries, len(class_names))
+    by_class = _by_class(entries, len(class_names), source)
     short = [f"class {label} {class_names[label]!r} has {len(paths)}"
              for label, paths in enumerate(by_class) if len(paths) < shots]
     if short:
@@ -289,12 +289,14 @@ def k_shot(entries: Sequence[Entry], shots: int, seed: int, class_names: Sequenc
     return [e for e in entries if e in chosen]
 
 
-def _by_class(entries: Sequence[Entry], num_classes: int) -> List[List[str]]:
+def _by_class(entries: Sequence[Entry], num_classes: int, source: str = "the list"
+              ) -> List[List[str]]:
     """Sorted paths per label (so the draws do not depend on the order entries came in)."""
     by_class: List[List[str]] = [[] for _ in range(num_classes)]
     for path, label in entries:
         if not 0 <= label < num_classes:
-            raise FolderTreeError(f"{path}: label {label} is not in [0, {num_classes})")
+            raise FolderTreeError(f"{source}: {path} has label {label}, not in "
+                                  f"[0, {num_classes})")
         by_class[label].append(path)
     return [sorted(p) for p in by_class]
 

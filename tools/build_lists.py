@@ -480,8 +480,6 @@ def _shots_of_lists(lists: str, out: str, shots: Sequence[int], seed: int) -> No
         logger.info("%s: none; classes are named by their label, and their count is the largest "
                     "label in %s plus one (%d)", classes_txt, train_csv, count)
         classes = [str(i) for i in range(count)]
-    if any(label < 0 for _, label in train):
-        raise ListFileError(f"{train_csv}: negative labels")
     copied = [n for n in [f"{s}.csv" for s in SPLITS[1:]] + [CLASSES_FILE]
               if os.path.isfile(os.path.join(lists, n))]
     missing = sorted({"val.csv", "test.csv"} - set(copied))
