@@ -97,7 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         data_root_help="prefix of relative video paths (default: the list file's folder)",
         defaults=PretrainDataConfig, data_set_help="new: only used to refuse --flip for SSV2",
         max_bad_fraction_help="new: stop when more than this fraction of the videos cannot be "
-                              "read")
+                              "read", sampling=False)
 
     g = parser.add_argument_group("k-NN probe (what the features carry, measured with labels)")
     g.add_argument("--probe_data_path", default="", type=str,

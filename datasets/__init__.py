@@ -10,6 +10,8 @@ Public entry points:
 * :class:`Mixup`: timm Mixup/CutMix for video batches
 * :class:`CacheBudget`, :class:`CacheTooLarge`: the run's ``--cache_max_gb``, shared by the
   lists it caches (``--cache_videos``, :mod:`datasets.frame_cache`)
+* :mod:`datasets.splits`: lists from a class-per-folder tree, seeded stratified splits, K-shot
+  training lists (``tools/build_lists.py folder`` and ``shots``)
 
 The names below are re-exported lazily (:func:`utils.lazy.lazy_exports`): a light submodule
 (``datasets.listfile``, ``datasets.synthetic``) imports without torch and timm.

@@ -16,12 +16,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
 # Repeated lines named in one message; the rest are counted.
 SHOWN_DUPLICATES = 5
+# The label map the list-file tools write next to the lists: "<label> <name>" lines.
+CLASSES_FILE = "classes.txt"
+# Containers that count as videos when a folder is searched (case-insensitive): FFmpeg reads
+# them all, through decord or PyAV. A file named in a list is read whatever its extension.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".ogv")
 
 
 class ListFileError(ValueError):
@@ -65,26 +73,18 @@ def parse_list_file(list_path: str, nb_classes: int, data_root: str = "",
         ListFileError: missing/empty file, unparsable line, label out of range, class count
             mismatch, or a video listed twice; the message names the file and the lines.
     """
-    if not os.path.isfile(list_path):
-        raise ListFileError(f"{list_path}: list file not found (expected under --data_path)")
     base = data_root if data_root else os.path.dirname(os.path.abspath(list_path))
     records: List[VideoRecord] = []
     first_line_of: Dict[int, int] = {}
-    # utf-8-sig: a byte-order mark would otherwise become part of the first path.
-    with open(list_path, "r", encoding="utf-8-sig") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            path, label = _split_line(line, list_path, lineno)
-            if not 0 <= label < nb_classes:
-                raise ListFileError(
-                    f"{list_path}:{lineno}: label {label} out of range [0, {nb_classes}) "
-                    f"(--nb_classes {nb_classes}): {line!r}")
-            if not os.path.isabs(path):
-                path = os.path.join(base, path)
-            records.append(VideoRecord(path=path, label=label, line=lineno))
-            first_line_of.setdefault(label, lineno)
+    for lineno, path, label in read_list_lines(list_path):
+        if not 0 <= label < nb_classes:
+            raise ListFileError(
+                f"{list_path}:{lineno}: label {label} out of range [0, {nb_classes}) "
+                f"(--nb_classes {nb_classes}): {path} {label}")
+        if not os.path.isabs(path):
+            path = os.path.join(base, path)
+        records.append(VideoRecord(path=path, label=label, line=lineno))
+        first_line_of.setdefault(label, lineno)
     if not records:
         raise ListFileError(f"{list_path}: no videos listed")
     check_duplicates(records, list_path, allow_duplicates)
@@ -96,6 +96,65 @@ def parse_list_file(list_path: str, nb_classes: int, data_root: str = "",
             f"{nb_classes} (largest label {max(first_line_of)} on line "
             f"{first_line_of[max(first_line_of)]}); labels never used: {shown}")
     return records
+
+
+def read_list_lines(list_path: str) -> Iterator[Tuple[int, str, int]]:
+    """The lines of a list file as written: ``(line number, path, label)``, the path not yet
+    joined to any root (tools that rewrite lists keep it so).
+
+    Args:
+        list_path: the ``.csv`` list file.
+
+    Raises:
+        ListFileError: the file is missing or a line does not parse (naming file and line).
+    """
+    if not os.path.isfile(list_path):
+        raise ListFileError(f"{list_path}: list file not found (expected under --data_path)")
+    # utf-8-sig: a byte-order mark would otherwise become part of the first path.
+    with open(list_path, "r", encoding="utf-8-sig") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            path, label = _split_line(line, list_path, lineno)
+            yield lineno, path, label
+
+
+def read_class_names(path: str, num_classes: Optional[int] = None,
+                     flag: str = "--class_names") -> List[str]:
+    """Class names from ``<label> <name>`` lines (the ``classes.txt`` the list-file tools
+    write; a name may hold spaces). Labels without a line are named by their index.
+
+    Args:
+        path: the file.
+        num_classes: the class count; None: one more than the largest label in the file.
+        flag: the flag or file role named in the messages.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: a line without a label in ``[0, num_classes)``, naming file and line.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    given: Dict[int, str] = {}
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
+        for lineno, raw in enumerate(f, start=1):
+            parts = raw.strip().split(None, 1)
+            if not parts:
+                continue
+            if (len(parts) != 2 or not parts[0].isdigit()
+                    or (num_classes is not None and int(parts[0]) >= num_classes)):
+                limit = "" if num_classes is None else f" in [0, {num_classes})"
+                raise ConfigError(f"{path}:{lineno}: expected '<label> <name>' with a label"
+                                  f"{limit}, got {raw.strip()!r}")
+            given[int(parts[0])] = parts[1]
+    count = (max(given) + 1 if given else 0) if num_classes is None else num_classes
+    return [given.get(i, str(i)) for i in range(count)]
+
+
+def is_video_file(name: str) -> bool:
+    """Whether a file name ends in one of :data:`VIDEO_EXTENSIONS` (case-insensitive)."""
+    return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def check_duplicates(records: Sequence[VideoRecord], list_path: str,

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 import datasets.decoders as decoders
+import run_class_apt
+import run_mae_pretraining
 from datasets import build_dataset
+from models.config import FinetuneConfig
+from utils.config import ConfigError, DataConfig
 from datasets.sampling import (crop_offsets, dense_test_indices, dense_train_indices,
                                dense_val_indices, resized_short_side, segment_test_indices,
                                segment_train_indices, segment_val_indices)
@@ -210,3 +214,89 @@ def test_test_mode_decodes_each_video_once(coded, monkeypatch, backend):
     assert counts["get_batch"] == 15 * len(ds)
     for a, b in zip(once, per_view):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- --sampling
+@pytest.mark.parametrize("data_set,sampling,segment", [
+    ("custom", "auto", False), ("UCF101", "auto", False), ("Kinetics-400", "auto", False),
+    ("SSV2", "auto", True), ("custom", "segment", True), ("SSV2", "dense", False),
+    ("HMDB51", "segment", True), ("SSV2", "segment", True), ("custom", "dense", False)])
+def test_sampling_flag_picks_the_scheme(data_set, sampling, segment):
+    nb = {"custom": 4}.get(data_set)
+    cfg = make_args("x", data_set=data_set, nb_classes=nb, sampling=sampling)
+    assert cfg.segment_sampling is segment
+    assert cfg.train_flip is (data_set != "SSV2")  # flips follow the data set, not the sampling
+
+
+def test_sampling_flag_default_and_refusal():
+    assert DataConfig.sampling == "auto"
+    assert make_args("x").sampling == "auto"  # flag sets without it: the data set's own
+    with pytest.raises(ConfigError, match="--sampling must be one of auto, segment, dense"):
+        make_args("x", sampling="tsn")
+    parser = run_class_apt.get_args_parser()
+    assert parser.parse_args([]).sampling == "auto"
+    assert parser.parse_args(["--sampling", "segment"]).sampling == "segment"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sampling", "tsn"])
+    # Pre-training always samples a dense window: it has no such flag.
+    assert "--sampling " not in run_mae_pretraining.get_args_parser().format_help()
+
+
+def _segment_views(n, t, segments):
+    """Segment test views written out independently of datasets.sampling (VideoMAE ssv2.py)."""
+    tick = n / t
+    return [[min(int(tick * j + tick * i / segments), n - 1) for j in range(t)]
+            for i in range(segments)]
+
+
+def test_custom_data_set_with_segment_sampling_end_to_end(coded):
+    """--data_set custom --sampling segment: the SSV2 indices in training, validation and every
+    test view (40 frames, T=4: segments of 10 frames)."""
+    args = make_args(str(coded), num_frames=4, sampling_rate=3, sampling="segment",
+                     test_num_segment=2, test_num_crop=1)
+    train, _ = build_dataset(True, False, args)
+    np.random.seed(3)
+    for _ in range(5):
+        codes = decode_frame_codes(train[0][0][0])
+        assert [c // 10 for c in codes] == [0, 1, 2, 3]  # one frame in each segment
+    val, _ = build_dataset(False, False, args)
+    assert decode_frame_codes(val[0][0]) == [5, 15, 25, 35]  # segment middles
+    test, _ = build_dataset(False, True, args)
+    views = test[0][0]
+    assert [decode_frame_codes(v) for v in views] == _segment_views(40, 4, 2) == \
+        [[0, 10, 20, 30], [5, 15, 25, 35]]
+    assert [decode_frame_codes(v) for v in test[1][0]] == _segment_views(6, 4, 2)  # short video
+
+
+def test_ssv2_with_dense_sampling_end_to_end(coded):
+    """--data_set SSV2 --sampling dense: dense windows (r=2), still never flipped."""
+    d = coded / "ssv2_dense"
+    d.mkdir(exist_ok=True)
+    for split in ("train", "val", "test"):
+        write_list(str(d / f"{split}.csv"), [("long.mp4", c) for c in range(174)])
+    args = make_args(str(d), data_set="SSV2", nb_classes=174, data_root=str(coded), num_frames=4,
+                     sampling_rate=2, sampling="dense", test_num_segment=2, test_num_crop=1)
+    val, _ = build_dataset(False, False, args)
+    assert decode_frame_codes(val[0][0]) == [16, 18, 20, 22]  # centred: (40 - 8) // 2
+    test, _ = build_dataset(False, True, args)
+    assert [decode_frame_codes(v) for v in test[0][0]] == [[0, 2, 4, 6], [32, 34, 36, 38]]
+    train, _ = build_dataset(True, False, args)
+    assert not train.config.train_flip
+    np.random.seed(0)
+    codes = decode_frame_codes(train[0][0][0])
+    assert codes == [codes[0] + 2 * i for i in range(4)] and 0 <= codes[0] <= 32
+
+
+def test_saved_flags_carry_the_sampling():
+    """A checkpoint's saved --sampling is used again (tools/predict.py, --eval); a checkpoint
+    saved before the flag existed samples as its data set did; an override wins."""
+    saved = {"data_set": "custom", "nb_classes": 3, "transfer_type": "linear", "num_frames": 4}
+    old = {"args": dict(saved), "transfer_type": "linear"}
+
+    def segment(ckpt, overrides=None):
+        return FinetuneConfig.from_checkpoint(ckpt, "ckpt", overrides).data.segment_sampling
+
+    assert not segment(old) and segment(old, {"data_set": "SSV2"})
+    new = {"args": dict(saved, sampling="segment"), "transfer_type": "linear"}
+    assert segment(new) and not segment(new, {"sampling": "dense"})
+    assert not segment(new, {"sampling": "auto"}) and segment(new, {"sampling": None})

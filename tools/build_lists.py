@@ -1,4 +1,5 @@
-"""Build ``train.csv`` / ``val.csv`` / ``test.csv`` list files from official split files.
+"""Build ``train.csv`` / ``val.csv`` / ``test.csv`` list files from official split files, from a
+class-per-folder tree of your own videos, and K-shot training lists.
 
 Each line is ``<path> <label>``. Paths are written relative to the video folder unless
 ``--video_root`` is given (then they are prefixed with it); train with ``--data_root`` pointing
@@ -13,6 +14,17 @@ Subcommands::
     python tools/build_lists.py ssv2 --labels_dir labels --out lists/ssv2
     python tools/build_lists.py kinetics400 --annotations_dir k400/annotations \
         --video_dir k400/videos --out lists/k400     # paths relative to --video_dir
+    python tools/build_lists.py folder my_videos --out lists/mine --ratios 0.7,0.15,0.15 \
+        --seed 0 --shots 1,2,4,8,16                  # my_videos/<class>/.../<video>
+    python tools/build_lists.py shots lists/ucf101 --shots 1,2,4,8,16 --seed 0
+
+``folder`` splits every class by ``--ratios`` (train,val,test) with ``--seed``; ``--shots K,...``
+(there and in ``shots``, for any list folder) also writes ``OUT/<K>shot/`` with a training list
+of exactly K videos per class (nested over K for one seed) and the val/test lists unchanged.
+The draws are :mod:`datasets.splits`'.
+
+Long on purpose: one command line with a sub-command per source (four official split formats,
+a folder tree, K-shot lists of any of them) and the list writer they share.
 
 ``--ext mp4`` rewrites the file extension (for re-encoded videos); ``--ext ''`` drops it (for
 frame folders extracted next to the videos).
@@ -26,13 +38,23 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from datasets.listfile import (CLASSES_FILE, VIDEO_EXTENSIONS, ListFileError,  # noqa: E402
+                               read_class_names, read_list_lines)
+from datasets.splits import (SPLITS, FolderTreeError, k_shot, parse_ratios,  # noqa: E402
+                             scan_class_folders, split_summary, stratified_split)
+from utils.config import ConfigError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 Entry = Tuple[str, int]  # (relative path, label)
-_VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
 class SplitFileError(ValueError):
@@ -186,7 +208,7 @@ def kinetics_entries(annotations_dir: str, video_dir: str
         target = replacements if "replacement" in os.path.relpath(dirpath, video_dir) else found
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
-            if ext.lower() not in _VIDEO_EXTS:
+            if ext.lower() not in VIDEO_EXTENSIONS:
                 continue
             rel = os.path.relpath(os.path.join(dirpath, name), video_dir)
             target.setdefault(stem, rel)
@@ -290,16 +312,64 @@ def write_lists(out_dir: str, splits: Dict[str, List[Entry]], classes: Sequence[
                 f.write(f"{os.path.join(video_root, p) if video_root else p} {label}\n")
         written[split] = path
         logger.info("%s: %d videos", path, len(entries))
-    with open(os.path.join(out_dir, "classes.txt"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, CLASSES_FILE), "w", encoding="utf-8") as f:
         f.write("".join(f"{i} {name}\n" for i, name in enumerate(classes)))
     return written
 
 
+def parse_shots(text: str) -> List[int]:
+    """``--shots 1,2,4``: distinct K values >= 1, ascending.
+
+    Raises:
+        FolderTreeError: naming the flag and the value.
+    """
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise FolderTreeError(f"--shots {text!r}: expected K or K,K,... (e.g. 1,2,4,8,16)") from None
+    if not values or values[0] < 1:
+        raise FolderTreeError(f"--shots {text!r}: every K must be >= 1")
+    return values
+
+
+def write_shots(out_dir: str, drawn: Dict[int, List[Entry]], others: Dict[str, Sequence[Entry]],
+                classes: Sequence[str], video_root: str = "", ext: Optional[str] = None
+                ) -> Dict[int, str]:
+    """Write ``out_dir/<K>shot/`` for every K: ``train.csv`` from ``drawn[K]``
+    (``datasets.splits.k_shot``), ``others`` (val, test) and ``classes.txt`` as for the full
+    lists.
+
+    Args:
+        out_dir: parent folder of the ``<K>shot`` folders.
+        drawn: K -> its training entries.
+        others: the other lists (``val``, ``test``), the same in every folder.
+        classes: class names in label order.
+        video_root: as :func:`write_lists`.
+        ext: as :func:`write_lists`.
+
+    Returns:
+        K -> its folder (a ``--data_path``).
+    """
+    folders = {}
+    for k, chosen in drawn.items():
+        folders[k] = os.path.join(out_dir, f"{k}shot")
+        write_lists(folders[k], {"train": chosen, **others}, classes, video_root, ext)
+    return folders
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(description="Build list files from official split files.")
+    p = argparse.ArgumentParser(description="Build list files from official split files, from a "
+                                            "class-per-folder tree of videos, and K-shot lists.")
     sub = p.add_subparsers(dest="data_set", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    shots = argparse.ArgumentParser(add_help=False)
+    shots.add_argument("--shots", default="", metavar="K[,K...]",
+                       help="also write OUT/<K>shot/ for each K: a training list of exactly K "
+                            "videos per class (seeded; nested: the 1-shot video is in the 2-shot "
+                            "list, ...), val/test lists and classes.txt unchanged")
+    shots.add_argument("--seed", type=int, default=0,
+                       help="seed of the K-shot draws (folder: and of the split); default 0")
+    common = argparse.ArgumentParser(add_help=False, parents=[shots])
     common.add_argument("--out", required=True, help="output folder for train/val/test.csv")
     common.add_argument("--video_root", default="",
                         help="prefix for the paths (default: relative; train with --data_root)")
@@ -316,17 +386,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s.add_argument("--annotations_dir", required=True,
                    help="folder with train.csv and validate.csv (or val.csv)")
     s.add_argument("--video_dir", required=True, help="folder searched for the downloaded videos")
+    s = sub.add_parser("folder", parents=[common],
+                       help="your own videos: ROOT/<class>/.../<video>, split per class")
+    s.add_argument("root", metavar="ROOT",
+                   help="one folder per class (sorted names give the labels), videos anywhere "
+                        "below it; paths are written relative to ROOT (train with --data_root "
+                        "ROOT, or --out ROOT)")
+    s.add_argument("--ratios", default="0.7,0.15,0.15", metavar="TRAIN,VAL,TEST",
+                   help="share of each class's videos in train, val and test (default "
+                        "0.7,0.15,0.15); a share of 0 for val or test makes that list the "
+                        "other's videos (as the official tools' val.csv = test.csv)")
+    s = sub.add_parser("shots", parents=[shots],
+                       help="K-shot training lists from a list folder (any data set)")
+    s.add_argument("lists", metavar="LISTS",
+                   help="folder with train.csv (and val.csv, test.csv, classes.txt: copied)")
+    s.add_argument("--out", default=None, help="parent of the <K>shot folders (default: LISTS)")
     a = p.parse_args(argv)
+    if a.data_set == "shots" and not a.shots:
+        p.error("shots: --shots K[,K...] is required")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _run(a)
-    except (SplitFileError, OSError, json.JSONDecodeError) as exc:
+    except (SplitFileError, FolderTreeError, ListFileError, ConfigError, OSError,
+            json.JSONDecodeError) as exc:
         logger.error("%s", exc)
         return 2
     return 0
 
 
 def _run(a: argparse.Namespace) -> None:
+    shots = parse_shots(a.shots) if a.shots else []
+    if a.data_set == "shots":
+        _shots_of_lists(a.lists, a.out or a.lists, shots, a.seed)
+        return
     if a.data_set in ("ucf101", "hmdb51"):
         fn = ucf101_entries if a.data_set == "ucf101" else hmdb51_entries
         entries, classes = fn(a.splits_dir, a.split)
@@ -334,14 +426,78 @@ def _run(a: argparse.Namespace) -> None:
     elif a.data_set == "ssv2":
         entries, classes = ssv2_entries(a.labels_dir)
         splits = {"train": entries["train"], "val": entries["validation"], "test": entries["validation"]}
+    elif a.data_set == "folder":
+        splits, classes = _folder_splits(a.root, parse_ratios(a.ratios), a.seed)
     else:
         entries, classes, missing = kinetics_entries(a.annotations_dir, a.video_dir)
         for kind, n in missing.items():
             if n:
                 logger.warning("%s: %d annotated clips not found under %s (left out)", kind, n, a.video_dir)
         splits = {"train": entries["train"], "val": entries["validate"], "test": entries["validate"]}
+    # Drawn (and refused if a class is too small) before anything is written.
+    drawn = {k: k_shot(splits["train"], k, a.seed, classes, "the training split") for k in shots}
     write_lists(a.out, splits, classes, a.video_root, a.ext)
-    logger.info("%d classes written to %s", len(classes), os.path.join(a.out, "classes.txt"))
+    logger.info("%d classes written to %s", len(classes), os.path.join(a.out, CLASSES_FILE))
+    if drawn:
+        write_shots(a.out, drawn, {"val": splits["val"], "test": splits["test"]}, classes,
+                    a.video_root, a.ext)
+        logger.info("K-shot folders %s (seed %d): --data_path %s", ",".join(map(str, shots)),
+                    a.seed, os.path.join(a.out, "<K>shot"))
+    if a.data_set == "folder" and not a.video_root:
+        logger.info("train with --data_path %s --data_root %s (the paths are relative to it)",
+                    a.out, os.path.abspath(a.root))
+
+
+def _folder_splits(root: str, ratios: Tuple[float, float, float], seed: int
+                   ) -> Tuple[Dict[str, List[Entry]], List[str]]:
+    """The train/val/test entries of a class-per-folder tree, and its class names."""
+    tree = scan_class_folders(root)
+    tree.report()
+    splits = stratified_split(tree.entries(), ratios, seed, tree.classes)
+    for empty, other in (("val", "test"), ("test", "val")):
+        if not splits[empty]:
+            logger.info("--ratios gives %s no share: %s.csv lists the %s videos", empty, empty,
+                        other)
+            splits[empty] = splits[other]
+    logger.info("seed %d, ratios %s: %s", seed, ",".join(f"{r:g}" for r in ratios),
+                split_summary(splits, len(tree.classes)))
+    return splits, tree.classes
+
+
+def _shots_of_lists(lists: str, out: str, shots: Sequence[int], seed: int) -> None:
+    """``shots``: K-shot folders from ``lists/train.csv``, the other files copied unchanged."""
+    train_csv = os.path.join(lists, "train.csv")
+    train = unique_entries(train_csv, [(path, label) for _, path, label in
+                                       read_list_lines(train_csv)])
+    if not train:
+        raise ListFileError(f"{train_csv}: no videos listed")
+    classes_txt = os.path.join(lists, CLASSES_FILE)
+    count = max(label for _, label in train) + 1
+    if os.path.isfile(classes_txt):
+        count = max(count, len(read_class_names(classes_txt, None, CLASSES_FILE)))
+        classes = read_class_names(classes_txt, count, CLASSES_FILE)
+    else:
+        logger.info("%s: none; classes are named by their label, and their count is the largest "
+                    "label in %s plus one (%d)", classes_txt, train_csv, count)
+        classes = [str(i) for i in range(count)]
+    copied = [n for n in [f"{s}.csv" for s in SPLITS[1:]] + [CLASSES_FILE]
+              if os.path.isfile(os.path.join(lists, n))]
+    missing = sorted({"val.csv", "test.csv"} - set(copied))
+    if missing:
+        logger.warning("%s has no %s: the K-shot folders will not have them either", lists,
+                       " or ".join(missing))
+    drawn = {k: k_shot(train, k, seed, classes, train_csv) for k in shots}
+    for k, chosen in drawn.items():
+        folder = os.path.join(out, f"{k}shot")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "train.csv"), "w", encoding="utf-8") as f:
+            f.write("".join(f"{path} {label}\n" for path, label in chosen))
+        for name in copied:
+            shutil.copyfile(os.path.join(lists, name), os.path.join(folder, name))
+        logger.info("%s: %d videos (%d per class), %s copied", os.path.join(folder, "train.csv"),
+                    len(chosen), k, ", ".join(copied) or "nothing else")
+    logger.info("relative paths stay as in %s: train with the --data_root of the full lists (or "
+                "--data_root %s when they had none)", train_csv, os.path.abspath(lists))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
-from .config import DATA_SETS, VIDEO_BACKENDS, DataConfig, OptimConfig, RunConfig
+from .config import DATA_SETS, SAMPLINGS, VIDEO_BACKENDS, DataConfig, OptimConfig, RunConfig
 
 ArgumentGroup = argparse._ArgumentGroup  # argparse does not export the class under a public name
 
@@ -114,10 +114,13 @@ def add_schedule_args(parser: argparse.ArgumentParser, *, lr: float = OptimConfi
 def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                         data_root_help: str, max_bad_fraction_help: str,
                         defaults: Type[DataConfig] = DataConfig,
-                        data_set_help: Optional[str] = None) -> ArgumentGroup:
+                        data_set_help: Optional[str] = None,
+                        sampling: bool = True) -> ArgumentGroup:
     """The "data" group: ``--data_path``, ``--data_root``, ``--data_set``, ``--num_frames``,
-    ``--sampling_rate``, ``--video_backend``, ``--max_bad_fraction``, ``--allow_duplicates``,
-    ``--cache_videos``, ``--cache_max_gb``, ``--cache_dir``, with the defaults of ``defaults`` (``DataConfig`` or ``PretrainDataConfig``)."""
+    ``--sampling_rate``, ``--sampling`` (unless ``sampling`` is False: pre-training always
+    samples a dense window), ``--video_backend``, ``--max_bad_fraction``,
+    ``--allow_duplicates``, ``--cache_videos``, ``--cache_max_gb``, ``--cache_dir``, with the
+    defaults of ``defaults`` (``DataConfig`` or ``PretrainDataConfig``)."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", default=defaults.data_path, type=str, help=data_path_help)
     g.add_argument("--data_root", default=defaults.data_root, type=str, help=data_root_help)
@@ -125,6 +128,13 @@ def add_video_data_args(parser: argparse.ArgumentParser, *, data_path_help: str,
                    help=data_set_help)
     g.add_argument("--num_frames", type=int, default=defaults.num_frames)
     g.add_argument("--sampling_rate", type=int, default=defaults.sampling_rate)
+    if sampling:
+        g.add_argument("--sampling", default=defaults.sampling, choices=SAMPLINGS,
+                       help="new: frame sampling of the clips (training, validation, test "
+                            "views): 'dense' = --num_frames frames --sampling_rate apart in one "
+                            "window (Kinetics, UCF101, HMDB51), 'segment' = one frame from each "
+                            "of --num_frames equal segments (TSN, SSV2; --sampling_rate unused); "
+                            "'auto' = the --data_set's own (segment for SSV2 only)")
     g.add_argument("--video_backend", default=defaults.video_backend, choices=VIDEO_BACKENDS,
                    help="new")
     g.add_argument("--max_bad_fraction", type=float, default=defaults.max_bad_fraction,

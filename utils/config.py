@@ -234,6 +234,8 @@ DATA_SETS = tuple(DATASET_NUM_CLASSES) + ("custom",)
 # Data sets whose labels depend on left/right (e.g. "pushing something from left to right"):
 # they use segment sampling and are never flipped.
 SEGMENT_SAMPLED = ("SSV2",)
+# --sampling: 'auto' is the data set's own (segment for SEGMENT_SAMPLED, dense for the others).
+SAMPLINGS = ("auto", "segment", "dense")
 VIDEO_BACKENDS = ("decord", "pyav")
 ERASE_MODES = ("pixel", "rand", "const")
 # The clip flags both scripts have (``--batch_size`` is checked with the optimizer's).
@@ -292,6 +294,7 @@ class DataConfig(CheckedFlags):
     nb_classes: Optional[int] = None
     num_frames: int = 16
     sampling_rate: int = 4
+    sampling: str = "auto"  # frame sampling: SAMPLINGS (segment_sampling says which is used)
     input_size: int = 224
     short_side_size: int = 224
     test_num_segment: int = 5
@@ -323,6 +326,9 @@ class DataConfig(CheckedFlags):
         if self.cache_dir and not self.cache_videos:
             raise ConfigError(f"--cache_dir {self.cache_dir} needs --cache_videos (it says "
                               f"where the decoded frames are kept)")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"--sampling must be one of {', '.join(SAMPLINGS)}, got "
+                              f"{self.sampling!r}")
 
     @classmethod
     def from_args(cls: Type[T], args: Union[argparse.Namespace, Mapping[str, Any]],
@@ -350,8 +356,12 @@ class DataConfig(CheckedFlags):
 
     @property
     def segment_sampling(self) -> bool:
-        """One frame per segment (SSV2) instead of a dense window."""
-        return self.data_set in SEGMENT_SAMPLED
+        """One frame from each of ``num_frames`` equal segments (TSN, SSV2) instead of a dense
+        window of ``num_frames`` frames ``sampling_rate`` apart (Kinetics, UCF101, HMDB51):
+        ``--sampling``, whose ``auto`` is the data set's own (segment for SSV2 only)."""
+        if self.sampling == "auto":
+            return self.data_set in SEGMENT_SAMPLED
+        return self.sampling == "segment"
 
     @property
     def train_flip(self) -> bool:
