@@ -141,14 +141,15 @@ def per_class_markdown(cols: Sequence[Column]) -> str:
 
 
 def diff_markdown(a: Column, b: Column, top: int) -> str:
-    """The ``top`` classes with the largest |B - A| of per-class top-1 (mean over seeds), with
-    a line counting the classes on which B is better, worse and equal."""
+    """The ``top`` classes with the largest |B - A| of per-class top-1 (mean over seeds; equal
+    classes are not listed), with a line counting the classes on which B is better, worse and
+    equal."""
     first = a.classes[0]
     ma, _ = a.per_class()
     mb, _ = b.per_class()
     delta = mb - ma
     tested = np.flatnonzero(~np.isnan(delta))
-    order = sorted(tested, key=lambda k: (-abs(delta[k]), k))[:top]
+    order = sorted((k for k in tested if delta[k] != 0), key=lambda k: (-abs(delta[k]), k))[:top]
     lines = [f"| class | name | videos | A: {a.label} | B: {b.label} | B − A |",
              "|---:|---|---:|---:|---:|---:|"]
     for k in order:
