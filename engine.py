@@ -32,7 +32,9 @@ from datasets.transforms import ToModelInput, normalize_video
 from utils import deepspeed_engine
 from utils.backend import DeepSpeedBackend, PlainBackend
 from models.config import FinetuneConfig
-from utils.config import Schedules
+from runs import default_class_names
+from utils.class_results import ClassResults, write_class_results
+from utils.config import ConfigError, Schedules
 from utils.run import RunRecords, global_bad_count, run_facts, seed_epoch
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ StepFn = Callable[[Any, Sequence[Any], Any], Tuple[torch.Tensor, int, Dict[str, 
 # start) is never reached unless the weights blow up, as with a learning rate far too high
 # (--lr 1e9 reaches ~1e16 within a few steps).
 DIVERGED_LOSS = 1e4
+TOP_CONFUSIONS = 10  # confused class pairs listed in the log after the final test
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -372,13 +375,37 @@ def bad_video_tracker(loader: Any, split: str, max_bad_fraction: float) -> Any:
     return BadVideoTracker(split, len(ds), max_bad_fraction)
 
 
+def class_results(cfg: FinetuneConfig, classes: ClassResults, prefix: str,
+                  tested: str) -> ClassResults:
+    """The test's per-class results named by the label map (``runs.default_class_names``),
+    written to ``{prefix}_per_class.csv``, ``{prefix}_confusion.csv`` and ``.png`` in the output
+    folder, and the most confused classes logged (rank 0). Nothing here changes a number."""
+    try:
+        names = default_class_names(cfg)
+    except ConfigError as err:  # a broken label map must not lose the test: indices instead
+        logger.warning("class names: %s; classes are shown by index", err)
+        names = [str(i) for i in range(cfg.model.num_classes)]
+    classes = classes.with_names(names)
+    logger.info("most confused classes (true -> predicted: videos, share of the true class): "
+                "%s", classes.describe_confusions(TOP_CONFUSIONS))
+    if cfg.run.output_dir:
+        views = f"{cfg.data.test_num_segment}x{cfg.data.test_num_crop} views"
+        paths = write_class_results(classes, cfg.run.output_dir, prefix,
+                                    title=f"{cfg.data.data_set} test, {tested} weights, {views}")
+        logger.info("per-class top-1 and confusion matrix: %s", ", ".join(paths))
+    return classes
+
+
 def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested: str,
                    records: RunRecords, input_dtype: Optional[torch.dtype],
                    checkpoint: Optional[str] = None) -> Dict[str, Any]:
-    """Multi-view test, merge of all ranks' predictions, ``Final top-1/top-5`` in ``log.txt``.
+    """Multi-view test, merge of all ranks' predictions, ``Final top-1/top-5/mean-class top-1``
+    in ``log.txt``, and the per-class results (``class_results``: ``test_per_class.csv``,
+    ``test_confusion.csv``, ``test_confusion.png``) written by rank 0.
 
     ``tested`` names the weights ('last', 'best', 'resume' or 'ema'); the EMA's predictions go
-    to ``predictions_ema_rank*.json`` and its line reads ``Final EMA top-1``.
+    to ``predictions_ema_rank*.json``, its per-class files are ``test_ema_*`` and its line reads
+    ``Final EMA top-1``.
     """
     rank, world = run.dist.rank, run.dist.world_size
     sharded = run.loaders["sharded"]
@@ -395,7 +422,7 @@ def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested:
     preds = final_test(run.loaders["test"], model, device, file, run.amp_dtype, input_dtype,
                        print_freq=cfg.run.log_every)
     parts: List[Any] = utils.all_gather_object(preds) if sharded else [preds]
-    result = merge_predictions(parts)
+    result = merge_predictions(parts, cfg.model.num_classes)
     error: Optional[BaseException] = None
     if result["bad_paths"]:
         try:  # the same merged data on every rank, so they all stop together
@@ -409,10 +436,13 @@ def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested:
         raise error if error is not None else RunStopped("another rank stopped the final test")
     if rank == 0:
         name = "Final EMA" if tag else "Final"
+        mean_class = result["mean_class"] if math.isfinite(result["mean_class"]) else None
         logger.info("Accuracy of the network on the %d test videos: top-1 %.2f%%, top-5 "
-                    "%.2f%% (%d unreadable videos left out; %s weights)", result["videos"],
-                    result["top1"], result["top5"], result["bad_videos"], tested)
+                    "%.2f%%, mean-class top-1 %.2f%% (%d unreadable videos left out; %s weights)",
+                    result["videos"], result["top1"], result["top5"], result["mean_class"],
+                    result["bad_videos"], tested)
         record = {f"{name} top-1": result["top1"], f"{name} top-5": result["top5"],
+                  f"{name} mean-class top-1": mean_class,
                   "test_videos": result["videos"], "test_bad_videos": result["bad_videos"],
                   "test_views": cfg.data.test_views, "tested": tested}
         if checkpoint:
@@ -422,6 +452,7 @@ def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested:
         records.scalars("perf", cfg.optim.epochs, **{f"{key}_acc1": result["top1"],
                                                      f"{key}_acc5": result["top5"]})
         records.flush()
+        result["classes"] = class_results(cfg, result["classes"], key, tested)
     if sharded:  # unsharded, the ranks finish on their own and nothing waits for rank 0's test
         utils.barrier()
     return result

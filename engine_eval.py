@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import utils
 from datasets.transforms import normalize_video
 from models.transfer import folded_for_inference
+from utils.class_results import ClassResults
 from utils.outputs import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,17 @@ logger = logging.getLogger(__name__)
 
 def _accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) -> List[float]:
     """Top-k accuracies in percent (k capped at the class count)."""
-    maxk = min(max(topk), output.shape[-1])
-    pred = output.topk(maxk, dim=-1).indices  # (B, maxk)
+    return _ranked_accuracy(_ranked(output, topk), target, topk)
+
+
+def _ranked(output: torch.Tensor, topk: Sequence[int]) -> torch.Tensor:
+    """(B, maxk) class indices, best first, for the largest k of ``topk`` (capped at C)."""
+    return output.topk(min(max(topk), output.shape[-1]), dim=-1).indices
+
+
+def _ranked_accuracy(pred: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) -> List[float]:
+    """Top-k accuracies in percent of the ranking ``pred`` (``_ranked``)."""
+    maxk = pred.shape[-1]
     correct = pred.eq(target.view(-1, 1))
     n = max(target.shape[0], 1)
     return [float(correct[:, :min(k, maxk)].any(dim=1).float().sum()) * 100.0 / n for k in topk]
@@ -173,11 +183,21 @@ def multi_view_scores(logits: torch.Tensor, videos: int, views: int) -> torch.Te
     return logits.softmax(dim=-1).view(videos, views, -1).mean(dim=1)
 
 
-def merge_predictions(parts: Iterable[Iterable[Dict[str, Any]]]) -> Dict[str, Any]:
-    """Top-1/top-5 (percent) of the union of per-rank predictions, each video counted once.
+def merge_predictions(parts: Iterable[Iterable[Dict[str, Any]]],
+                      num_classes: Optional[int] = None) -> Dict[str, Any]:
+    """Top-1/top-5 (percent) of the union of per-rank predictions, each video counted once, and
+    its per-class results.
+
+    Args:
+        parts: each rank's prediction records (``final_test``).
+        num_classes: the class count (default: the length of the scores; needed only when no
+            video could be read).
 
     Returns:
-        ``{"top1", "top5", "videos", "bad_videos", "bad_paths"}``.
+        ``{"top1", "top5", "mean_class", "videos", "bad_videos", "bad_paths", "classes"}``:
+        ``classes`` is the ``utils.class_results.ClassResults`` of the readable videos (class
+        indices as names), None when the class count is unknown; its diagonal holds exactly the
+        top-1 hits (the same ranking); ``mean_class`` is its mean-class top-1 (NaN without it).
     """
     seen: Dict[int, Dict[str, Any]] = {}
     for part in parts:
@@ -185,14 +205,22 @@ def merge_predictions(parts: Iterable[Iterable[Dict[str, Any]]]) -> Dict[str, An
             seen.setdefault(int(p["index"]), p)
     good = [p for p in seen.values() if p["label"] >= 0 and p["scores"] is not None]
     bad = [p for p in seen.values() if p["label"] < 0 or p["scores"] is None]
+    classes: Optional[ClassResults] = None
     if good:
         scores = torch.tensor([p["scores"] for p in good], dtype=torch.float64)
         labels = torch.tensor([p["label"] for p in good])
-        top1, top5 = _accuracy(scores, labels, (1, 5))
+        ranked = _ranked(scores, (1, 5))
+        top1, top5 = _ranked_accuracy(ranked, labels, (1, 5))
+        classes = ClassResults.from_labels(labels.numpy(), ranked[:, 0].numpy(),
+                                           num_classes or scores.shape[1])
     else:
         top1 = top5 = 0.0
-    return {"top1": top1, "top5": top5, "videos": len(good), "bad_videos": len(bad),
-            "bad_paths": [p.get("path", "") for p in bad]}
+        if num_classes:
+            classes = ClassResults.from_labels([], [], num_classes)
+    return {"top1": top1, "top5": top5,
+            "mean_class": classes.mean_class_top1() if classes else float("nan"),
+            "videos": len(good), "bad_videos": len(bad),
+            "bad_paths": [p.get("path", "") for p in bad], "classes": classes}
 
 
 def prediction_file(output_dir: str, rank: int, tag: str = "") -> str:

@@ -35,3 +35,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path, data):
     for i, p in ref.items():
         assert merged[i]["label"] == p["label"]
         assert merged[i]["scores"] == pytest.approx(p["scores"], abs=1e-5)
+    # The per-class files (rank 0's, of the merged test): each video once, as one process.
+    with open(os.path.join(out, "test_confusion.csv")) as f, \
+            open(os.path.join(single, "test_confusion.csv")) as g:
+        assert f.read() == g.read()
+    assert one["Final mean-class top-1"] == ddp_final["Final mean-class top-1"]

@@ -18,7 +18,7 @@ import models
 import utils
 from models.transfer_settings import TRANSFER_SETTINGS, BlockRange, setting
 from tests.engine_helpers import ROOT, make_data, read_log, run_main, tiny_argv, write_tiny_backbone
-from tools import compare_runs
+from tools import compare_runs, run_table
 
 # Two finished runs that differ in method, backbone and result (linear: best val at epoch 1, final
 # 22.2%; APT with P=2: 33.3%), and APT stopped after epoch 0 of 2. Names sort against the result.
@@ -143,7 +143,7 @@ def test_flops_are_counted_once_per_architecture(runs, monkeypatch, capsys):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compare_runs, "cost_report", counting)  # the name compare_runs calls
+    monkeypatch.setattr(run_table, "cost_report", counting)  # the name the table calls
     dirs = [runs[n][0] for n in sorted(runs)]
     assert compare_runs.main(dirs) == 0
     assert len(calls) == 2  # b_prompt and c_stopped share one architecture
@@ -187,7 +187,7 @@ def test_run_saved_before_the_resolved_keys_falls_back_to_the_flags(runs, tmp_pa
 
 
 def test_method_label_shows_the_settings_of_every_type_and_of_a_new_one(monkeypatch):
-    label = compare_runs.method_label
+    label = run_table.method_label
     assert label("prompt", {"prompt_num_tokens": 400, "prompt_reparam": True}, 12) == \
         "APT P=400 blocks 0-11 reparam"
     assert label("vpt", {"prompt_num_tokens": 50, "vpt_mode": "deep"}, 12) == \
@@ -233,9 +233,9 @@ def test_training_time_counts_training_sessions_only(tmp_path, saver):
         "2024-05-01 12:00:40 [rank 0] INFO utils.logs: Test: total time: 0:00:40",
     ]
     (tmp_path / "run.log").write_text("\n".join(lines) + "\n")
-    assert compare_runs.training_seconds(str(tmp_path / "run.log")) == 70 + 30
+    assert run_table.training_seconds(str(tmp_path / "run.log")) == 70 + 30
     (tmp_path / "eval.log").write_text("\n".join(lines[-2:]) + "\n")
-    assert compare_runs.training_seconds(str(tmp_path / "eval.log")) is None
+    assert run_table.training_seconds(str(tmp_path / "eval.log")) is None
 
 
 def test_labels_do_not_overlap_each_other(tmp_path):
@@ -277,6 +277,7 @@ def test_help_runs_as_a_script():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "RUN_DIR" in proc.stdout and "--no_flops" in proc.stdout and "--plot" in proc.stdout
+    assert "--per_class" in proc.stdout and "--diff" in proc.stdout
 
 
 def test_seeds_of_one_run_are_summarised_as_mean_and_std(runs, tmp_path, capsys):
@@ -307,3 +308,71 @@ def test_seeds_of_one_run_are_summarised_as_mean_and_std(runs, tmp_path, capsys)
         json.dump(saved, f)
     assert compare_runs.main([src, other, "--no_flops"]) == 0
     assert "Seeds of the same run" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------- per class
+def _per_class_csv(run_dir: str) -> List[dict]:
+    with open(os.path.join(run_dir, "test_per_class.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_mean_class_and_per_class_of_two_runs_side_by_side(runs, capsys):
+    """The mean-class column is what log.txt holds; --per_class shows each run's per-class
+    top-1 as its test_per_class.csv; --diff ranks the classes by |B - A|."""
+    a, b = runs["a_linear"][0], runs["b_prompt"][0]
+    assert compare_runs.main([a, b, "--no_flops", "--per_class", "--diff", a, b]) == 0
+    out = capsys.readouterr().out
+    main, rest = out.split("Per-class top-1 (%):")
+    per_class, diff = rest.split("Largest per-class differences (top 10):")
+    rows = {os.path.basename(r["run"]): r for r in table(main)}
+    for name in ("a_linear", "b_prompt"):
+        logged = final(read_log(runs[name][0]))["Final mean-class top-1"]
+        assert rows[name]["mean-class"] == f"{logged:.2f}"
+    expected = {name: _per_class_csv(runs[name][0]) for name in ("a_linear", "b_prompt")}
+    shown = table(per_class)
+    assert [r["name"] for r in shown[:3]] == [r["name"] for r in expected["a_linear"]]
+    for k, row in enumerate(shown[:3]):
+        assert row["videos"] == expected["a_linear"][k]["videos"]
+        for name in ("a_linear", "b_prompt"):
+            assert row[name] == expected[name][k]["top1"]
+    assert shown[3]["a_linear"] == rows["a_linear"]["mean-class"]  # the mean-class row
+    assert shown[4]["b_prompt"] == rows["b_prompt"]["top-1"]  # the top-1 row
+    # B - A per class, counted here from the two CSVs, largest first.
+    delta = {r["name"]: float(rb["top1"]) - float(r["top1"])
+             for r, rb in zip(expected["a_linear"], expected["b_prompt"])}
+    listed = table(diff)
+    assert [r["name"] for r in listed] == sorted((n for n in delta if delta[n]),
+                                                 key=lambda n: -abs(delta[n]))
+    assert [float(r["B − A"]) for r in listed] == \
+        pytest.approx([delta[r["name"]] for r in listed], abs=0.011)
+
+
+def test_runs_made_before_the_per_class_files_are_read_from_their_predictions(runs, tmp_path,
+                                                                               capsys):
+    """Without test_confusion.csv and without the mean-class key in log.txt, both come from
+    predictions_rank0.json, named by classes.txt: the same numbers."""
+    src = runs["b_prompt"][0]
+    old = tmp_path / "old_prompt"
+    old.mkdir()
+    shutil.copy(os.path.join(src, "predictions_rank0.json"), old / "predictions_rank0.json")
+    with open(os.path.join(src, "args.json")) as f:
+        saved = json.load(f)
+    saved["lr"] = 51  # another run, not a seed of b_prompt: its own column
+    (old / "args.json").write_text(json.dumps(saved))
+    with open(old / "log.txt", "w") as f:
+        for record in read_log(src):
+            record.pop("Final mean-class top-1", None)
+            f.write(json.dumps(record) + "\n")
+    assert compare_runs.main([src, str(old), "--no_flops", "--per_class"]) == 0
+    main, per_class = capsys.readouterr().out.split("Per-class top-1 (%):")
+    new_row, old_row = table(main)
+    assert old_row["mean-class"] == new_row["mean-class"] != ""
+    shown = table(per_class)
+    assert [r["name"] for r in shown[:3]] == [r["name"] for r in _per_class_csv(src)]
+    assert all(r["b_prompt"] == r["old_prompt"] for r in shown)
+
+
+def test_diff_of_a_run_not_given_exits_2(runs, tmp_path, caplog):
+    a = runs["a_linear"][0]
+    assert compare_runs.main([a, "--no_flops", "--diff", a, str(tmp_path)]) == 2
+    assert f"--diff {tmp_path}" in caplog.text

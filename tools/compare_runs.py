@@ -1,473 +1,44 @@
-"""Compare fine-tuning runs of ``run_class_apt.py`` in one table.
+"""Compare fine-tuning runs of ``run_class_apt.py`` in one table, and class by class.
 
     python tools/compare_runs.py out/ucf101_*                 # a glob expanded by the shell
     python tools/compare_runs.py 'out/*' --csv runs.csv --plot runs.png
     python tools/compare_runs.py out/apt out/vpt --no_flops
+    python tools/compare_runs.py out/apt out/vpt --per_class --diff out/vpt out/apt
 
-Each RUN_DIR is an ``--output_dir`` of ``run_class_apt.py``. From its ``args.json`` (the flags
-and what the run resolved: class count, architecture with the transfer type's settings, world
-size, backbone loaded; older runs without the resolved keys fall back to the flags), its
-``log.txt`` (docs/FORMATS.md, 'log.txt') and its ``run.log``, one row: method and settings, data
-set, backbone, trainable parameters, GFLOPs per view, test views, final top-1/top-5, best
-validation top-1 and its epoch, epochs done of planned, training time and a status. Rows are
-sorted by data set, then by top-1 (highest first). Runs whose flags are equal but for
-``--seed`` (and their output folders) are also summarised as one row each: top-1 and top-5 mean
-± sample std over the seeds. Markdown goes to stdout; ``--csv`` and ``--plot`` write files.
+Each RUN_DIR is an ``--output_dir`` of ``run_class_apt.py``; one row each (``tools/run_table.py``):
+method and settings, data set, backbone, trainable parameters, GFLOPs per view, test views,
+final top-1/top-5 and mean-class top-1, best validation top-1 and its epoch, epochs done of
+planned, training time and a status. Rows are sorted by data set, then by top-1 (highest first).
+Runs whose flags are equal but for ``--seed`` (and their output folders) are also summarised as
+one row each: mean ± sample std over the seeds.
 
-GFLOPs are counted by ``models.cost_report`` on the model rebuilt from the run's architecture on
-the meta device (shapes only, so a ViT-L counts as fast as a test model), once per architecture.
+``--per_class`` adds a table of per-class top-1 with a column per run (per seed group: mean ±
+std), read from each run's ``test_confusion.csv`` or, for runs made before it was written, its
+predictions (``tools/class_table.py``); ``--diff A B`` lists the classes on which B and A differ
+most. Markdown goes to stdout; ``--csv`` and ``--plot`` write files.
 
-Long on purpose: one command line (reading runs, the table, CSV and plot of them); its library
-parts (settings, costs, log reading) come from the layers below.
+The flags are parsed before torch is imported (docs/CONVENTIONS.md, "Entry points: flags first,
+torch after"), so ``--help`` answers at once.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import datetime
-import glob
-import json
 import logging
-import math
 import os
-import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402  (after the checkout is on sys.path)
-
-from models import cost_report, parameter_counts  # noqa: E402
-from models.factory import create_model_from_config  # noqa: E402
-from models.config import FinetuneConfig  # noqa: E402
-from models.transfer import (TRANSFER_TYPES, canonical_transfer_type,  # noqa: E402
-                             resolve_block_range, setting_fields)
-from tools.plots import PlotPoint, accuracy_vs_params  # noqa: E402
-from utils.logs import read_json_lines  # noqa: E402
-from utils.stats import mean_std  # noqa: E402
-
 logger = logging.getLogger("compare_runs")
 
-# How a transfer type is named in the table (a type not listed shows its registered name).
-TYPE_NAMES = {"apt": "APT", "vpt": "VPT", "lora": "LoRA", "approx": "approx. prompts",
-              "random": "from scratch"}
-# Short forms of known settings; any other setting shows as ``name=value``.
-SHORT = {"prompt_num_tokens": "P", "lora_rank": "r", "lora_alpha": "a", "adapter_dim": "d",
-         "adapter_scale": "s", "approx_rank": "r", "prompt_dropout": "dropout",
-         "prompt_reparam": "reparam", "prompt_per_head": "per-head"}
-MODE_SETTINGS = ("vpt_mode",)  # appended to the type's name: VPT-deep
-BLOCK_RANGE = ("prompt_start", "prompt_end")
 
-# run.log lines (utils/logs.py setup_logging): "2024-01-31 12:00:00 [rank 0] INFO engine: ...".
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \[rank \d+\] \w+ (\S+): (.*)$")
-TRAINING_LOGGERS = ("engine", "engine_eval", "utils.logs")  # the epoch loop, validation, test
-# Whose "saved ..." lines are checkpoint writes: engine_checkpoints, and models.checkpoint in the
-# run.log of runs made before the checkpoint writer moved there.
-CHECKPOINT_LOGGERS = ("engine_checkpoints", "models.checkpoint")
-
-TIME_NOTE = ("train time: from each `training epochs` line of run.log (one per start or resume) "
-             "to that session's last training, validation, test or checkpoint line, summed; "
-             "time between sessions is not counted")
-FLOPS_NOTE = ("GFLOPs: one view at the run's frames and size, a multiply-add counted as 2, "
-              "inference folding applied (models.cost_report)")
-# Flags that differ between seeds of one run and nothing else: the rest must be equal to group.
-PER_SEED = ("seed", "output_dir", "log_dir", "resume")
-EPOCH_NOTE = "best val: the highest val_acc1 of log.txt, at the epoch numbered as there (from 0)"
-
-
-class RunDirError(ValueError):
-    """A RUN_DIR argument that names no run; the message names the path or pattern."""
-
-
-@dataclass
-class Row:
-    """One run as the table shows it (None: not known)."""
-
-    run: str
-    status: str
-    data_set: str
-    method: str
-    transfer_type: str
-    backbone: str
-    trainable_params: Optional[int]
-    gflops: Optional[float]
-    views: str
-    top1: Optional[float]
-    top5: Optional[float]
-    ema_top1: Optional[float]
-    ema_top5: Optional[float]
-    best_val_top1: Optional[float]
-    best_val_epoch: Optional[int]
-    epochs_done: int
-    epochs_planned: Optional[int]
-    train_seconds: Optional[float]
-    nb_classes: Optional[int]
-
-
-# ----------------------------------------------------------------------------------- inputs
-def expand_run_dirs(patterns: Sequence[str]) -> List[str]:
-    """The run folders named by ``patterns``: paths, or globs the shell did not expand
-    (quoted); a glob keeps the folders it matches. Files are skipped with a warning (a shell
-    glob such as ``runs/*`` also names the CSV written there). Each folder once, in the order
-    given."""
-    found: List[str] = []
-    for pattern in patterns:
-        if os.path.exists(pattern) or not any(c in pattern for c in "*?["):
-            if not os.path.exists(pattern):
-                raise RunDirError(f"{pattern}: no such run folder")
-            if not os.path.isdir(pattern):
-                logger.warning("%s: a file, not a run folder; skipped", pattern)
-                continue
-            paths = [pattern]
-        else:
-            paths = sorted(p for p in glob.glob(pattern) if os.path.isdir(p))
-            if not paths:
-                raise RunDirError(f"{pattern!r} matches no folder")
-        found += [os.path.normpath(p) for p in paths]
-    unique: Dict[str, str] = {}  # real path -> the path as first given
-    for path in found:
-        unique.setdefault(os.path.realpath(path), path)
-    return list(unique.values())
-
-
-def read_args(run_dir: str) -> Optional[Dict[str, Any]]:
-    """``args.json`` of a run, or None where the folder has none (not a training run)."""
-    path = os.path.join(run_dir, "args.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{path}: not JSON ({err})") from err
-
-
-def read_log(run_dir: str) -> Optional[List[Dict[str, Any]]]:
-    """The records of ``log.txt`` (None if there is none). A line that is no JSON object (one
-    cut short by a crash) is skipped with a warning naming it."""
-    path = os.path.join(run_dir, "log.txt")
-    return read_json_lines(path) if os.path.isfile(path) else None
-
-
-def training_seconds(run_log: str) -> Optional[float]:
-    """Seconds of training in ``run_log`` (see ``TIME_NOTE``), or None without a training session.
-
-    A session starts at the ``engine: training epochs`` line and ends at its last line from
-    the training loop; the ``run_class_apt: model`` line of the next start (training or
-    ``--eval``) closes it, so the next start's loading and the downtime before it never count.
-    """
-    if not os.path.isfile(run_log):
-        return None
-    total, start, end, sessions = 0.0, None, None, 0
-    with open(run_log, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = LOG_LINE.match(line)
-            if not m:  # continuation lines of a multi-line message
-                continue
-            stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
-            name, message = m.group(2), m.group(3)
-            if name == "engine" and message.startswith("training epochs "):
-                total += (end - start).total_seconds() if start else 0.0
-                start = end = stamp
-                sessions += 1
-            elif name == "run_class_apt" and message.startswith("model "):
-                total += (end - start).total_seconds() if start else 0.0
-                start = end = None
-            elif start is not None and (name in TRAINING_LOGGERS or (
-                    name in CHECKPOINT_LOGGERS and message.startswith("saved "))):
-                end = stamp
-    total += (end - start).total_seconds() if start else 0.0
-    return total if sessions else None
-
-
-# ---------------------------------------------------------------------------- the model
-class ArchitectureCosts:
-    """Depth, trainable parameters and GFLOPs of the model a run trained, rebuilt from its
-    saved flags on the meta device; counted once per architecture.
-
-    Args:
-        count_flops: False for ``--no_flops`` (the model is still built, for its depth and
-            parameter count).
-    """
-
-    def __init__(self, count_flops: bool = True) -> None:
-        self.count_flops = count_flops
-        self.cache: Dict[str, Dict[str, Any]] = {}
-
-    def of(self, saved: Dict[str, Any], where: str) -> Optional[Dict[str, Any]]:
-        """``{"depth", "trainable_params", "gflops", "method", "transfer_type"}`` of the run
-        whose ``args.json`` is ``saved`` (``where`` names it in warnings); None where it cannot
-        be rebuilt."""
-
-        try:  # flags this checkout refuses (a removed type or model, a bad setting)
-            # the declared defaults with the saved flags over them, so a run saved before a
-            # flag existed gets that flag's default
-            cfg = FinetuneConfig.from_args(saved).model
-            key = json.dumps([cfg.architecture(), cfg.num_classes, cfg.num_frames,
-                              cfg.input_size], sort_keys=True, default=str)
-            if key not in self.cache:
-                self.cache[key] = self._count(cfg)
-        except (ValueError, TypeError) as err:
-            logger.warning("%s: cannot rebuild the model (%s); its GFLOPs are left out", where,
-                           err)
-            return None
-        return {**self.cache[key], "method": cfg.method, "transfer_type": cfg.transfer_type}
-
-    def _count(self, cfg: Any) -> Dict[str, Any]:
-        with torch.device("meta"):  # shapes only: no storage, no arithmetic
-            model = create_model_from_config(cfg)
-        if self.count_flops:
-            report = cost_report(model, cfg.num_frames, cfg.input_size, cfg.model)
-        else:
-            report = {**parameter_counts(model), "gflops": None}
-        return {"depth": model.depth, "trainable_params": report["trainable_params"],
-                "gflops": report["gflops"]}
-
-
-def method_label(transfer_type: str, settings: Dict[str, Any], depth: Optional[int]) -> str:
-    """The transfer type and its settings in short form, e.g. ``APT P=400 blocks 0-11 reparam``.
-
-    The settings are the fields of the type's settings dataclass (``setting_fields``), so a new
-    type's settings show without editing this tool. Switches show when on; a setting that is
-    0/None at a 0/None default (no dropout) is left out; the block range shows as blocks.
-
-    Args:
-        transfer_type: ``--transfer_type``.
-        settings: the run's values of the type's settings (missing ones take the default).
-        depth: the backbone's block count (resolves the default block range), or None.
-    """
-    transfer_type = canonical_transfer_type(transfer_type)  # runs of old code: a former name
-    name = TYPE_NAMES.get(transfer_type, transfer_type)
-    try:
-        fields = setting_fields(transfer_type)
-    except ValueError:  # a type this checkout no longer has: its name and no settings
-        logger.warning("--transfer_type %s is not registered here: its settings are not shown",
-                       transfer_type)
-        return name
-    values = {k: settings.get(k, f.default) for k, f in fields.items()}
-    numbers, switches = [], []
-    for key, f in fields.items():
-        value = values[key]
-        if key in BLOCK_RANGE or (not value and not f.default):
-            continue
-        if key in MODE_SETTINGS:
-            name += f"-{value}"
-        elif isinstance(value, bool):
-            switches.append(SHORT.get(key, key))
-        else:
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-            numbers.append(f"{SHORT.get(key, key)}={shown}")
-    if all(k in fields for k in BLOCK_RANGE):
-        start, end = values["prompt_start"], values["prompt_end"]
-        if depth is not None:
-            start, end = resolve_block_range(depth, start, end)
-        numbers.append(f"blocks {0 if start is None else start}-{'last' if end is None else end}")
-    return " ".join([name, *numbers, *switches])
-
-
-# ----------------------------------------------------------------------------------- a run
-def data_set_name(saved: Dict[str, Any]) -> str:
-    """``--data_set``; for ``custom``, with the data folder's name."""
-    name = str(saved.get("data_set", "?"))
-    if name == "custom" and saved.get("data_path"):
-        return f"custom ({os.path.basename(os.path.normpath(saved['data_path']))})"
-    return name
-
-
-def backbone_name(saved: Dict[str, Any]) -> str:
-    """The file name of the backbone the run loaded (``backbone_loaded``; older runs:
-    ``--finetune``), or "random init"."""
-    if "backbone_loaded" in saved:
-        path = saved["backbone_loaded"]
-    else:
-        method = TRANSFER_TYPES.get(canonical_transfer_type(saved.get("transfer_type", "")))
-        path = saved.get("finetune") if method is None or method.loads_pretrained else None
-    return os.path.basename(os.path.normpath(path)) if path else "random init"
-
-
-def final_records(records: List[Dict[str, Any]]) -> Tuple[Optional[Dict], Optional[Dict]]:
-    """The final test of training (else of a later ``--eval``) and that of the EMA weights."""
-    tests = [r for r in records if "Final top-1" in r]
-    of_training = [r for r in tests if r.get("tested") != "resume"]
-    final = (of_training or tests or [None])[-1]
-    ema = ([r for r in records if "Final EMA top-1" in r] or [None])[-1]
-    return final, ema
-
-
-def status_of(records: Optional[List[Dict]], final: Optional[Dict], done: int,
-              planned: Optional[int]) -> str:
-    """done / in progress or stopped / failed, from what ``log.txt`` holds."""
-    of = f"{done} of {planned if planned is not None else '?'} epochs"
-    if records is None:
-        return "failed or in its first epoch (no log.txt)"
-    if final is None:
-        if planned is None or done < planned:
-            return f"in progress or stopped after {of}"
-        return f"failed: {of}, no final test"
-    if final.get("tested") == "resume":
-        return f"tested with --eval after {of}"
-    return "done"
-
-
-def make_row(run_dir: str, saved: Dict[str, Any], costs: ArchitectureCosts) -> Row:
-    """The table row of one run."""
-    records = read_log(run_dir)
-    epochs = [r for r in records or [] if "epoch" in r]
-    done = max((int(r["epoch"]) + 1 for r in epochs), default=0)
-    planned = saved.get("epochs")
-    final, ema = final_records(records or [])
-    validated = [r for r in epochs if r.get("val_acc1") is not None]
-    best = max(validated, key=lambda r: r["val_acc1"], default=None)  # first of equal ones
-    counted = [r["n_parameters"] for r in epochs if "n_parameters" in r]
-    model = costs.of(saved, os.path.join(run_dir, "args.json"))
-    # The registered name (a run of old code may save a former one), as the model was rebuilt.
-    transfer_type = model["transfer_type"] if model else str(saved.get("transfer_type", "?"))
-    settings = model["method"].to_dict() if model else saved
-    return Row(
-        run=run_dir, status=status_of(records, final, done, planned),
-        data_set=data_set_name(saved),
-        method=method_label(transfer_type, settings, model["depth"] if model else None),
-        transfer_type=transfer_type, backbone=backbone_name(saved),
-        trainable_params=counted[-1] if counted else (model or {}).get("trainable_params"),
-        gflops=(model or {}).get("gflops"),
-        views=f"{saved.get('test_num_segment', '?')}x{saved.get('test_num_crop', '?')}",
-        top1=final["Final top-1"] if final else None, top5=final["Final top-5"] if final else None,
-        ema_top1=ema["Final EMA top-1"] if ema else None,
-        ema_top5=ema["Final EMA top-5"] if ema else None,
-        best_val_top1=best["val_acc1"] if best else None,
-        best_val_epoch=int(best["epoch"]) if best else None,
-        epochs_done=done, epochs_planned=planned,
-        train_seconds=training_seconds(os.path.join(run_dir, "run.log")),
-        nb_classes=saved.get("nb_classes"))
-
-
-def collect(run_dirs: Iterable[str], count_flops: bool = True) -> List[Row]:
-    """The rows of the runs, sorted by data set, then top-1 (highest first; untested last)."""
-    costs = ArchitectureCosts(count_flops)
-    rows = []
-    for run_dir in run_dirs:
-        saved = read_args(run_dir)
-        if saved is None:
-            logger.warning("%s: no args.json, not a run_class_apt.py training run; skipped",
-                           run_dir)
-            continue
-        rows.append(make_row(run_dir, saved, costs))
-    rows.sort(key=lambda r: (r.data_set, r.top1 is None, -(r.top1 or 0.0), r.run))
-    return rows
-
-
-# ---------------------------------------------------------------------------------- outputs
-def _num(value: Optional[float], fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
-
-
-def _duration(seconds: Optional[float]) -> str:
-    return "" if seconds is None else str(datetime.timedelta(seconds=int(round(seconds))))
-
-
-def markdown(rows: Sequence[Row], count_flops: bool = True) -> str:
-    """The table, with notes on what the GFLOPs, best val and train time are."""
-    with_ema = any(r.ema_top1 is not None for r in rows)
-    head = ["run", "data set", "method", "backbone", "trainable params", "GFLOPs/view",
-            "views", "top-1", "top-5", *(["EMA top-1"] if with_ema else []),
-            "best val top-1 (epoch)", "epochs", "train time", "status"]
-    right = {"trainable params", "GFLOPs/view", "top-1", "top-5", "EMA top-1",
-             "best val top-1 (epoch)", "epochs", "train time"}
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join("---:" if h in right else "---" for h in head) + "|"]
-    for r in rows:
-        best = "" if r.best_val_top1 is None else f"{r.best_val_top1:.2f} ({r.best_val_epoch})"
-        cells = [r.run, r.data_set, r.method, r.backbone,
-                 "" if r.trainable_params is None else f"{r.trainable_params:,}",
-                 _num(r.gflops, ".4g"), r.views, _num(r.top1, ".2f"), _num(r.top5, ".2f"),
-                 *([_num(r.ema_top1, ".2f")] if with_ema else []), best,
-                 f"{r.epochs_done}/{'?' if r.epochs_planned is None else r.epochs_planned}",
-                 _duration(r.train_seconds), r.status]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    notes = [FLOPS_NOTE if count_flops else "GFLOPs: not counted (--no_flops)", EPOCH_NOTE,
-             TIME_NOTE]
-    return "\n".join(lines + [""] + [f"- {n}." for n in notes]) + "\n"
-
-
-def seed_groups(rows: Sequence[Row]) -> List[List[Tuple[Row, Any]]]:
-    """Runs equal but for ``--seed`` (``PER_SEED``), as ``[(row, seed), ...]`` per group, for
-    the groups holding at least two tested runs, in the rows' order."""
-    groups: Dict[str, List[Tuple[Row, Any]]] = {}
-    for r in rows:
-        saved = read_args(r.run) or {}
-        key = json.dumps({k: v for k, v in saved.items() if k not in PER_SEED}, sort_keys=True,
-                         default=str)
-        groups.setdefault(key, []).append((r, saved.get("seed")))
-    return [g for g in groups.values() if sum(r.top1 is not None for r, _ in g) >= 2]
-
-
-def seeds_markdown(groups: Sequence[Sequence[Tuple[Row, Any]]]) -> str:
-    """One row per group of ``seed_groups``: mean ± sample std over its tested runs."""
-    lines = ["| method | data set | backbone | seeds | top-1 (mean ± std) | top-5 (mean ± std) | "
-             "runs |", "|---|---|---|---|---:|---:|---|"]
-    for group in groups:
-        tested = sorted(((r, s) for r, s in group if r.top1 is not None),
-                        key=lambda rs: (str(type(rs[1])), rs[1]))  # by seed
-        (t1, s1), (t5, s5) = (mean_std([getattr(r, k) for r, _ in tested]) for k in ("top1", "top5"))
-        first = tested[0][0]
-        cells = [first.method, first.data_set, first.backbone,
-                 ", ".join(str(s) for _, s in tested), f"{t1:.2f} ± {s1:.2f}",
-                 f"{t5:.2f} ± {s5:.2f}", ", ".join(os.path.basename(r.run) for r, _ in tested)]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines + ["", "- runs whose flags are equal but for --seed; sample std "
-                              "(n - 1) over the seeds; runs without a final test left out."]) + "\n"
-
-
-def write_csv(rows: Sequence[Row], path: str) -> None:
-    """Every field of every row, unformatted (empty where not known)."""
-    names = [f.name for f in dataclasses.fields(Row)]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if v is None else v for k, v in dataclasses.asdict(r).items()})
-
-
-def plot(rows: Sequence[Row], path: str) -> bool:
-    """Final top-1 against trainable parameters of the tested runs (``tools/plots.py``); one
-    colour per transfer type, each point labelled with its method. False: nothing to plot."""
-    tested = [r for r in rows if r.top1 is not None and r.trainable_params]
-    if not tested:
-        return False
-    data_sets = sorted({r.data_set for r in tested})
-    labels = [r.method if len(data_sets) == 1 else f"{r.method}, {r.data_set}" for r in tested]
-    labels = [f"{t} ({os.path.basename(r.run)})" if labels.count(t) > 1 else t
-              for t, r in zip(labels, tested)]
-    points = [PlotPoint(r.trainable_params, r.top1, r.gflops,
-                        group=TYPE_NAMES.get(r.transfer_type, r.transfer_type),
-                        legend=TYPE_NAMES.get(r.transfer_type, r.transfer_type), label=label)
-              for r, label in zip(tested, labels)]
-    top1 = [r.top1 for r in tested]
-    # Zoomed on the runs (in steps of 10 points), as the APT paper's figure is.
-    ylim = (max(0.0, 10.0 * math.floor(min(top1) / 10 - 1)),
-            min(100.0, 10.0 * math.ceil(max(top1) / 10 + 0.5)))
-    classes = {r.nb_classes for r in tested}
-    chance = 100.0 / classes.pop() if len(classes) == 1 and None not in classes else None
-    if chance is not None and not ylim[0] <= chance <= ylim[1]:
-        chance = None
-    where = f" on {data_sets[0]}" if len(data_sets) == 1 else ""
-    area = ("marker area proportional to GFLOPs per view"
-            if all(r.gflops is not None for r in tested) else "GFLOPs not counted")
-    accuracy_vs_params(points, path, f"Test top-1 against trainable parameters{where}\n({area})",
-                       ylabel="final test top-1 (%)", chance=chance, ylim=ylim)
-    return True
-
-
-# -------------------------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="One table comparing fine-tuning runs of run_class_apt.py (Markdown on "
-                    "stdout; CSV and a plot on request).")
+                    "stdout; CSV and a plot on request), and their per-class top-1.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="--output_dir of a run; quoted globs ('out/*') are expanded")
     parser.add_argument("--csv", default="", metavar="FILE", help="also write the table as CSV")
@@ -475,30 +46,64 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="plot top-1 against trainable parameters (png, pdf, svg)")
     parser.add_argument("--no_flops", action="store_true",
                         help="do not count GFLOPs (the column stays empty)")
+    parser.add_argument("--per_class", action="store_true",
+                        help="also print per-class top-1 side by side: a column per run, per "
+                             "seed group mean ± std")
+    parser.add_argument("--diff", nargs=2, default=None, metavar=("A", "B"),
+                        help="also list the classes whose top-1 differs most between two of "
+                             "the RUN_DIRs (B - A; a run in a seed group stands for its group)")
+    parser.add_argument("--diff_top", type=int, default=10, metavar="N",
+                        help="classes listed by --diff (default: 10)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: prints the table; returns the exit status (2: bad RUN_DIR)."""
-    args = get_args_parser().parse_args(argv)
+    """Command-line entry: prints the tables; returns the exit status (2: bad RUN_DIR or
+    --diff run)."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.diff_top < 1:
+        parser.error(f"--diff_top {args.diff_top}: at least 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The table's code (torch, the models, the test's merge) loads once the flags are parsed,
+    # so --help and a refused flag cost no torch import (docs/CONVENTIONS.md, "Entry points").
+    from tools import class_table, run_table
+    classes = class_table.RunClasses()
     try:
-        rows = collect(expand_run_dirs(args.run_dirs), count_flops=not args.no_flops)
-    except RunDirError as err:
+        rows = run_table.collect(run_table.expand_run_dirs(args.run_dirs),
+                                 count_flops=not args.no_flops, classes=classes)
+    except run_table.RunDirError as err:
         logger.error("%s", err)
         return 2
     if not rows:
         logger.error("none of %s is a run folder (no args.json)", ", ".join(args.run_dirs))
         return 2
-    sys.stdout.write(markdown(rows, count_flops=not args.no_flops))  # the command's output
-    groups = seed_groups(rows)
+    sys.stdout.write(run_table.markdown(rows, count_flops=not args.no_flops))  # the output
+    groups = run_table.seed_groups(rows)
     if groups:
-        sys.stdout.write("\nSeeds of the same run:\n\n" + seeds_markdown(groups))
+        sys.stdout.write("\nSeeds of the same run:\n\n" + run_table.seeds_markdown(groups))
+    if args.per_class or args.diff:
+        loaded = class_table.loaded_classes(rows, classes, run_table.read_args)
+        cols = class_table.columns(rows, groups, loaded)
+        if args.per_class:
+            for same in class_table.same_classes(cols):
+                sys.stdout.write("\nPer-class top-1 (%):\n\n" + class_table.per_class_markdown(same))
+        if args.diff:
+            pair = [class_table.column_of(cols, d) for d in args.diff]
+            for run_dir, col in zip(args.diff, pair):
+                if col is None:
+                    logger.error("--diff %s: not a tested RUN_DIR with per-class results", run_dir)
+                    return 2
+            if len(class_table.same_classes(pair)) != 1:
+                logger.error("--diff %s %s: the runs' classes or test videos differ", *args.diff)
+                return 2
+            sys.stdout.write(f"\nLargest per-class differences (top {args.diff_top}):\n\n"
+                             + class_table.diff_markdown(pair[0], pair[1], args.diff_top))
     if args.csv:
-        write_csv(rows, args.csv)
+        run_table.write_csv(rows, args.csv)
         logger.info("wrote %s", args.csv)
     if args.plot:
-        if not plot(rows, args.plot):
+        if not run_table.plot(rows, args.plot):
             logger.error("--plot %s: no run has a final test top-1 to plot", args.plot)
             return 1
         logger.info("wrote %s", args.plot)

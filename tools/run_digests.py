@@ -5,7 +5,10 @@ a small synthetic data set, the committed demo backbone) and writes one JSON fil
 type, every number of ``log.txt`` (losses, learning rates, weight decays, accuracies; timings
 left out) and the sha256 of every tensor of ``checkpoint-last.pth`` (model, optimizer and EMA
 states). ``compare`` says which numbers or tensors differ between two such files; the same code
-on the same machine gives bit-identical files, so any difference is a change of behaviour.
+on the same machine gives bit-identical files, so any difference is a change of behaviour. A
+``log.txt`` key that only the second file has (a metric added since the first was recorded,
+such as ``Final mean-class top-1``) is listed but is no difference: every number of the first
+file must still be there, equal.
 
 Usage::
 
@@ -25,7 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONE = os.path.join(ROOT, "assets", "demo_backbone", "pretrain_videomae_mini_patch8.pth")
@@ -109,24 +112,43 @@ def record(out: str, work: str) -> Dict[str, Any]:
     return result
 
 
-def compare(a_path: str, b_path: str) -> List[str]:
-    """The differences between two fingerprint files (empty: bit-identical)."""
+def added_log_keys(a: List[Dict[str, Any]], b: List[Dict[str, Any]]) -> Optional[List[str]]:
+    """The keys the records of ``b`` add to those of ``a`` (a metric logged since ``a`` was
+    recorded), when every record of ``a`` is in ``b`` unchanged; None when a number changed or
+    went missing, or the records are not the same lines."""
+    if len(a) != len(b):
+        return None
+    added = set()
+    for ra, rb in zip(a, b):
+        if any(k not in rb or rb[k] != v for k, v in ra.items()):
+            return None
+        added |= set(rb) - set(ra)
+    return sorted(added)
+
+
+def compare(a_path: str, b_path: str) -> Tuple[List[str], List[str]]:
+    """The differences between two fingerprint files (empty: bit-identical), and the notes on
+    ``log.txt`` keys that only ``b_path`` has (new numbers; every number of ``a_path`` equal)."""
     with open(a_path, encoding="utf-8") as f:
         a = json.load(f)
     with open(b_path, encoding="utf-8") as f:
         b = json.load(f)
     diffs: List[str] = []
+    notes: List[str] = []
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b:
             diffs.append(f"{name}: only in {a_path if name in a else b_path}")
             continue
-        if a[name]["log"] != b[name]["log"]:
+        added = added_log_keys(a[name]["log"], b[name]["log"])
+        if added is None:
             diffs.append(f"{name}: log.txt numbers differ")
+        elif added:
+            notes.append(f"{name}: log.txt adds {', '.join(added)} (not in {a_path})")
         ta, tb = a[name]["tensors"], b[name]["tensors"]
         for key in sorted(set(ta) | set(tb)):
             if ta.get(key) != tb.get(key):
                 diffs.append(f"{name}: tensor {key} differs (or is missing)")
-    return diffs
+    return diffs, notes
 
 
 def main(argv: List[str] = None) -> int:
@@ -146,8 +168,8 @@ def main(argv: List[str] = None) -> int:
             with tempfile.TemporaryDirectory() as work:
                 record(args.out, work)
         return 0
-    diffs = compare(*args.files)
-    for d in diffs:
+    diffs, notes = compare(*args.files)
+    for d in diffs + notes:
         logger.info("%s", d)
     logger.info("bit-identical" if not diffs else f"{len(diffs)} differences")
     return 1 if diffs else 0
