@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from utils.outputs import atomic_file
 
@@ -79,6 +78,9 @@ class ClassResults:
             if bad.size:  # confusion_matrix would drop these videos without a word
                 raise ValueError(f"{what} {int(bad[0])} out of range [0, {num_classes})")
         if true.size:
+            # scikit-learn (and scipy under it) take ~1.5 s to import: only once a test is counted,
+            # not at the start of every run.
+            from sklearn.metrics import confusion_matrix
             matrix = confusion_matrix(true, pred, labels=np.arange(num_classes)).astype(np.int64)
         else:  # every video unreadable (scikit-learn refuses empty input)
             matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
