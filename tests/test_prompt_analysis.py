@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.attention_analysis import (AttentionRecorder, attention_output, attention_rollout,
                                        attention_weights, prompt_layout, prompts_removed,
@@ -108,7 +107,8 @@ def test_shares_sum_to_one_and_are_the_softmax_written_out(transfer_type, settin
 def frozen_backbone(model):
     """The same backbone and classifier built without any transfer type, weights copied."""
     plain = tiny_model("linear").eval()
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("prompt", "deep_prompt"))}
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("prompt", "deep_prompt"))}
     assert set(state) == set(plain.state_dict())
     plain.load_state_dict(state)
     return plain
