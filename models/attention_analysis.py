@@ -42,6 +42,10 @@ from .vit import KV, Attention
 # SDPA and the explicit product differ by ~1e-6 here; a mismatch means the analysis no longer
 # computes what Attention.forward does.
 CHECK_TOLERANCE = 1e-3
+# Attention weights computed at once (values; 4 bytes each in float32): the clips of a forward
+# are measured in chunks of about this size, so a ViT-B batch does not hold every block's
+# (clips, heads, 1568, 1568) weights at the same time.
+WEIGHTS_PER_CHUNK = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -211,27 +215,53 @@ class AttentionRecorder:
     def _attention(self, block: int, module: Attention, args: tuple, kwargs: dict,
                    output: torch.Tensor) -> None:
         x, extra_kv, kv_mask = _call_args(args, kwargs)
+        B, N, _ = x.shape
+        keys = N + (extra_kv[0].shape[-2] if extra_kv is not None else 0)
+        # Clips a chunk, so the (chunk, H, N, N + P) weights stay near WEIGHTS_PER_CHUNK values.
+        step = max(1, WEIGHTS_PER_CHUNK // (module.num_heads * N * keys))
+        parts = []
+        for s in range(0, B, step):
+            e = min(s + step, B)
+            kv = None if extra_kv is None else tuple(_per_clip(t, s, e, 4) for t in extra_kv)
+            rows = [r - s for r in self.rollout_rows or () if s <= r < e]
+            parts.append(self._measure(block, module, x[s:e], kv, _per_clip(kv_mask, s, e, 2),
+                                       output[s:e], rows))
+        maps = [p["patch_attention"] for p in parts if p["patch_attention"] is not None]
+        self.records[block] = BlockRecord(
+            patch_token_norm=self._token_norm.pop(block),
+            patch_attention=torch.cat(maps) if maps else None,
+            max_error=max(p["max_error"] for p in parts),
+            **{name: torch.cat([p[name] for p in parts]) for name in (
+                "prompt_share", "token_share", "patch_key_norm", "patch_value_norm")})
+
+    def _measure(self, block: int, module: Attention, x: torch.Tensor, extra_kv: Optional[KV],
+                 kv_mask: Optional[torch.Tensor], output: torch.Tensor,
+                 rollout_rows: List[int]) -> Dict[str, object]:
+        """The record's fields for one chunk of clips (``rollout_rows`` indexed in it)."""
         weights, k, v = attention_weights(module, x, extra_kv, kv_mask)
         error = float((attention_output(module, weights, v) - output).abs().max())
         if error > CHECK_TOLERANCE * (1.0 + float(output.abs().max())):
             raise RuntimeError(f"block {block}: the explicit attention weights give an output "
                                f"{error:.3g} away from the model's (models/attention_analysis.py "
                                f"no longer computes what Attention.forward does)")
-        N, K = x.shape[1], weights.shape[-1]
-        rows, patch, prompt = self.layout.key_slices(block, N, K)
+        rows, patch, prompt = self.layout.key_slices(block, x.shape[1], weights.shape[-1])
         w = weights[:, :, rows]  # (B, H, patch queries, K)
-        token_share = w[..., patch].sum(-1).mean(-1)
-        prompt_share = w[..., prompt].sum(-1).mean(-1)
         kept = None
-        if self.rollout_rows:
-            a = w[self.rollout_rows][..., patch].mean(dim=1)  # (R, N', N') head mean
+        if rollout_rows:
+            a = w[rollout_rows][..., patch].mean(dim=1)  # (R, N', N') head mean
             kept = a / a.sum(dim=-1, keepdim=True)
-        self.records[block] = BlockRecord(
-            prompt_share=prompt_share, token_share=token_share,
-            patch_token_norm=self._token_norm.pop(block),
-            patch_key_norm=k[:, :, patch].norm(dim=-1).mean(dim=(1, 2)),
-            patch_value_norm=v[:, :, patch].norm(dim=-1).mean(dim=(1, 2)),
-            patch_attention=kept, max_error=error)
+        return {"prompt_share": w[..., prompt].sum(-1).mean(-1),
+                "token_share": w[..., patch].sum(-1).mean(-1),
+                "patch_key_norm": k[:, :, patch].norm(dim=-1).mean(dim=(1, 2)),
+                "patch_value_norm": v[:, :, patch].norm(dim=-1).mean(dim=(1, 2)),
+                "patch_attention": kept, "max_error": error}
+
+
+def _per_clip(t: Optional[torch.Tensor], start: int, stop: int, per_clip_dims: int
+              ) -> Optional[torch.Tensor]:
+    """Clips ``start:stop`` of a tensor that has a batch axis when it has ``per_clip_dims``
+    dimensions (extra keys (B, H, P, hd), a mask (B, P)); a broadcast one as it is."""
+    return t[start:stop] if t is not None and t.dim() == per_clip_dims else t
 
 
 # ------------------------------------------------------------------------ removing prompts

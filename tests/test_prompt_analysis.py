@@ -104,6 +104,22 @@ def test_shares_sum_to_one_and_are_the_softmax_written_out(transfer_type, settin
         assert (r.prompt_share > 0).all() == (b in prompt_layout(model).blocks)
 
 
+def test_clips_measured_in_chunks_give_the_same_records(monkeypatch):
+    """Big models are measured a few clips at a time; the records do not depend on it."""
+    from models import attention_analysis
+    model, clip = trained_like("apt", **APT), tiny_clip(batch=3)
+    layout = prompt_layout(model)
+    with torch.no_grad(), AttentionRecorder(model, layout, [2]) as whole:
+        model(clip)
+    monkeypatch.setattr(attention_analysis, "WEIGHTS_PER_CHUNK", 1)  # one clip per chunk
+    with torch.no_grad(), AttentionRecorder(model, layout, [2]) as chunked:
+        model(clip)
+    for a, b in zip(whole.records, chunked.records):
+        for name in ("prompt_share", "token_share", "patch_key_norm", "patch_value_norm",
+                     "patch_attention"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name))
+
+
 def frozen_backbone(model):
     """The same backbone and classifier built without any transfer type, weights copied."""
     plain = tiny_model("linear").eval()
