@@ -12,7 +12,7 @@ each video is decoded into the run's test views. Written to ``--output_dir``:
 ``prompt_norms.csv``, ``ablation.csv`` (accuracy with the prompts of one block, and of all
 blocks, removed; needs ``--list`` for the labels), ``summary.json``, and an attention-rollout
 heatmap per frame and a GIF for the first ``--rollout_videos`` videos (``rollout/``). What each
-number is: ``prompt_analysis.py`` and docs/METHODS.md ("What the prompts do").
+number is: ``prompt_analysis.py`` (docs/METHODS.md, 'What the prompts do').
 """
 from __future__ import annotations
 
