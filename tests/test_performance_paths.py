@@ -132,6 +132,29 @@ def test_folding_restores_training_mode_and_gradients():
     assert model.prompt_scale.grad is not None  # the scales train again after unfolding
 
 
+@pytest.mark.parametrize("transfer_type", ["prompt", "lora"])
+def test_nested_folding_stays_folded_until_the_outermost_exit(transfer_type):
+    """An inner context (an analysis inside an evaluation) must not unfold what the outer one
+    folded: the inner exit leaves the folded tensors in place, the outer exit restores them."""
+    model = tiny_model(transfer_type, prompt_num_tokens=3, prompt_reparam=True, lora_rank=2,
+                       init_scale=1.0).train()
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained-looking tensors: APT scales above 1, a LoRA update not zero
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.rand_like(p) + 1.0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with folded_for_inference(model):
+        folded = {k: v.clone() for k, v in model.state_dict().items()}
+        assert any(not torch.equal(folded[k], state[k]) for k in state)  # something folded
+        with folded_for_inference(model):
+            pass
+        assert all(torch.equal(v, folded[k]) for k, v in model.state_dict().items())
+        assert model.training is False
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.training
+
+
 # --- no weight gradients for frozen weights ----------------------------------------------------
 def test_frozen_weights_get_no_weight_gradient_flops():
     """Multiply-adds of forward + backward equal the count in which frozen linear layers only

@@ -176,12 +176,17 @@ def folded_for_inference(model: nn.Module) -> Iterator[nn.Module]:
     """
     method = getattr(model, "transfer", None)
     was_training = model.training
+    # Nested contexts (an analysis inside an evaluation) fold once: only the outermost unfolds,
+    # so an inner exit does not hand unfolded tensors back to the outer context.
+    depth = getattr(model, "_inference_fold_depth", 0)
     model.eval()
-    if method is not None:
+    if method is not None and depth == 0:
         method.fold(model)
+    model._inference_fold_depth = depth + 1
     try:
         yield model
     finally:
-        if method is not None:
+        model._inference_fold_depth = depth
+        if method is not None and depth == 0:
             method.unfold(model)
         model.train(was_training)
