@@ -327,14 +327,18 @@ def write_timelines(timelines: Sequence[Any], path: str, k: int, window: float,
 
 
 def plot_timelines(timelines: Sequence[Any], path: str, k: int) -> None:
-    """Draw each timeline's most probable classes over time (``tools/plots.py``): the ``k``
-    classes (at most ``MAX_CURVES``) with the highest probability in any window."""
+    """Draw each timeline's classes over time (``tools/plots.py``): every class that is the
+    most probable in some window, and at least ``k`` classes (those with the highest peak),
+    ``MAX_CURVES`` at most."""
     panels = []
     for t in timelines:
         if not t.windows:
             continue
         peaks = [max(s[c] for s in t.scores) for c in range(len(t.class_names))]
-        top = sorted(range(len(peaks)), key=lambda c: -peaks[c])[:min(k, MAX_CURVES)]
+        by_peak = sorted(range(len(peaks)), key=lambda c: -peaks[c])
+        winners = {max(range(len(s)), key=s.__getitem__) for s in t.scores}
+        top = ([c for c in by_peak if c in winners] +
+               [c for c in by_peak if c not in winners])[:min(max(k, len(winners)), MAX_CURVES)]
         panels.append(plots.TimelinePanel(
             title=t.video + (f" ({t.task})" if t.task else ""),
             starts=[w.start for w in t.windows], ends=[w.end for w in t.windows],
