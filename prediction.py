@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -459,8 +459,3 @@ def predict_windows_tasks(tasks: LoadedTasks, videos: Sequence[str], window: flo
                       for t, name in enumerate(tasks.names)]
     return timelines
 
-
-def summarize_windows(timelines: Sequence[Timeline]) -> Tuple[int, int]:
-    """(windows, frames decoded) over the videos (each video counted once with ``--tasks``)."""
-    seen = {t.video: t for t in timelines}
-    return sum(len(t.windows) for t in seen.values()), sum(t.frames_decoded for t in seen.values())
