@@ -283,6 +283,19 @@ def _jpeg_decoder() -> Optional[Callable[[bytes], np.ndarray]]:
     return _DECODE_JPEG or None
 
 
+def check_video_file(path: str) -> None:
+    """Refuse a missing or empty video file before any decoder sees it.
+
+    Raises:
+        VideoDecodeError: no such file, or 0 bytes.
+    """
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        # Checked before decoding: some decoders block or crash on empty input.
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
 def open_video(path: str, backend: str = "decord") -> VideoReader:
     """Open a video file or frame folder and check that it has at least one frame.
 
@@ -302,12 +315,7 @@ def open_video(path: str, backend: str = "decord") -> VideoReader:
     if os.path.isdir(path):
         reader: VideoReader = FrameFolderReader(path)
     else:
-        if not os.path.exists(path):
-            raise VideoDecodeError(path, "file not found")
-        size = os.path.getsize(path)
-        if size == 0:
-            # Checked before decoding: some decoders block or crash on empty input.
-            raise VideoDecodeError(path, "empty file (0 bytes)")
+        check_video_file(path)
         reader = DecordReader(path) if backend == "decord" else PyAVReader(path)
     if len(reader) <= 0:
         raise VideoDecodeError(path, "no frames")

@@ -229,30 +229,55 @@ class VideoClsDataset(Dataset):
             self._report_bad(index, err)
             shape = (self.num_views, 3, c.num_frames, c.input_size, c.input_size)
             return torch.zeros(shape, dtype=torch.uint8), -1, index, [rec.path]
+        return self.test_views(views), rec.label, index, []
+
+    def test_views(self, segments: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The test item's views: each temporal segment's resized frames cut into the
+        ``test_num_crop`` spatial crops.
+
+        Args:
+            segments: resized uint8 frames ``(T, 3, h, w)`` per temporal view (in order).
+
+        Returns:
+            uint8 ``(len(segments) * test_num_crop, 3, T, S, S)``, segment-major.
+        """
+        c = self.config
         # Written in place view by view (one pass over the 5x3 item's 36 MB of uint8).
-        out = clip_buffer((self.num_views, 3, c.num_frames, c.input_size, c.input_size))
+        out = clip_buffer((len(segments) * c.test_num_crop, 3, c.num_frames, c.input_size,
+                           c.input_size))
         v = 0
-        for x in views:  # one per temporal segment, already resized
+        for x in segments:  # one per temporal segment, already resized
             for top, left in self._crop_starts(x.shape[-2], x.shape[-1], c.test_num_crop):
                 out[v].copy_(x[..., top:top + c.input_size, left:left + c.input_size]
                              .permute(1, 0, 2, 3))
                 v += 1
-        return out, rec.label, index, []
+        return out
+
+    def test_segments(self, read: Callable[[Callable[[int], np.ndarray]], np.ndarray]
+                      ) -> List[torch.Tensor]:
+        """Resized uint8 frames ``(T, 3, h, w)`` of each temporal test view of one video, its
+        frames read once: the union of all views' frames, resized once, then indexed per view.
+
+        Args:
+            read: ``read(pick)`` returns the uint8 frames ``(k, H, W, 3)`` at the indices
+                ``pick(n)`` chooses among the video's ``n`` frames (a decoder, the frame cache,
+                or frames already in memory: ``tools/predict.py --window``).
+        """
+        inverse: List[np.ndarray] = []  # per view: positions of its frames in the union
+
+        def union(n: int) -> np.ndarray:
+            per_view = self.test_view_indices(n)
+            frames, where = np.unique(np.concatenate(per_view), return_inverse=True)
+            inverse.extend(where.reshape(len(per_view), -1))
+            return frames
+
+        frames = self._eval_resize(read(union))
+        return [frames[torch.from_numpy(inv)] for inv in inverse]
 
     def _decode_test_views(self, rec: VideoRecord) -> List[torch.Tensor]:
         """Resized uint8 frames (T,3,h,w) of each temporal view."""
         if self.decode_once:
-            # Decode the union of all views' frames once, resize once, then index per view.
-            inverse: List[np.ndarray] = []  # per view: positions of its frames in the union
-
-            def union(n: int) -> np.ndarray:
-                per_view = self.test_view_indices(n)
-                frames, where = np.unique(np.concatenate(per_view), return_inverse=True)
-                inverse.extend(where.reshape(len(per_view), -1))
-                return frames
-
-            frames = self._eval_resize(self._read(rec, union))
-            return [frames[torch.from_numpy(inv)] for inv in inverse]
+            return self.test_segments(lambda pick: self._read(rec, pick))
         # Baseline for the benchmark and tests: one decode per (segment, crop) view, as in a
         # dataset with one item per view (VideoMAE); the crops of a segment share frames.
         views = []

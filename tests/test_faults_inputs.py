@@ -13,6 +13,7 @@ from datasets import ListFileError, build_dataset, parse_list_file
 from models.run_checkpoints import find_run_checkpoint
 from tests.data_helpers import make_args
 from tests.engine_helpers import run_main, tiny_argv
+import prediction
 from tools import predict
 
 BOM = "\ufeff"
@@ -125,12 +126,12 @@ def predict_argv(resume, data, output, *flags):
 def test_output_folder_created_before_inference(tmp_path, data, run_dir, monkeypatch):
     output = tmp_path / "new" / "deeper" / "answers.json"
     seen = []
-    real = predict.load_model
+    real = prediction.load_model
 
     def load_model(*args, **kwargs):
         seen.append(output.parent.is_dir())
         return real(*args, **kwargs)
-    monkeypatch.setattr(predict, "load_model", load_model)
+    monkeypatch.setattr(prediction, "load_model", load_model)
     status = predict.main(predict_argv(os.path.join(run_dir, "checkpoint-last.pth"), data,
                                        output))
     assert status == 0 and seen == [True] and output.is_file()
@@ -143,7 +144,7 @@ def test_uncreatable_output_fails_before_any_model(tmp_path, data, run_dir, monk
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before --output was checked")
-    monkeypatch.setattr(predict, "load_model", no_model)
+    monkeypatch.setattr(prediction, "load_model", no_model)
     with caplog.at_level(logging.ERROR):
         status = predict.main(predict_argv(run_dir, data, output))
     assert status == 2

@@ -136,7 +136,7 @@ def test_every_module_of_the_checkout_is_in_a_layer():
 
 PROJECT = {"utils", "datasets", "models", "tools", "benchmarks", "engine", "engine_eval",
            "engine_checkpoints", "engine_for_pretraining", "engine_for_probe", "optim_factory",
-           "runs", "run_class_apt", "run_mae_pretraining", "finetuning", "pretraining"}
+           "runs", "prediction", "run_class_apt", "run_mae_pretraining", "finetuning", "pretraining"}
 
 
 def _is_entry_point(tree: ast.Module) -> bool:

@@ -12,12 +12,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("torch", "timm", "decord", "deepspeed", "matplotlib", "transformers")
 
-# Commands whose --help is torch-free. tools/demo.py, tools/export.py and tools/predict.py still
-# import torch at the top (their heavy code is not yet apart from their flags); they are not
-# listed, so this test does not pretend otherwise.
+# Commands whose --help is torch-free. tools/demo.py and tools/export.py still import torch at
+# the top (their heavy code is not yet apart from their flags); they are not listed, so this
+# test does not pretend otherwise.
 LIGHT_COMMANDS = ["run_class_apt.py", "run_mae_pretraining.py", "tools/analyze_prompts.py",
                   "tools/build_lists.py", "tools/compare_runs.py", "tools/extract_frames.py",
-                  "tools/make_synthetic.py",
+                  "tools/make_synthetic.py", "tools/predict.py",
                   "tools/run_digests.py"]
 
 

@@ -2,7 +2,8 @@
 comparison (``tools/compare_runs.py``) and the protocol sweep (``tools/sweep.py``): top-1 against
 trainable parameters on a log axis, marker area proportional to GFLOPs, one colour per group
 named in a legend outside the axes, optional error bars (std over seeds), and optional text
-beside each point, placed so that no two texts overlap."""
+beside each point, placed so that no two texts overlap. Also the class probabilities of a video
+over time (``tools/predict.py --window --plot``)."""
 from __future__ import annotations
 
 import math
@@ -202,3 +203,53 @@ def _overlap(a: Any, b: Any) -> float:
     from matplotlib.transforms import Bbox  # lazily, as matplotlib above
     common = Bbox.intersection(a, b)
     return 0.0 if common is None else _area(common)
+
+
+@dataclass(frozen=True)
+class TimelinePanel:
+    """One video's (and task's) class probabilities over time, for :func:`scores_over_time`.
+
+    Args:
+        title: the panel's title (the video, and the task).
+        starts: each window's start (seconds).
+        ends: each window's end (seconds).
+        curves: class name -> its probability in each window.
+    """
+
+    title: str
+    starts: Sequence[float]
+    ends: Sequence[float]
+    curves: Mapping[str, Sequence[float]]
+
+
+def scores_over_time(panels: Sequence[TimelinePanel], path: str) -> None:
+    """Write one panel per timeline, stacked, to ``path`` (the suffix picks the format: png,
+    pdf, svg): each class a line through the centres of the windows (its probability there),
+    a legend beside each panel.
+
+    Args:
+        panels: what to draw; at least one.
+        path: the output file.
+    """
+    import matplotlib  # lazily: slow to import, and only plotting needs it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after the backend is chosen
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9.0, 2.6 * len(panels) + 0.6),
+                             squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, panel in zip(axes[:, 0], panels):
+        centres = [(s + e) / 2 for s, e in zip(panel.starts, panel.ends)]
+        for i, (name, probs) in enumerate(panel.curves.items()):
+            ax.plot(centres, probs, marker="o", markersize=3, linewidth=1.4,
+                    color=colours(i % 10), label=name)
+        ax.set_xlim(min(panel.starts), max(panel.ends))
+        ax.set_ylim(0.0, 1.02)
+        ax.set_ylabel("probability")
+        ax.set_title(panel.title, fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("time (s), at each window's centre")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
