@@ -157,6 +157,30 @@ def is_video_file(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
+def find_videos(inputs: Sequence[str]) -> List[str]:
+    """The videos named on a command line: each file as given (whatever its extension), each
+    folder's video files (recursively, sorted); a video reached twice is taken once.
+
+    Raises:
+        FileNotFoundError: an input that does not exist, or a folder without video files.
+    """
+    found: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            inside = sorted(os.path.join(folder, name)
+                            for folder, _, names in os.walk(item) for name in names
+                            if is_video_file(name))
+            if not inside:
+                raise FileNotFoundError(f"{item}: no video files in this folder "
+                                        f"({', '.join(e[1:] for e in VIDEO_EXTENSIONS)})")
+            found += inside
+        elif os.path.exists(item):
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such video file or folder")
+    return list(dict.fromkeys(found))
+
+
 def check_duplicates(records: Sequence[VideoRecord], list_path: str,
                      allow_duplicates: bool = False) -> None:
     """Refuse (or, with ``allow_duplicates``, warn once about) videos listed more than once.

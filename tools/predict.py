@@ -48,16 +48,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tools import plots  # noqa: E402  (matplotlib only when a plot is drawn)
-from utils.config import DATA_SETS, VIDEO_BACKENDS, ConfigError  # noqa: E402
+# Folders are searched for the VIDEO_EXTENSIONS containers; a file named is taken as it is.
+from datasets.listfile import VIDEO_EXTENSIONS, find_videos  # noqa: E402
+from utils.config import DATA_SETS, SAMPLINGS, VIDEO_BACKENDS, ConfigError  # noqa: E402
 
 logger = logging.getLogger("predict")
 
-# Containers a folder is searched for (case-insensitive); a file named on the command line is
-# taken whatever its extension.
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
-                    ".wmv", ".3gp", ".ogv")
 # Flags that override the checkpoint's saved ones (None: keep the saved value).
-CLIP_FLAGS = ("num_frames", "sampling_rate", "input_size", "short_side_size",
+CLIP_FLAGS = ("num_frames", "sampling_rate", "sampling", "input_size", "short_side_size",
               "test_num_segment", "test_num_crop", "video_backend")
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 # Curves per plotted timeline at most (more are unreadable).
@@ -113,6 +111,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{name}", type=int, default=None)
     g.add_argument("--data_set", default=None, choices=DATA_SETS,
                    help="sampling of the data set (SSV2: one frame per segment)")
+    g.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help="frame sampling over the data set's own: segment (one frame per "
+                        "segment, TSN/SSv2) or dense (Kinetics/UCF)")
     g.add_argument("--video_backend", default=None, choices=VIDEO_BACKENDS,
                    help="decoder of whole videos (--window always decodes with PyAV, in order)")
     g = p.add_argument_group("run")
@@ -168,30 +169,6 @@ def overrides_of(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------ the videos
-def find_videos(inputs: Sequence[str]) -> List[str]:
-    """The videos to answer for: each file as given, each folder's video files (recursively,
-    sorted); a video reached twice is taken once.
-
-    Raises:
-        FileNotFoundError: an input that does not exist, or a folder without video files.
-    """
-    found: List[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            inside = sorted(os.path.join(folder, name)
-                            for folder, _, names in os.walk(item) for name in names
-                            if name.lower().endswith(VIDEO_EXTENSIONS))
-            if not inside:
-                raise FileNotFoundError(f"{item}: no video files in this folder "
-                                        f"({', '.join(e[1:] for e in VIDEO_EXTENSIONS)})")
-            found += inside
-        elif os.path.exists(item):
-            found.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: no such video file or folder")
-    return list(dict.fromkeys(found))
-
-
 def prepare_output(path: str, flag: str = "--output") -> None:
     """Create the folder of an output file and check it can be written, before any model is
     loaded or video decoded (a run that answered every video must not fail at the end).
