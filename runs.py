@@ -91,6 +91,15 @@ def load_run(source: Union[str, os.PathLike], device: Union[str, torch.device] =
             does not fit, or a class count that disagrees with a released checkpoint's.
     """
     path, ckpt = read_trained_checkpoint(source, flag, unsafe_load)
+    return rebuild_run(path, ckpt, device, overrides=overrides, finetune=finetune,
+                       unsafe_load=unsafe_load, class_names=class_names)
+
+
+def rebuild_run(path: str, ckpt: Dict[str, Any], device: Union[str, torch.device] = "cpu", *,
+                overrides: Optional[Mapping[str, Any]] = None, finetune: str = "",
+                unsafe_load: bool = False, class_names: str = "") -> LoadedRun:
+    """:func:`load_run` of a checkpoint already read (``models.released.read_source`` /
+    ``read_trained_checkpoint``), with the same arguments."""
     if released_info(ckpt) is not None:
         check_class_count(ckpt, (overrides or {}).get("nb_classes"), path)
     cfg = FinetuneConfig.from_checkpoint(ckpt, path, overrides, finetune, unsafe_load)

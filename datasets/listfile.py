@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 # Repeated lines named in one message; the rest are counted.
 SHOWN_DUPLICATES = 5
+# The files taken as videos when a folder is given instead of a list.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".ogv")
 
 
 class ListFileError(ValueError):
@@ -156,3 +159,19 @@ def _split_line(line: str, list_path: str, lineno: int) -> Tuple[str, int]:
             f"(expected '<path> <label>'): {line!r}") from None
     return path.strip(), label
 
+
+
+def find_video_files(folder: str) -> List[str]:
+    """The video files under ``folder`` (``VIDEO_EXTENSIONS``, any case), recursively, sorted.
+
+    Raises:
+        FileNotFoundError: no such folder, or no video file in it (naming the extensions).
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                   for name in names if name.lower().endswith(VIDEO_EXTENSIONS))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no video files in this folder "
+                                f"({', '.join(e[1:] for e in VIDEO_EXTENSIONS)})")
+    return found

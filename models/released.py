@@ -156,10 +156,15 @@ def weights_of(obj: Any, path: str, flag: str = "--resume") -> ForeignWeights:
     or a plain state dict; any layout ``models.load_pretrained`` reads).
 
     Raises:
-        CheckpointError: no weights, or no VideoMAE ViT of a registered variant.
+        CheckpointError: no weights, or a ViT of no registered variant.
+        ConfigError: weights of no VideoMAE ViT (no patch embedding).
     """
     sd, _ = select_state_dict(obj, "model|module", path)
     sd, dropped, fmt = normalise_keys(sd)
+    if "patch_embed.proj.weight" not in sd:
+        raise ConfigError(f"{flag} {path}: not a checkpoint of run_class_apt.py, nor a VideoMAE "
+                          f"ViT (no patch embedding among its {len(sd)} weights: "
+                          f"{', '.join(sorted(sd)[:6]) or 'none'})")
     saved = obj.get("args") if isinstance(obj, Mapping) else None
     saved = dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved or {})
     flags, how = infer_flags(sd, path)
