@@ -50,9 +50,6 @@ from utils.outputs import atomic_file, make_dirs, temporary_path, writing
 logger = logging.getLogger(__name__)
 
 FORMATS = ("npy", "npz", "h5")
-# The flags of the clip and its views that a command line may set over the checkpoint's.
-VIEW_FLAGS = ("num_frames", "sampling_rate", "input_size", "short_side_size",
-              "test_num_segment", "test_num_crop", "data_set", "video_backend")
 SETTINGS_FILE = "features.json"
 TOKENS_SUFFIX = ".tokens"
 
@@ -88,7 +85,8 @@ def load_feature_model(source: str, device: torch.device,
         source: a run folder or training checkpoint, a released VideoMAE classifier (``.pth``
             or Hugging Face folder), or a pre-trained backbone (any ``--finetune`` layout).
         device: where it runs.
-        overrides: ``VIEW_FLAGS`` values over the checkpoint's (None: keep).
+        overrides: clip and view flags (``num_frames``, ``test_num_crop``, ``data_set``,
+            ...) over the checkpoint's (None: keep).
         use_cls: a backbone only: pool the first token through ``norm`` instead of the mean
             through ``fc_norm`` (a classifier pools as it was trained).
         finetune: the backbone of a frozen-backbone run whose recorded file is gone.
@@ -218,6 +216,10 @@ class Output:
     format: str
     tokens: bool = False
     per_view: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format {self.format}: choose one of {', '.join(FORMATS)}")
 
     @property
     def parts(self) -> str:

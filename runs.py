@@ -36,6 +36,8 @@ from utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Flags of how a clip is tested, which ``--eval`` takes from its command line.
+TEST_FLAGS = ("sampling_rate", "short_side_size", "test_num_segment", "test_num_crop")
 # The class names a data folder carries ("<label> <name>" lines, written by tools/build_lists.py).
 CLASSES_FILE = "classes.txt"
 
@@ -243,7 +245,9 @@ def released_eval_config(cfg: FinetuneConfig, ckpt: Dict[str, Any], path: str
         if name in saved and cfg.flags.get(name) not in (None, saved[name]):
             logger.warning("--eval: using %s's --%s %s (command line: %s)", path, name,
                            saved[name], cfg.flags[name])
-    new = FinetuneConfig.from_args({**cfg.flags, **saved, "data_set": "custom"})
+    # The test settings (views, sampling rate, short side) stay the command line's.
+    fixed = {k: v for k, v in saved.items() if k not in TEST_FLAGS}
+    new = FinetuneConfig.from_args({**cfg.flags, **fixed, "data_set": "custom"})
     _log_clip_shape(ckpt, path, new, cfg.flags)
     data_set, nb = cfg.data.data_set, int(saved["nb_classes"])
     if data_set != "custom" and cfg.data.nb_classes != nb:

@@ -128,24 +128,24 @@ def test_a_backbone_gives_its_mean_token_through_a_fresh_fc_norm(tmp_path, data,
         assert torch.equal(own.eval()(clip), fm.model.eval().forward_features(clip))
 
 
-def _cli(args, nproc=0, port=29731):
-    script = os.path.join(ROOT, "tools", "extract_features.py")
-    cmd = [sys.executable, script, *args] if not nproc else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1", f"--master_port={port}", script, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_two_gloo_processes_give_the_features_of_one(tmp_path, data, released):
+    """The reference is one process in this interpreter; the command line runs under torchrun
+    with two gloo processes (each every other video, rank 0 writes the file)."""
     from utils.dist import free_port
-    common = ["--checkpoint", released, "--videos", os.path.join(data, "test.csv"),
-              "--format", "npz", "--device", "cpu", "--num_workers", "0", "--batch_size", "4"]
-    one = _cli([*common, "--output", str(tmp_path / "one.npz")])
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _cli([*common, "--output", str(tmp_path / "two.npz")], nproc=2, port=free_port())
+    fm = load_feature_model(released, torch.device("cpu"))
+    listed = os.path.join(data, "test.csv")
+    extract(fm, read_videos(listed), Output(str(tmp_path / "one.npz"), "npz"), batch_size=4,
+            num_workers=0)
+    script = os.path.join(ROOT, "tools", "extract_features.py")
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={free_port()}", script,
+         "--checkpoint", released, "--videos", listed, "--format", "npz", "--device", "cpu",
+         "--num_workers", "0", "--batch_size", "4", "--output", str(tmp_path / "two.npz")],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert '"written": 9' in two.stdout and "rank 0 of 2" in two.stderr
+    assert "5 on this rank" in two.stderr  # rank 0 took every other video of the 9
     a, b = read_features(str(tmp_path / "one.npz")), read_features(str(tmp_path / "two.npz"))
     assert a["videos"] == b["videos"] and len(a["videos"]) == 9
     assert np.array_equal(a["features"], b["features"])
-    assert '"written": 9' in one.stdout
