@@ -1,7 +1,9 @@
 """Rebuild a trained fine-tuning run: the one way from a run folder or checkpoint to its model.
 
 :func:`load_run` reads a training checkpoint of ``run_class_apt.py`` (or the one a run folder
-points to, ``find_run_checkpoint``), makes its settings from the flags it saved over the declared
+points to, ``find_run_checkpoint``), or a released classifier (VideoMAE's fine-tuned ``.pth``,
+a Hugging Face ``VideoMAEForVideoClassification`` folder: ``models.released`` reads it as the
+checkpoint of an ``end2end`` run, its flags inferred from the weights), makes its settings from the flags it saved over the declared
 defaults (``FinetuneConfig.from_checkpoint``: no command line is parsed), builds the network,
 loads the backbone it was trained on and its trained tensors, and names its classes
 (``classes.txt`` next to its list files). ``run_class_apt.py --eval``, ``tools/predict.py`` and
@@ -27,12 +29,15 @@ from models import load_method_state, load_pretrained, parameter_counts, trains_
 from models.factory import create_model_from_config
 from models.config import FinetuneConfig
 from models.method_state import check_backbone
-from models.run_checkpoints import (find_run_checkpoint, load_newest_readable, read_checkpoint,
-                                    read_named_checkpoint)
+from models.released import (apply_released, check_class_count, read_trained_checkpoint,
+                             released_info)
+from models.run_checkpoints import load_newest_readable, read_checkpoint
 from utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Flags of how a clip is tested, which ``--eval`` takes from its command line.
+TEST_FLAGS = ("sampling_rate", "short_side_size", "test_num_segment", "test_num_crop")
 # The class names a data folder carries ("<label> <name>" lines, written by tools/build_lists.py).
 CLASSES_FILE = "classes.txt"
 
@@ -69,10 +74,12 @@ def load_run(source: Union[str, os.PathLike], device: Union[str, torch.device] =
 
     Args:
         source: a run's ``--output_dir`` (its best checkpoint, else the newest), a
-            ``checkpoint-*.pth`` file or a DeepSpeed ``checkpoint-*/`` folder.
+            ``checkpoint-*.pth`` file, a DeepSpeed ``checkpoint-*/`` folder, a released
+            VideoMAE fine-tuned ``.pth`` or a Hugging Face classification folder.
         device: where the model goes.
         overrides: flag name -> value over the saved flags (``num_frames``,
-            ``test_num_crop``, ``data_set``, ...; None values are left out).
+            ``test_num_crop``, ``data_set``, ...; None values are left out). A released
+            checkpoint's class count is its own: an ``nb_classes`` that disagrees is refused.
         finetune: the backbone file, when the one the checkpoint recorded is gone.
         unsafe_load: allow full unpickling of a checkpoint you trust.
         class_names: a ``<label> <name>`` file ('': ``classes.txt`` next to the run's lists).
@@ -82,16 +89,46 @@ def load_run(source: Union[str, os.PathLike], device: Union[str, torch.device] =
         FileNotFoundError: no such run or checkpoint, or its backbone is gone and no
             ``finetune`` was given.
         CheckpointError: an unreadable checkpoint, or another backbone than it was trained on.
-        ConfigError: not a fine-tuning checkpoint, or a names file that does not fit.
+        ConfigError: not a fine-tuning checkpoint (a pre-trained backbone), a names file that
+            does not fit, or a class count that disagrees with a released checkpoint's.
     """
-    path = find_run_checkpoint(os.fspath(source), flag)
-    ckpt = read_named_checkpoint(path, flag, unsafe_load)
+    path, ckpt = read_trained_checkpoint(source, flag, unsafe_load)
+    return rebuild_run(path, ckpt, device, overrides=overrides, finetune=finetune,
+                       unsafe_load=unsafe_load, class_names=class_names)
+
+
+def rebuild_run(path: str, ckpt: Dict[str, Any], device: Union[str, torch.device] = "cpu", *,
+                overrides: Optional[Mapping[str, Any]] = None, finetune: str = "",
+                unsafe_load: bool = False, class_names: str = "") -> LoadedRun:
+    """:func:`load_run` of a checkpoint already read (``models.released.read_source`` /
+    ``read_trained_checkpoint``), with the same arguments."""
+    if released_info(ckpt) is not None:
+        check_class_count(ckpt, (overrides or {}).get("nb_classes"), path)
     cfg = FinetuneConfig.from_checkpoint(ckpt, path, overrides, finetune, unsafe_load)
+    if released_info(ckpt) is not None:
+        _log_clip_shape(ckpt, path, cfg, overrides or {})
     model = build_model(cfg)
     backbone_path, counts = load_weights(cfg, model, torch.device(device), ckpt, path)
     names = read_class_names(class_names, cfg.model.num_classes) if class_names \
-        else default_class_names(cfg)
+        else checkpoint_class_names(cfg, ckpt)
     return LoadedRun(model, cfg, names, path, ckpt, backbone_path, counts)
+
+
+def _log_clip_shape(ckpt: Mapping[str, Any], path: str, cfg: FinetuneConfig,
+                    given: Mapping[str, Any]) -> None:
+    """Say where the clip shape of a released checkpoint comes from when it does not record
+    it (a VideoMAE ``.pth`` without saved flags and with the fixed sin-cos table).
+
+    Args:
+        given: the clip flags given for it (None: not given).
+    """
+    unknown = [k for k in ("num_frames", "input_size") if k not in ckpt["args"]]
+    if unknown:
+        logger.warning("%s does not record its clip shape: using %s (%s; pass %s if it was "
+                       "trained on other clips)", path,
+                       " ".join(f"--{k} {getattr(cfg.data, k)}" for k in unknown),
+                       "as given" if all(given.get(k) is not None for k in unknown)
+                       else "the defaults", " / ".join(f"--{k}" for k in unknown))
 
 
 # ------------------------------------------------------------------------------ the model
@@ -153,6 +190,7 @@ def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.devi
     if eval_ckpt is not None:
         check_backbone(eval_ckpt, backbone_path, eval_path)
         load_method_state(model, eval_ckpt)
+        apply_released(model, eval_ckpt)
         logger.info("evaluating %s (epoch %s)", eval_path, eval_ckpt.get("epoch"))
     model.to(device)
     counts = parameter_counts(model)
@@ -165,13 +203,14 @@ def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.devi
 def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], FinetuneConfig]:
     """``--eval``: find and read the checkpoint to evaluate; returns its path, its contents and
     the settings with the checkpoint's architecture (the command line's, where it differs, are
-    overruled with a warning)."""
+    overruled with a warning). A released classifier also gives its class count (a
+    ``--nb_classes`` that disagrees is refused) and, where it records it, its clip shape."""
     run = cfg.run
     found = None
     if run.resume:
         if not os.path.exists(run.resume):
             raise FileNotFoundError(f"--resume {run.resume}: no such checkpoint")
-        found = run.resume, read_named_checkpoint(run.resume, "--resume", run.unsafe_load)
+        found = read_trained_checkpoint(run.resume, "--resume", run.unsafe_load)
     elif run.auto_resume:  # the newest readable one; unreadable newer ones are named
         found = load_newest_readable(run.output_dir,
                                      lambda p: read_checkpoint(p, unsafe=run.unsafe_load))
@@ -181,10 +220,48 @@ def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], Fine
         raise ConfigError(f"--eval needs a trained checkpoint to evaluate ({where}); pass "
                           f"--resume PATH. The untrained model is never evaluated.")
     path, ckpt = found
+    if released_info(ckpt) is not None:
+        return path, ckpt, released_eval_config(cfg, ckpt, path)
     model_cfg, changes = cfg.model.with_architecture(ckpt.get("args") or {})
     for change in changes:
         logger.warning("--eval: using the checkpoint's %s", change)
     return path, ckpt, dataclasses.replace(cfg, model=model_cfg)
+
+
+def released_eval_config(cfg: FinetuneConfig, ckpt: Dict[str, Any], path: str
+                         ) -> FinetuneConfig:
+    """The ``--eval`` settings of a released classifier: the command line's, with the flags the
+    checkpoint fixes (architecture, class count, the clip shape where recorded: a different
+    command-line value is overruled with a warning) and the command line's ``--data_set``
+    sampling (a named set of another class count is read as ``custom``, dense sampling).
+
+    Raises:
+        ConfigError: ``--nb_classes`` disagrees with the checkpoint's class count, or a
+            segment-sampled ``--data_set`` (SSV2) of another class count.
+    """
+    saved = ckpt["args"]
+    check_class_count(ckpt, cfg.flags.get("nb_classes"), path)
+    for name in ("num_frames", "input_size"):
+        if name in saved and cfg.flags.get(name) not in (None, saved[name]):
+            logger.warning("--eval: using %s's --%s %s (command line: %s)", path, name,
+                           saved[name], cfg.flags[name])
+    # The test settings (views, sampling rate, short side) stay the command line's.
+    fixed = {k: v for k, v in saved.items() if k not in TEST_FLAGS}
+    new = FinetuneConfig.from_args({**cfg.flags, **fixed, "data_set": "custom"})
+    _log_clip_shape(ckpt, path, new, cfg.flags)
+    data_set, nb = cfg.data.data_set, int(saved["nb_classes"])
+    if data_set != "custom" and cfg.data.nb_classes != nb:
+        if cfg.data.segment_sampling:
+            raise ConfigError(f"--data_set {data_set} has {cfg.data.nb_classes} classes but "
+                              f"{path} has {nb}: pass the data set it was fine-tuned on")
+        logger.warning("--data_set %s has %d classes, %s has %d: evaluating as --data_set "
+                       "custom --nb_classes %d (the same dense sampling)", data_set,
+                       cfg.data.nb_classes, path, nb, nb)
+        data_set = "custom"
+    names = checkpoint_class_names(new, ckpt)
+    logger.info("--eval: %d classes: %s", nb, ", ".join(names[:10]) +
+                (f", ... ({nb} in all)" if nb > 10 else ""))
+    return dataclasses.replace(new, data=dataclasses.replace(new.data, data_set=data_set))
 
 
 # ------------------------------------------------------------------------------ class names
@@ -210,6 +287,16 @@ def read_class_names(path: str, num_classes: int, flag: str = "--class_names") -
                                   f"{raw.strip()!r}; pass the right file with --class_names")
             names[int(parts[0])] = parts[1]
     return names
+
+
+def checkpoint_class_names(cfg: FinetuneConfig, ckpt: Mapping[str, Any]) -> List[str]:
+    """The names a released checkpoint carries (Hugging Face ``id2label``), else
+    :func:`default_class_names`."""
+    names = (released_info(ckpt) or {}).get("class_names")
+    if names:
+        logger.info("class names from %s (id2label)", ckpt.get("source"))
+        return list(names)
+    return default_class_names(cfg)
 
 
 def default_class_names(cfg: FinetuneConfig) -> List[str]:

@@ -167,13 +167,7 @@ def find_videos(inputs: Sequence[str]) -> List[str]:
     found: List[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            inside = sorted(os.path.join(folder, name)
-                            for folder, _, names in os.walk(item) for name in names
-                            if is_video_file(name))
-            if not inside:
-                raise FileNotFoundError(f"{item}: no video files in this folder "
-                                        f"({', '.join(e[1:] for e in VIDEO_EXTENSIONS)})")
-            found += inside
+            found += find_video_files(item)
         elif os.path.exists(item):
             found.append(item)
         else:
@@ -239,3 +233,19 @@ def _split_line(line: str, list_path: str, lineno: int) -> Tuple[str, int]:
             f"(expected '<path> <label>'): {line!r}") from None
     return path.strip(), label
 
+
+
+def find_video_files(folder: str) -> List[str]:
+    """The video files under ``folder`` (``VIDEO_EXTENSIONS``, any case), recursively, sorted.
+
+    Raises:
+        FileNotFoundError: no such folder, or no video file in it (naming the extensions).
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                   for name in names if is_video_file(name))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no video files in this folder "
+                                f"({', '.join(e[1:] for e in VIDEO_EXTENSIONS)})")
+    return found

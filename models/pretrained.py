@@ -103,7 +103,9 @@ def convert_hf_videomae(sd: Mapping[str, torch.Tensor]) -> Tuple[StateDict, List
     return out, [k for k in sd if k not in used]
 
 
-def _load_hf_folder(path: str) -> Tuple[StateDict, List[str], dict]:
+def read_hf_folder(path: str) -> Tuple[StateDict, List[str], dict]:
+    """A Hugging Face VideoMAE folder: (weights in this backbone's names, unused keys, its
+    config.json)."""
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
     st = os.path.join(path, "model.safetensors")
@@ -191,7 +193,7 @@ def normalise_keys(sd: Mapping[str, torch.Tensor], model_prefix: str = "") -> Tu
     return sd, dropped, fmt
 
 
-def _infer_grid(num_tokens: int, target: Tuple[int, int, int]) -> Tuple[int, int, int]:
+def infer_grid(num_tokens: int, target: Tuple[int, int, int]) -> Tuple[int, int, int]:
     """Guess the (t, h, w) grid of a learnable table of ``num_tokens`` rows (square frames).
 
     Among the factorisations t * s * s, take the one whose time/space ratio is closest to the
@@ -236,7 +238,7 @@ def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], sourc
             report.dropped.append("pos_embed")  # fixed sin-cos model: the table is not a weight
             del sd["pos_embed"]
         elif sd["pos_embed"].shape != own["pos_embed"].shape:
-            src_grid = _infer_grid(sd["pos_embed"].shape[1], model.grid)
+            src_grid = infer_grid(sd["pos_embed"].shape[1], model.grid)
             logger.info("interpolating pos_embed of %s from grid %s to %s", source, src_grid,
                         model.grid)
             sd["pos_embed"] = interpolate_pos_embed(sd["pos_embed"], src_grid, model.grid)
@@ -290,8 +292,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: Union[str, Mapping[str
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if os.path.isdir(path):
             if os.path.exists(os.path.join(path, "config.json")):
-                sd, unused, config = _load_hf_folder(path)
-                _match_hf_layernorm_eps(model, config, path)
+                sd, unused, config = read_hf_folder(path)
+                set_layer_norm_eps(model, config.get("layer_norm_eps"), path)
                 return load_state_dict_into(model, sd, path, "hf-videomae", unused)
             ds = _deepspeed_file(path)
             if ds is None:
@@ -337,9 +339,9 @@ def _load_project_checkpoint(model: nn.Module, obj: Mapping[str, Any], sd: State
     return report
 
 
-def _match_hf_layernorm_eps(model: nn.Module, config: dict, path: str) -> None:
-    """HF configs may use another LayerNorm eps (1e-12); use theirs so outputs match exactly."""
-    eps = config.get("layer_norm_eps")
+def set_layer_norm_eps(model: nn.Module, eps: Optional[float], path: str) -> None:
+    """HF configs may use another LayerNorm eps (1e-12); use theirs so outputs match exactly
+    (None: leave the model's)."""
     if eps is None:
         return
     changed = 0

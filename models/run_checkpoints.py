@@ -142,22 +142,51 @@ def _why_unreadable(err: BaseException, path: str) -> str:
 def read_named_checkpoint(path: str, flag: str, unsafe: bool = False) -> Dict[str, Any]:
     """``read_checkpoint`` of a file the user named (``--resume``): an unreadable one is an
     error that names the flag (an older checkpoint is never taken in its place)."""
+    file, obj = load_named_file(path, flag, unsafe)
+    return as_run_checkpoint(obj, file)
+
+
+def load_named_file(path: str, flag: str, unsafe: bool = False) -> Tuple[str, Any]:
+    """``(file read, its contents)`` of a checkpoint file or DeepSpeed folder the user named,
+    whatever its layout; an unreadable file is an error that names the flag."""
+    file = model_file(path)
     try:
-        return read_checkpoint(path, unsafe=unsafe)
+        return file, torch_load(file, unsafe=unsafe)
     except UnreadableCheckpointError as err:
         raise CheckpointError(f"{flag} {err}") from err
+
+
+def model_file(path: str) -> str:
+    """The file that holds the weights: ``path`` itself, or a DeepSpeed folder's model file."""
+    if not os.path.isdir(path):
+        return path
+    file = os.path.join(path, DS_MODEL_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path} is a folder without {DS_MODEL_FILE}: not a "
+                                f"DeepSpeed checkpoint of this project")
+    return file
 
 
 def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
     """Load a checkpoint of this project (file, or DeepSpeed folder/file) as a dict with
     ``model`` (and ``deepspeed`` for DeepSpeed's layout, ``source`` = the file read)."""
-    if os.path.isdir(path):
-        model_file = os.path.join(path, DS_MODEL_FILE)
-        if not os.path.isfile(model_file):
-            raise FileNotFoundError(f"{path} is a folder without {DS_MODEL_FILE}: not a "
-                                    f"DeepSpeed checkpoint of this project")
-        path = model_file
-    obj = torch_load(path, unsafe=unsafe)
+    file = model_file(path)
+    return as_run_checkpoint(torch_load(file, unsafe=unsafe), file)
+
+
+def is_run_checkpoint(obj: Any) -> bool:
+    """True for the contents of a training checkpoint of this project (plain or DeepSpeed):
+    they name their ``transfer_type``; VideoMAE's and other foreign files do not."""
+    return isinstance(obj, dict) and "transfer_type" in obj and ("model" in obj or "module" in obj)
+
+
+def as_run_checkpoint(obj: Any, path: str) -> Dict[str, Any]:
+    """The contents of checkpoint file ``path`` in the plain layout: the weights under
+    ``model`` (DeepSpeed's ``module`` moved there, ``deepspeed`` set), ``source`` = ``path``.
+
+    Raises:
+        ValueError: no ``model`` or ``module`` dict.
+    """
     if not isinstance(obj, dict) or ("model" not in obj and "module" not in obj):
         raise ValueError(f"{path} is not a checkpoint of this project (no 'model' or 'module')")
     if "model" not in obj:  # DeepSpeed layout: the module under 'module', client keys on top
@@ -166,4 +195,3 @@ def read_checkpoint(path: str, unsafe: bool = False) -> Dict[str, Any]:
         obj["deepspeed"] = True
     obj["source"] = path
     return obj
-

@@ -349,7 +349,9 @@ class VisionTransformer(nn.Module):
         return table
 
     # --- forward -----------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The video tokens after the last block and ``norm`` (an identity with mean pooling),
+        prompt tokens left out: (B, N, D), what :meth:`pool` reduces."""
         grid = self.patch_embed.grid_size(*x.shape[2:])
         x = self.patch_embed(x)  # (B, N, D)
         x = self.pos_drop(x + self.position_embedding(grid, x.device, x.dtype))
@@ -365,10 +367,17 @@ class VisionTransformer(nn.Module):
                 x = blk(x, extra_kv)
         if method is not None and method.num_prefix_tokens:
             x = x[:, method.num_prefix_tokens:]  # pool over the video tokens only
-        x = self.norm(x)
+        return self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, D), the head's input: ``fc_norm`` of their mean (mean
+        pooling), else the first token."""
         if self.fc_norm is not None:
-            return self.fc_norm(x.mean(1))
-        return x[:, 0]
+            return self.fc_norm(tokens.mean(1))
+        return tokens[:, 0]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_tokens(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_dropout(features))

@@ -16,8 +16,8 @@ HEAVY = ("torch", "timm", "decord", "deepspeed", "matplotlib", "transformers")
 # the top (their heavy code is not yet apart from their flags); they are not listed, so this
 # test does not pretend otherwise.
 LIGHT_COMMANDS = ["run_class_apt.py", "run_mae_pretraining.py", "tools/analyze_prompts.py",
-                  "tools/build_lists.py", "tools/compare_runs.py", "tools/extract_frames.py",
-                  "tools/make_synthetic.py", "tools/predict.py",
+                  "tools/build_lists.py", "tools/compare_runs.py", "tools/extract_features.py",
+                  "tools/extract_frames.py", "tools/make_synthetic.py", "tools/predict.py",
                   "tools/run_digests.py"]
 
 
