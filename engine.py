@@ -216,6 +216,9 @@ class Prepared:
     amp_dtype: Optional[torch.dtype]
     backbone_path: Optional[str]  # the backbone file loaded (recorded in checkpoints)
     counts: Dict[str, int]
+    # --eval: the checkpoint's class names (a Hugging Face folder's id2label; else the label map
+    # next to the lists); None: the label map's (runs.default_class_names).
+    class_names: Optional[List[str]] = None
 
 
 def build_criterion(smoothing: float, mixup_active: bool) -> nn.Module:
@@ -376,12 +379,13 @@ def bad_video_tracker(loader: Any, split: str, max_bad_fraction: float) -> Any:
 
 
 def class_results(cfg: FinetuneConfig, classes: ClassResults, prefix: str,
-                  tested: str) -> ClassResults:
-    """The test's per-class results named by the label map (``runs.default_class_names``),
+                  tested: str, names: Optional[Sequence[str]] = None) -> ClassResults:
+    """The test's per-class results named by ``names`` (None: the label map,
+    ``runs.default_class_names``),
     written to ``{prefix}_per_class.csv``, ``{prefix}_confusion.csv`` and ``.png`` in the output
     folder, and the most confused classes logged (rank 0). Nothing here changes a number."""
     try:
-        names = default_class_names(cfg)
+        names = list(names) if names is not None else default_class_names(cfg)
     except ConfigError as err:  # a broken label map must not lose the test: indices instead
         logger.warning("class names: %s; classes are shown by index", err)
         names = [str(i) for i in range(cfg.model.num_classes)]
@@ -452,7 +456,8 @@ def run_final_test(cfg: FinetuneConfig, run: Prepared, model: nn.Module, tested:
         records.scalars("perf", cfg.optim.epochs, **{f"{key}_acc1": result["top1"],
                                                      f"{key}_acc5": result["top5"]})
         records.flush()
-        result["classes"] = class_results(cfg, result["classes"], key, tested)
+        result["classes"] = class_results(cfg, result["classes"], key, tested,
+                                              run.class_names)
     if sharded:  # unsharded, the ranks finish on their own and nothing waits for rank 0's test
         utils.barrier()
     return result

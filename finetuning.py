@@ -21,8 +21,9 @@ import utils
 from datasets import ListFileError, TooManyBadVideos
 from models import CheckpointError, cost_report
 from models.config import FinetuneConfig
+from models.released import released_info
 from models.factory import create_model_from_config
-from runs import build_model, load_weights, read_eval_checkpoint
+from runs import build_model, checkpoint_class_names, load_weights, read_eval_checkpoint
 from utils import deepspeed_engine
 from utils.config import ConfigError
 from utils.outputs import OutputWriteError
@@ -121,8 +122,12 @@ def prepare(cfg: FinetuneConfig, dist: utils.DistState,
     check_data_paths(cfg)
     backbone_path, counts = load_weights(cfg, model, dist.device, eval_ckpt, eval_path)
     amp_dtype = utils.amp_dtype_for(dist.device, cfg.run.amp, cfg.run.amp_dtype)
+    # A released classifier's own names (id2label) name its per-class results; otherwise the
+    # engine reads the label map next to the lists (a broken one falls back to indices there).
+    released = released_info(eval_ckpt) if eval_ckpt is not None else None
+    names = checkpoint_class_names(cfg, eval_ckpt) if released else None
     return engine.Prepared(model, build_loaders(cfg, dist), dist, amp_dtype, backbone_path,
-                           counts)
+                           counts, names)
 
 
 # -------------------------------------------------------------------------------------- main

@@ -1,15 +1,17 @@
 """Rebuild a trained fine-tuning run: the one way from a run folder or checkpoint to its model.
 
 :func:`load_run` reads a training checkpoint of ``run_class_apt.py`` (or the one a run folder
-points to, ``find_run_checkpoint``), or a released classifier (VideoMAE's fine-tuned ``.pth``,
-a Hugging Face ``VideoMAEForVideoClassification`` folder: ``models.released`` reads it as the
-checkpoint of an ``end2end`` run, its flags inferred from the weights), makes its settings from the flags it saved over the declared
-defaults (``FinetuneConfig.from_checkpoint``: no command line is parsed), builds the network,
-loads the backbone it was trained on and its trained tensors, and names its classes
-(``classes.txt`` next to its list files). ``run_class_apt.py --eval``, ``tools/predict.py`` and
-``tools/export.py`` build their models with the same steps (:func:`build_model`,
-:func:`load_weights`); ``tools/compare_runs.py`` and ``models.multitask`` make the settings the
-same way (``FinetuneConfig.from_args`` of the saved flags, ``FinetuneConfig.from_checkpoint``).
+points to, ``find_run_checkpoint``), or a released classifier (VideoMAE's fine-tuned ``.pth``, a
+Hugging Face ``VideoMAEForVideoClassification`` folder: ``models.released`` reads it as the
+checkpoint of an ``end2end`` run, its flags inferred from the weights), makes its settings from
+the flags it saved over the declared defaults (``FinetuneConfig.from_checkpoint``: no command
+line is parsed), builds the network, loads the backbone it was trained on and its trained
+tensors, and names its classes (``classes.txt`` next to its list files, or the checkpoint's
+``id2label``). ``prediction.py`` (``tools/predict.py``), ``engine_for_features.py``,
+``prompt_analysis.py`` and ``tools/export.py`` call it; ``run_class_apt.py --eval`` builds its
+model with the same steps (:func:`build_model`, :func:`load_weights`); ``tools/compare_runs.py``
+and ``models.multitask`` make the settings the same way (``FinetuneConfig.from_args`` of the
+saved flags, ``FinetuneConfig.from_checkpoint``).
 
 This module sits beside ``engine.py``: it imports ``models`` and ``utils``, and the scripts and
 tools import it.

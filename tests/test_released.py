@@ -3,6 +3,7 @@ fine-tuned ``.pth`` layouts and Hugging Face ``VideoMAEForVideoClassification`` 
 here from tiny random models in the published layouts (no downloads), through ``runs.load_run``,
 ``run_class_apt.py --eval`` and ``tools/predict.py``."""
 import argparse
+import csv
 import os
 
 import pytest
@@ -135,6 +136,10 @@ def test_eval_of_a_hf_folder_on_a_list_names_its_classes(tmp_path, data, caplog)
     assert "using %s's --num_frames 4 (command line: 16)" % (tmp_path / "hf") in caplog.text
     assert "--data_set Kinetics-400 has 400 classes" in caplog.text
     assert "evaluating as --data_set custom --nb_classes 3" in caplog.text
+    # the per-class results are named by id2label, not by indices
+    with open(os.path.join(out, "test_per_class.csv"), encoding="utf-8") as f:
+        names = [row["name"] for row in csv.DictReader(f)]
+    assert names == ["pushing", "pulling", "spinning"]
 
 
 def test_eval_refuses_a_disagreeing_nb_classes(tmp_path, data):
