@@ -3,16 +3,19 @@
 Measured, each command in a fresh process (``subprocess``), medians over ``--repeats`` runs,
 commands interleaved round by round so a busy machine slows all alike:
 
-* ``--help`` of ``run_class_apt.py``, ``run_mae_pretraining.py`` and every ``tools/*.py``
-  command line: wall time and peak RSS (``os.wait4``'s ``ru_maxrss`` of that child), and which
-  heavy libraries the process had imported once its parser was built;
+* ``--help`` of every command line (``command_lines``: the ``run_*.py`` scripts and each
+  ``tools/*.py`` and ``benchmarks/*.py`` module with a ``__main__`` block): wall time and peak
+  RSS (``os.wait4``'s ``ru_maxrss`` of that child), and which heavy libraries the process had
+  imported once its parser was built;
 * a short fine-tuning run on the demo world sizes (``vit_mini_patch8``, 32x32, 8 frames, the
   demo backbone, a tiny data set of ``tools/make_synthetic.py``): one epoch and two epochs, both
   from the command line. The second epoch's time is the per-epoch cost, so the fixed cost of a
   run (process start, imports, model build and checkpoint load, data set build, the first
   step's warm-up, the final test) is ``2 * T(1 epoch) - T(2 epochs)``; the time per training step
   is the per-epoch cost over the steps of an epoch;
-* the imports a training run makes before its first step (``import finetuning``), alone.
+* the imports a training run makes before its first step (``import finetuning``), alone, and
+  where they go: ``import torch`` alone, and torch with the timm modules the run uses
+  (``timm.layers``, ``timm.loss``, ``timm.utils``), each in a fresh process.
 
 This process imports nothing heavy before its children have run: Linux hands a forked child its
 parent's peak RSS as its own starting ``ru_maxrss``, so a parent holding torch would report
@@ -26,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
 import logging
 import os
@@ -55,6 +59,8 @@ RUN_FLAGS = ["--model", "vit_mini_patch8", "--data_set", "custom", "--nb_classes
              "--test_num_segment", "1", "--test_num_crop", "1", "--lr", "1e-3",
              "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu", "--seed", "0",
              "--no_auto_resume", "--log_every", "1000", "--disable_eval_during_finetuning"]
+# The timm modules a run imports (models/vit.py: layers; engine.py: the losses and ModelEmaV3).
+TIMM_IMPORT = "import torch, timm.layers, timm.loss, timm.utils"
 BACKBONE = os.path.join("assets", "demo_backbone", "pretrain_videomae_mini_patch8.pth")
 
 
@@ -72,16 +78,24 @@ def timed(cmd: Sequence[str], cwd: str) -> Tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024.0, err  # ru_maxrss is in KiB on Linux
 
 
-def help_commands(root: str) -> List[str]:
-    """The command lines whose --help is measured (paths relative to ``root``)."""
-    tools = sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "tools", "*.py"))
-                   if os.path.basename(p) not in ("__init__.py", "plots.py"))
-    return ["run_class_apt.py", "run_mae_pretraining.py", *tools]
+def command_lines(root: str) -> List[str]:
+    """Every command line of checkout ``root`` (paths relative to it): the ``run_*.py`` scripts
+    and each ``tools/*.py`` / ``benchmarks/*.py`` module with an ``if __name__ == "__main__":``
+    block (library modules such as ``tools/worlds.py`` have none)."""
+    found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "run_*.py")))
+    for folder in ("tools", "benchmarks"):
+        for path in sorted(glob.glob(os.path.join(root, folder, "*.py"))):
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), filename=path)
+            if any(isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test)
+                   for stmt in tree.body):
+                found.append(f"{folder}/{os.path.basename(path)}")
+    return found
 
 
 def measure_help(root: str, repeats: int) -> Dict[str, Dict[str, object]]:
     """Median wall time and peak RSS of ``--help`` per command, and its heavy imports."""
-    commands = help_commands(root)
+    commands = command_lines(root)
     walls: Dict[str, List[float]] = {c: [] for c in commands}
     rss: Dict[str, List[float]] = {c: [] for c in commands}
     heavy: Dict[str, str] = {}
@@ -109,6 +123,8 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
     t1: List[float] = []
     t2: List[float] = []
     imports: List[float] = []
+    torch_only: List[float] = []
+    torch_timm: List[float] = []
     for i in range(repeats):
         for epochs, out in ((1, t1), (2, t2)):
             run_dir = os.path.join(work, f"run{epochs}_{i}")
@@ -119,11 +135,14 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
         module = "finetuning" if os.path.exists(os.path.join(root, "finetuning.py")) \
             else "run_class_apt"
         imports.append(timed([sys.executable, "-c", f"import {module}"], root)[0])
+        torch_only.append(timed([sys.executable, "-c", "import torch"], root)[0])
+        torch_timm.append(timed([sys.executable, "-c", TIMM_IMPORT], root)[0])
     one, two = statistics.median(t1), statistics.median(t2)
     epoch = max(two - one, 0.0)
     return {"one_epoch": one, "two_epochs": two, "per_epoch": epoch,
             "per_step": epoch / max(steps, 1), "steps": float(steps), "fixed": one - epoch,
-            "imports": statistics.median(imports)}
+            "imports": statistics.median(imports), "torch": statistics.median(torch_only),
+            "torch_timm": statistics.median(torch_timm)}
 
 
 def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float],
@@ -144,6 +163,9 @@ def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float]
               f"| 2 epochs, whole command | {run['two_epochs']:.2f} |",
               f"| fixed cost of a run (2 x 1 epoch - 2 epochs) | {run['fixed']:.2f} |",
               f"| of which: process start + imports of the run's modules | {run['imports']:.2f} |",
+              f"| of these: process start + `import torch` | {run['torch']:.2f} |",
+              f"| of these: + the timm modules a run uses | "
+              f"{run['torch_timm'] - run['torch']:.2f} |",
               f"| time per training step | {run['per_step']:.3f} |"]
     return "\n".join(lines) + "\n"
 

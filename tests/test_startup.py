@@ -1,11 +1,10 @@
 """The command lines build their flags without the heavy libraries (docs/CONVENTIONS.md, "Entry
 points: flags first, torch after"): ``--help`` and a refused flag answer without importing torch,
 timm, decord, DeepSpeed or matplotlib, and a run that does not ask for DeepSpeed never imports
-it. Every command line is found (``run_*.py``, and each ``tools/*.py`` and ``benchmarks/*.py``
-with a ``__main__`` block); one that may not be light is named below with why. Import behaviour
+it. Every command line is found (``benchmarks.bench_startup.command_lines``: ``run_*.py``, and
+each ``tools/*.py`` and ``benchmarks/*.py`` with a ``__main__`` block); one that may not be light
+is named below with why. Import behaviour
 is asserted, never a time (benchmarks/bench_startup.py measures those)."""
-import ast
-import glob
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 
+from benchmarks.bench_startup import command_lines
 from tests.engine_helpers import tiny_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ HEAVY = ("torch", "timm", "decord", "deepspeed", "matplotlib", "transformers")
 HEAVY_HELP = {
     # A benchmark's module is its measurement code: torch at the top, imported after
     # benchmarks.common sets OpenMP's wait policy (which must precede torch's OpenMP runtime).
-    # Benchmarks are run (benchmarks/run_all.py), not explored flag by flag.
+    # Benchmarks are run (benchmarks/run_all.py, which is light), not explored flag by flag.
     "benchmarks/bench_cache.py": "measurement code at module level",
     "benchmarks/bench_cost.py": "measurement code at module level",
     "benchmarks/bench_data.py": "measurement code at module level",
@@ -32,28 +32,12 @@ HEAVY_HELP = {
     "benchmarks/bench_multitask.py": "measurement code at module level",
     "benchmarks/bench_train_step.py": "measurement code at module level",
     "benchmarks/gpu_check.py": "measurement code at module level",
-    "benchmarks/run_all.py": "writes BENCHMARKS.md with benchmarks.common (torch at its top)",
 }
 # Not yet light: their owners make them light on their own branches; emptied when those merge.
 NOT_YET = {"tools/compare_runs.py", "tools/predict.py"}
 
 
-def command_lines() -> list:
-    """Every command line of the checkout (paths relative to it): the ``run_*.py`` scripts and
-    each ``tools/*.py`` / ``benchmarks/*.py`` module with an ``if __name__ == "__main__":``
-    block (library modules such as tools/worlds.py have none)."""
-    found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "run_*.py")))
-    for folder in ("tools", "benchmarks"):
-        for path in sorted(glob.glob(os.path.join(ROOT, folder, "*.py"))):
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), filename=path)
-            if any(isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test)
-                   for stmt in tree.body):
-                found.append(f"{folder}/{os.path.basename(path)}")
-    return found
-
-
-LIGHT_COMMANDS = [c for c in command_lines() if c not in HEAVY_HELP and c not in NOT_YET]
+LIGHT_COMMANDS = [c for c in command_lines(ROOT) if c not in HEAVY_HELP and c not in NOT_YET]
 
 
 def _heavy_modules_after(code: str) -> list:
@@ -110,7 +94,7 @@ def test_a_refused_flag_imports_no_heavy_library(argv):
 def test_the_command_lines_are_found_and_the_exceptions_exist():
     """The enumeration sees the scripts and the tools (and no library module), and every
     exception names a command line that exists (a stale entry would hide nothing)."""
-    found = command_lines()
+    found = command_lines(ROOT)
     assert {"run_class_apt.py", "run_mae_pretraining.py", "tools/demo.py", "tools/export.py",
             "tools/sweep.py", "benchmarks/bench_startup.py"} <= set(found)
     assert not {"tools/worlds.py", "tools/plots.py", "benchmarks/common.py"} & set(found)
