@@ -14,8 +14,9 @@ commands interleaved round by round so a busy machine slows all alike:
   step's warm-up, the final test) is ``2 * T(1 epoch) - T(2 epochs)``; the time per training step
   is the per-epoch cost over the steps of an epoch;
 * the imports a training run makes before its first step (``import finetuning``), alone, and
-  where they go: ``import torch`` alone, and torch with the timm modules the run uses
-  (``timm.layers``, ``timm.loss``, ``timm.utils``), each in a fresh process.
+  where a run's start goes, step by step in one fresh process (``STAGES``): ``import torch``,
+  the timm modules a run uses (``timm.layers``, ``timm.loss``, ``timm.utils``, ``timm.data``),
+  the rest of ``import finetuning``, building the APT model, loading the demo backbone.
 
 This process imports nothing heavy before its children have run: Linux hands a forked child its
 parent's peak RSS as its own starting ``ru_maxrss``, so a parent holding torch would report
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ast
 import glob
+import json
 import logging
 import os
 import statistics
@@ -59,8 +61,25 @@ RUN_FLAGS = ["--model", "vit_mini_patch8", "--data_set", "custom", "--nb_classes
              "--test_num_segment", "1", "--test_num_crop", "1", "--lr", "1e-3",
              "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu", "--seed", "0",
              "--no_auto_resume", "--log_every", "1000", "--disable_eval_during_finetuning"]
-# The timm modules a run imports (models/vit.py: layers; engine.py: the losses and ModelEmaV3).
-TIMM_IMPORT = "import torch, timm.layers, timm.loss, timm.utils"
+# A run's start, stage by stage, in one process; prints one JSON line of cumulative seconds.
+# The timm modules are those a run imports: models/vit.py's layers, engine.py's losses and
+# ModelEmaV3, the data pipeline's RandAugment and Mixup (timm.data).
+STAGES = """import json, time
+t = {{"start": time.perf_counter()}}
+import torch
+t["torch"] = time.perf_counter()
+import timm.layers, timm.loss, timm.utils, timm.data
+t["timm"] = time.perf_counter()
+import finetuning
+t["finetuning"] = time.perf_counter()
+from models import create_model, load_pretrained
+model = create_model("vit_mini_patch8", num_classes=4, all_frames=8, img_size=32,
+                     transfer_type="apt")
+t["build"] = time.perf_counter()
+load_pretrained(model, {backbone!r})
+t["load"] = time.perf_counter()
+print(json.dumps({{k: v - t["start"] for k, v in t.items()}}))
+"""
 BACKBONE = os.path.join("assets", "demo_backbone", "pretrain_videomae_mini_patch8.pth")
 
 
@@ -123,8 +142,8 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
     t1: List[float] = []
     t2: List[float] = []
     imports: List[float] = []
-    torch_only: List[float] = []
-    torch_timm: List[float] = []
+    starts: List[float] = []
+    stages: Dict[str, List[float]] = {}
     for i in range(repeats):
         for epochs, out in ((1, t1), (2, t2)):
             run_dir = os.path.join(work, f"run{epochs}_{i}")
@@ -135,14 +154,20 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
         module = "finetuning" if os.path.exists(os.path.join(root, "finetuning.py")) \
             else "run_class_apt"
         imports.append(timed([sys.executable, "-c", f"import {module}"], root)[0])
-        torch_only.append(timed([sys.executable, "-c", "import torch"], root)[0])
-        torch_timm.append(timed([sys.executable, "-c", TIMM_IMPORT], root)[0])
+        starts.append(timed([sys.executable, "-c", "pass"], root)[0])
+        probe = subprocess.run([sys.executable, "-c", STAGES.format(
+            backbone=os.path.join(root, BACKBONE))], cwd=root, check=True, capture_output=True,
+            text=True)
+        marks = json.loads(probe.stdout.strip().splitlines()[-1])
+        order = ["start", "torch", "timm", "finetuning", "build", "load"]
+        for before, after in zip(order, order[1:]):
+            stages.setdefault(after, []).append(marks[after] - marks[before])
     one, two = statistics.median(t1), statistics.median(t2)
     epoch = max(two - one, 0.0)
     return {"one_epoch": one, "two_epochs": two, "per_epoch": epoch,
             "per_step": epoch / max(steps, 1), "steps": float(steps), "fixed": one - epoch,
-            "imports": statistics.median(imports), "torch": statistics.median(torch_only),
-            "torch_timm": statistics.median(torch_timm)}
+            "imports": statistics.median(imports), "python": statistics.median(starts),
+            **{f"stage_{k}": statistics.median(v) for k, v in stages.items()}}
 
 
 def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float],
@@ -163,10 +188,17 @@ def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float]
               f"| 2 epochs, whole command | {run['two_epochs']:.2f} |",
               f"| fixed cost of a run (2 x 1 epoch - 2 epochs) | {run['fixed']:.2f} |",
               f"| of which: process start + imports of the run's modules | {run['imports']:.2f} |",
-              f"| of these: process start + `import torch` | {run['torch']:.2f} |",
-              f"| of these: + the timm modules a run uses | "
-              f"{run['torch_timm'] - run['torch']:.2f} |",
-              f"| time per training step | {run['per_step']:.3f} |"]
+              f"| time per training step | {run['per_step']:.3f} |", "",
+              "Where a run's start goes (one process, stage by stage):", "",
+              "| stage | seconds |", "|---|---:|",
+              f"| python start (`python -c pass`) | {run['python']:.2f} |",
+              f"| `import torch` | {run['stage_torch']:.2f} |",
+              f"| the timm modules a run uses (`timm.layers`, `.loss`, `.utils`, `.data`) | "
+              f"{run['stage_timm']:.2f} |",
+              f"| the rest of `import finetuning` (the project, PyAV, ...) | "
+              f"{run['stage_finetuning']:.2f} |",
+              f"| build the APT model (`vit_mini_patch8`) | {run['stage_build']:.3f} |",
+              f"| load the demo backbone | {run['stage_load']:.3f} |"]
     return "\n".join(lines) + "\n"
 
 
