@@ -174,9 +174,10 @@ def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float]
            repeats: int, machine: List[str]) -> str:
     """The Markdown table of both measurements, under the machine's description."""
     lines = [f"Start-up cost (benchmarks/bench_startup.py, medians of {repeats} runs each, "
-             f"checkout {root})", "", *machine, "",
-             "| command | `--help` wall (s) | peak RSS (MB) | heavy modules imported |",
-             "|---|---:|---:|---|"]
+             f"checkout {root})", "", *machine, ""]
+    if helps:
+        lines += ["| command | `--help` wall (s) | peak RSS (MB) | heavy modules imported |",
+                  "|---|---:|---:|---|"]
     for c, r in helps.items():
         lines.append(f"| `{c}` | {r['wall']:.2f} | {r['rss']:.0f} | {r['heavy']} |")
     if not run:
@@ -208,12 +209,14 @@ def main(argv: Sequence[str] = ()) -> str:
     p.add_argument("--root", default=ROOT, help="checkout to measure (default: this one)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--run_repeats", type=int, default=3)
-    p.add_argument("--help_only", action="store_true", help="measure --help only, not the run")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--help_only", action="store_true", help="measure --help only, not the run")
+    which.add_argument("--run_only", action="store_true", help="measure the run only, not --help")
     p.add_argument("--out", default="", help="write the Markdown table here")
     args = p.parse_args(list(argv) or None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = os.path.abspath(args.root)
-    helps = measure_help(root, args.repeats)
+    helps = {} if args.run_only else measure_help(root, args.repeats)
     run: Dict[str, float] = {}
     if not args.help_only:
         with tempfile.TemporaryDirectory() as work:
@@ -221,7 +224,8 @@ def main(argv: Sequence[str] = ()) -> str:
     # The project's helpers import torch: only now, once every child has been measured.
     from utils.machine import info_lines, machine_info
     from utils.outputs import atomic_file
-    table = report(root, helps, run, args.repeats, info_lines(machine_info()))
+    table = report(root, helps, run, args.run_repeats if args.run_only else args.repeats,
+                   info_lines(machine_info()))
     if args.out:
         with atomic_file(args.out, "w") as f:
             f.write(table)
