@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)  # entry point
 # The flags need only the launcher's settings (no torch); the sweep's modules (utils.sweep,
 # utils.sweep_report, tools.worlds: torch through their helpers) load once the flags are parsed
 # (docs/CONVENTIONS.md, "Entry points").
+from tools.plots import protocol_plot  # noqa: E402  (matplotlib only when it draws)
 from utils.config import ConfigError  # noqa: E402
 from utils.jobs import CLUSTERS, LaunchConfig  # noqa: E402
 
@@ -99,8 +100,7 @@ def world_specs(names: str, out: str) -> List[Tuple[SweepSpec, str]]:
 
 def sweep_one(spec: SweepSpec, launch: LaunchConfig, out: str, stage: str) -> Optional[str]:
     """One protocol into ``out``; returns its Markdown table (None after ``--stage val``)."""
-    # After the flags (entry point): the sweep, its report and its plot.
-    from tools.plots import protocol_plot
+    # After the flags (entry point): the sweep and its report.
     from utils.sweep import run_sweep
     from utils.sweep_report import build_report, write_report
     results = run_sweep(spec, launch, out, stage)
