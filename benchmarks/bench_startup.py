@@ -3,16 +3,20 @@
 Measured, each command in a fresh process (``subprocess``), medians over ``--repeats`` runs,
 commands interleaved round by round so a busy machine slows all alike:
 
-* ``--help`` of ``run_class_apt.py``, ``run_mae_pretraining.py`` and every ``tools/*.py``
-  command line: wall time and peak RSS (``os.wait4``'s ``ru_maxrss`` of that child), and which
-  heavy libraries the process had imported once its parser was built;
+* ``--help`` of every command line (``command_lines``: the ``run_*.py`` scripts and each
+  ``tools/*.py`` and ``benchmarks/*.py`` module with a ``__main__`` block): wall time and peak
+  RSS (``os.wait4``'s ``ru_maxrss`` of that child), and which heavy libraries the process had
+  imported once its parser was built;
 * a short fine-tuning run on the demo world sizes (``vit_mini_patch8``, 32x32, 8 frames, the
   demo backbone, a tiny data set of ``tools/make_synthetic.py``): one epoch and two epochs, both
   from the command line. The second epoch's time is the per-epoch cost, so the fixed cost of a
   run (process start, imports, model build and checkpoint load, data set build, the first
   step's warm-up, the final test) is ``2 * T(1 epoch) - T(2 epochs)``; the time per training step
   is the per-epoch cost over the steps of an epoch;
-* the imports a training run makes before its first step (``import finetuning``), alone.
+* the imports a training run makes before its first step (``import finetuning``), alone, and
+  where a run's start goes, step by step in one fresh process (``STAGES``): ``import torch``,
+  the timm modules a run uses (``timm.layers``, ``timm.loss``, ``timm.utils``, ``timm.data``),
+  the rest of ``import finetuning``, building the APT model, loading the demo backbone.
 
 This process imports nothing heavy before its children have run: Linux hands a forked child its
 parent's peak RSS as its own starting ``ru_maxrss``, so a parent holding torch would report
@@ -26,7 +30,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
+import json
 import logging
 import os
 import statistics
@@ -55,6 +61,25 @@ RUN_FLAGS = ["--model", "vit_mini_patch8", "--data_set", "custom", "--nb_classes
              "--test_num_segment", "1", "--test_num_crop", "1", "--lr", "1e-3",
              "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu", "--seed", "0",
              "--no_auto_resume", "--log_every", "1000", "--disable_eval_during_finetuning"]
+# A run's start, stage by stage, in one process; prints one JSON line of cumulative seconds.
+# The timm modules are those a run imports: models/vit.py's layers, engine.py's losses and
+# ModelEmaV3, the data pipeline's RandAugment and Mixup (timm.data).
+STAGES = """import json, time
+t = {{"start": time.perf_counter()}}
+import torch
+t["torch"] = time.perf_counter()
+import timm.layers, timm.loss, timm.utils, timm.data
+t["timm"] = time.perf_counter()
+import finetuning
+t["finetuning"] = time.perf_counter()
+from models import create_model, load_pretrained
+model = create_model("vit_mini_patch8", num_classes=4, all_frames=8, img_size=32,
+                     transfer_type="apt")
+t["build"] = time.perf_counter()
+load_pretrained(model, {backbone!r})
+t["load"] = time.perf_counter()
+print(json.dumps({{k: v - t["start"] for k, v in t.items()}}))
+"""
 BACKBONE = os.path.join("assets", "demo_backbone", "pretrain_videomae_mini_patch8.pth")
 
 
@@ -72,16 +97,24 @@ def timed(cmd: Sequence[str], cwd: str) -> Tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024.0, err  # ru_maxrss is in KiB on Linux
 
 
-def help_commands(root: str) -> List[str]:
-    """The command lines whose --help is measured (paths relative to ``root``)."""
-    tools = sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "tools", "*.py"))
-                   if os.path.basename(p) not in ("__init__.py", "plots.py"))
-    return ["run_class_apt.py", "run_mae_pretraining.py", *tools]
+def command_lines(root: str) -> List[str]:
+    """Every command line of checkout ``root`` (paths relative to it): the ``run_*.py`` scripts
+    and each ``tools/*.py`` / ``benchmarks/*.py`` module with an ``if __name__ == "__main__":``
+    block (library modules such as ``tools/worlds.py`` have none)."""
+    found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "run_*.py")))
+    for folder in ("tools", "benchmarks"):
+        for path in sorted(glob.glob(os.path.join(root, folder, "*.py"))):
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), filename=path)
+            if any(isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test)
+                   for stmt in tree.body):
+                found.append(f"{folder}/{os.path.basename(path)}")
+    return found
 
 
 def measure_help(root: str, repeats: int) -> Dict[str, Dict[str, object]]:
     """Median wall time and peak RSS of ``--help`` per command, and its heavy imports."""
-    commands = help_commands(root)
+    commands = command_lines(root)
     walls: Dict[str, List[float]] = {c: [] for c in commands}
     rss: Dict[str, List[float]] = {c: [] for c in commands}
     heavy: Dict[str, str] = {}
@@ -109,6 +142,8 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
     t1: List[float] = []
     t2: List[float] = []
     imports: List[float] = []
+    starts: List[float] = []
+    stages: Dict[str, List[float]] = {}
     for i in range(repeats):
         for epochs, out in ((1, t1), (2, t2)):
             run_dir = os.path.join(work, f"run{epochs}_{i}")
@@ -119,20 +154,30 @@ def measure_run(root: str, repeats: int, work: str) -> Dict[str, float]:
         module = "finetuning" if os.path.exists(os.path.join(root, "finetuning.py")) \
             else "run_class_apt"
         imports.append(timed([sys.executable, "-c", f"import {module}"], root)[0])
+        starts.append(timed([sys.executable, "-c", "pass"], root)[0])
+        probe = subprocess.run([sys.executable, "-c", STAGES.format(
+            backbone=os.path.join(root, BACKBONE))], cwd=root, check=True, capture_output=True,
+            text=True)
+        marks = json.loads(probe.stdout.strip().splitlines()[-1])
+        order = ["start", "torch", "timm", "finetuning", "build", "load"]
+        for before, after in zip(order, order[1:]):
+            stages.setdefault(after, []).append(marks[after] - marks[before])
     one, two = statistics.median(t1), statistics.median(t2)
     epoch = max(two - one, 0.0)
     return {"one_epoch": one, "two_epochs": two, "per_epoch": epoch,
             "per_step": epoch / max(steps, 1), "steps": float(steps), "fixed": one - epoch,
-            "imports": statistics.median(imports)}
+            "imports": statistics.median(imports), "python": statistics.median(starts),
+            **{f"stage_{k}": statistics.median(v) for k, v in stages.items()}}
 
 
 def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float],
            repeats: int, machine: List[str]) -> str:
     """The Markdown table of both measurements, under the machine's description."""
     lines = [f"Start-up cost (benchmarks/bench_startup.py, medians of {repeats} runs each, "
-             f"checkout {root})", "", *machine, "",
-             "| command | `--help` wall (s) | peak RSS (MB) | heavy modules imported |",
-             "|---|---:|---:|---|"]
+             f"checkout {root})", "", *machine, ""]
+    if helps:
+        lines += ["| command | `--help` wall (s) | peak RSS (MB) | heavy modules imported |",
+                  "|---|---:|---:|---|"]
     for c, r in helps.items():
         lines.append(f"| `{c}` | {r['wall']:.2f} | {r['rss']:.0f} | {r['heavy']} |")
     if not run:
@@ -144,7 +189,17 @@ def report(root: str, helps: Dict[str, Dict[str, object]], run: Dict[str, float]
               f"| 2 epochs, whole command | {run['two_epochs']:.2f} |",
               f"| fixed cost of a run (2 x 1 epoch - 2 epochs) | {run['fixed']:.2f} |",
               f"| of which: process start + imports of the run's modules | {run['imports']:.2f} |",
-              f"| time per training step | {run['per_step']:.3f} |"]
+              f"| time per training step | {run['per_step']:.3f} |", "",
+              "Where a run's start goes (one process, stage by stage):", "",
+              "| stage | seconds |", "|---|---:|",
+              f"| python start (`python -c pass`) | {run['python']:.2f} |",
+              f"| `import torch` | {run['stage_torch']:.2f} |",
+              f"| the timm modules a run uses (`timm.layers`, `.loss`, `.utils`, `.data`) | "
+              f"{run['stage_timm']:.2f} |",
+              f"| the rest of `import finetuning` (the project, PyAV, ...) | "
+              f"{run['stage_finetuning']:.2f} |",
+              f"| build the APT model (`vit_mini_patch8`) | {run['stage_build']:.3f} |",
+              f"| load the demo backbone | {run['stage_load']:.3f} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -154,12 +209,14 @@ def main(argv: Sequence[str] = ()) -> str:
     p.add_argument("--root", default=ROOT, help="checkout to measure (default: this one)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--run_repeats", type=int, default=3)
-    p.add_argument("--help_only", action="store_true", help="measure --help only, not the run")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--help_only", action="store_true", help="measure --help only, not the run")
+    which.add_argument("--run_only", action="store_true", help="measure the run only, not --help")
     p.add_argument("--out", default="", help="write the Markdown table here")
     args = p.parse_args(list(argv) or None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = os.path.abspath(args.root)
-    helps = measure_help(root, args.repeats)
+    helps = {} if args.run_only else measure_help(root, args.repeats)
     run: Dict[str, float] = {}
     if not args.help_only:
         with tempfile.TemporaryDirectory() as work:
@@ -167,7 +224,8 @@ def main(argv: Sequence[str] = ()) -> str:
     # The project's helpers import torch: only now, once every child has been measured.
     from utils.machine import info_lines, machine_info
     from utils.outputs import atomic_file
-    table = report(root, helps, run, args.repeats, info_lines(machine_info()))
+    table = report(root, helps, run, args.run_repeats if args.run_only else args.repeats,
+                   info_lines(machine_info()))
     if args.out:
         with atomic_file(args.out, "w") as f:
             f.write(table)

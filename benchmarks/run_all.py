@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,10 +25,12 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # entry point
 
-from benchmarks import common  # noqa: E402
-
-LOG = common.LOG
+# benchmarks.common (torch at its top) is imported once the flags are parsed, so --help answers
+# without torch (docs/CONVENTIONS.md, "Entry points"); the benchmarks themselves run in their
+# own processes.
+LOG = logging.getLogger("benchmarks")  # benchmarks.common's logger
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 BENCHES = {"cost": "bench_cost.py", "latency": "bench_latency.py",
            "train_step": "bench_train_step.py", "multitask": "bench_multitask.py"}
 ORDER = ["cost", "latency", "train_step"]  # then every other results/*.md, by name
@@ -42,7 +45,7 @@ def run_bench(name: str, quick: bool, compile_: str) -> float:
         cmd.append("--compile")
     LOG.info("running %s", " ".join(cmd[1:]))
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=common.ROOT)
+    subprocess.run(cmd, check=True, cwd=ROOT)
     return time.perf_counter() - start
 
 
@@ -60,6 +63,7 @@ def _pct(v: float) -> str:
 
 def targets_table(folder: str) -> List[str]:
     """One row per target (BENCHMARKS.md, 'Targets'), with the measured numbers and a verdict."""
+    from benchmarks.common import md_table  # after the flags (entry point): see the top
     lat, train = _load(folder, "latency"), _load(folder, "train_step")
     rows = []
     if lat and lat.get("cpu"):
@@ -116,13 +120,14 @@ def targets_table(folder: str) -> List[str]:
     else:
         rows.append(["GPU training throughput, MFU, SDPA vs math", "not measured: no GPU "
                      "available", "-"])
-    return common.md_table(["target", "measured", "verdict"], rows)
+    return md_table(["target", "measured", "verdict"], rows)
 
 
 def write_benchmarks_md(folder: str, path: str, durations: dict) -> None:
     sections = [os.path.join(folder, f"{n}.md") for n in ORDER]
     others = sorted(p for p in glob.glob(os.path.join(folder, "*.md")) if p not in sections)
-    info = common.machine_info()
+    from benchmarks.common import machine_info  # after the flags (entry point): see the top
+    info = machine_info()
     lines = ["# Benchmarks", "",
              "Written by `python benchmarks/run_all.py` (`make bench`); every table below comes "
              "from that run and names its machine, versions and date. Scripts: "
@@ -158,7 +163,6 @@ def write_benchmarks_md(folder: str, path: str, durations: dict) -> None:
 
 
 def main(argv=None) -> str:
-    common.setup_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="smoke run: small models; results go to a temporary folder")
@@ -170,6 +174,8 @@ def main(argv=None) -> str:
     p.add_argument("--no-run", action="store_true",
                    help="only rebuild BENCHMARKS.md from the existing results")
     args = p.parse_args(argv)
+    from benchmarks import common  # after the flags (entry point): torch, the machine's description
+    common.setup_logging()
     durations = {}
     if not args.no_run:
         for name in args.only or list(BENCHES):
@@ -182,7 +188,7 @@ def main(argv=None) -> str:
     with open(durations_file, "w") as f:
         json.dump(durations, f, indent=1)
     out = os.path.join(folder, "BENCHMARKS.md") if args.quick else \
-        os.path.join(common.ROOT, "BENCHMARKS.md")
+        os.path.join(ROOT, "BENCHMARKS.md")
     write_benchmarks_md(folder, out, durations)
     LOG.info("wrote %s", out)
     return out

@@ -23,7 +23,7 @@ import utils
 from engine_checkpoints import TrainingCheckpoints
 from models import create_model, create_model_from_config, load_pretrained
 from tests.engine_helpers import ROOT, make_data, parse, run_main, subprocess_env, tiny_argv
-from tools import export
+from tools import export, exporting
 
 TOL = 1e-4
 LORA_RANK = 5  # alpha / rank = 2; 5 is no other dimension of the model
@@ -307,20 +307,22 @@ def test_checkpoint_without_flags_is_refused(ckpts, tmp_path, caplog):
     assert "no_args.pth" in caplog.text and "'args'" in caplog.text
 
 
-def test_bad_flags_are_refused_before_reading_the_checkpoint(tmp_path, caplog):
+def test_bad_flags_are_refused_before_reading_the_checkpoint(tmp_path, caplog, capsys):
     missing = str(tmp_path / "missing.pth")
     for flags, named in ((["--format", "onnx", "--opset", "17"], "--opset 17"),
-                         (["--format", "torch", "--batch", "0"], "--batch"),
-                         (["--format", "torch"], "missing.pth")):
-        caplog.clear()
-        assert export.main(["--resume", missing, "--out", str(tmp_path / "x"), *flags]) == 2
-        assert named in caplog.text
+                         (["--format", "torch", "--batch", "0"], "--batch")):
+        with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+            export.main(["--resume", missing, "--out", str(tmp_path / "x"), *flags])
+        assert exit_.value.code == 2 and named in capsys.readouterr().err
+    assert export.main(["--resume", missing, "--out", str(tmp_path / "x"),
+                        "--format", "torch"]) == 2
+    assert "missing.pth" in caplog.text
 
 
 def test_a_file_that_does_not_compute_the_model_fails_its_check(ckpts, tmp_path, monkeypatch,
                                                                 caplog):
-    real = export.run_exported
-    monkeypatch.setattr(export, "run_exported", lambda *a: real(*a) + 1e-2)
+    real = exporting.run_exported
+    monkeypatch.setattr(exporting, "run_exported", lambda *a: real(*a) + 1e-2)
     out = str(tmp_path / "bad.pt2")
     assert export.main(["--resume", ckpts["linear"][0], "--format", "torch", "--out", out]) == 1
     assert "bad.pt2" in caplog.text and "differ" in caplog.text

@@ -236,7 +236,7 @@ def test_readers_skip_a_bad_log_line_naming_it(trained, tmp_path, caplog):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{path} line 2 skipped: not JSON" in proc.stderr
     assert os.path.getsize(tmp_path / "plot.png") > 0
-    from tools.demo import read_log as demo_read_log
+    from tools.demo_stages import read_log as demo_read_log
     assert demo_read_log(path) == [json.loads(line) for line in lines]  # all but the bad one
     assert f"{path} line 2 skipped" in caplog.text
 

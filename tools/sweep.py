@@ -26,18 +26,20 @@ import os
 import signal
 import sys
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # entry point
 
-from tools.plots import protocol_plot  # noqa: E402
-from tools.worlds import committed_backbone, make_data, protocol_spec, world_config  # noqa: E402
+# The flags need only the launcher's settings (no torch); the sweep's modules (utils.sweep,
+# utils.sweep_report, tools.worlds: torch through their helpers) load once the flags are parsed
+# (docs/CONVENTIONS.md, "Entry points").
+from tools.plots import protocol_plot  # noqa: E402  (matplotlib only when it draws)
 from utils.config import ConfigError  # noqa: E402
 from utils.jobs import CLUSTERS, LaunchConfig  # noqa: E402
-from utils.sweep import SweepSpec, run_sweep  # noqa: E402
-from utils.outputs import atomic_file  # noqa: E402
-from utils.sweep_report import build_report, write_report  # noqa: E402
+
+if TYPE_CHECKING:
+    from utils.sweep import SweepSpec
 
 logger = logging.getLogger("sweep")
 L = LaunchConfig
@@ -78,6 +80,8 @@ def stop_on_signal(signum: int, frame: Any) -> None:
 
 def world_specs(names: str, out: str) -> List[Tuple[SweepSpec, str]]:
     """``--world``: each world's protocol and folder; its labelled videos written once."""
+    # After the flags (entry point): the worlds' data and protocols.
+    from tools.worlds import committed_backbone, make_data, protocol_spec, world_config
     backbone = committed_backbone()
     specs = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
@@ -96,6 +100,9 @@ def world_specs(names: str, out: str) -> List[Tuple[SweepSpec, str]]:
 
 def sweep_one(spec: SweepSpec, launch: LaunchConfig, out: str, stage: str) -> Optional[str]:
     """One protocol into ``out``; returns its Markdown table (None after ``--stage val``)."""
+    # After the flags (entry point): the sweep and its report.
+    from utils.sweep import run_sweep
+    from utils.sweep_report import build_report, write_report
     results = run_sweep(spec, launch, out, stage)
     if results is None:
         logger.info("val stage done: %s", os.path.join(out, "selection.json"))
@@ -115,6 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; exit status 2 for a protocol or flag that cannot run."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    # After the flags (entry point): the protocol's settings and the atomic writes.
+    from utils.outputs import atomic_file
+    from utils.sweep import SweepSpec
     try:
         if args.protocol:
             specs = [(SweepSpec.from_json(args.protocol), args.output_dir)]
