@@ -11,7 +11,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, Optional
+import argparse
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -23,9 +24,10 @@ from models import CheckpointError, cost_report
 from models.config import FinetuneConfig
 from models.released import released_info
 from models.factory import create_model_from_config
-from runs import build_model, checkpoint_class_names, load_weights, read_eval_checkpoint
+from runs import (build_model, checkpoint_class_names, find_eval_checkpoint, load_weights,
+                  read_eval_checkpoint)
 from utils import deepspeed_engine
-from utils.config import ConfigError
+from utils.config import ConfigError, RunConfig, from_namespace
 from utils.outputs import OutputWriteError
 from utils.run import RunRecords, run_facts, started_run
 from utils.runlock import RunLockError
@@ -136,12 +138,31 @@ def setup_logging() -> None:
     utils.setup_logging(rank=int(os.environ.get("RANK", "0")))
 
 
-def run(cfg: FinetuneConfig, flops: bool = False) -> Dict[str, Any]:
+def eval_class_count(args: argparse.Namespace) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """``--eval --data_set custom`` without ``--nb_classes``: the class count is the one of the
+    checkpoint to evaluate (a released classifier's head, the flags a run saved), set into
+    ``args`` before the settings are made; returns the checkpoint read (path, contents) for
+    :func:`run`, so it is read once. Anything else: ``None``, ``args`` untouched (a missing
+    count is then refused by the settings, as for training)."""
+    if not args.eval or args.data_set != "custom" or args.nb_classes is not None or args.flops:
+        return None
+    found = find_eval_checkpoint(from_namespace(RunConfig, args))
+    count = (found[1].get("args") or {}).get("nb_classes")
+    if count is None:
+        return None
+    logger.info("--eval: %d classes, the class count of %s", int(count), found[0])
+    args.nb_classes = int(count)
+    return found
+
+
+def run(cfg: FinetuneConfig, flops: bool = False,
+        eval_found: Optional[Tuple[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Train (or with ``--eval`` only test) as ``cfg`` says; returns the final results.
 
     Args:
         cfg: the run's settings (``run_class_apt.make_config`` of the flags).
         flops: ``--flops``: print parameters and FLOPs of one clip and return them.
+        eval_found: ``--eval``: the checkpoint :func:`eval_class_count` already read.
     """
     if flops:
         return run_flops(cfg)
@@ -158,7 +179,7 @@ def run(cfg: FinetuneConfig, flops: bool = False) -> Dict[str, Any]:
     with started_run(cfg.run, force_group=cfg.deepspeed and not cfg.eval) as dist:
         path, ckpt = "", None
         if cfg.eval:
-            path, ckpt, cfg = read_eval_checkpoint(cfg)
+            path, ckpt, cfg = read_eval_checkpoint(cfg, eval_found)
         run = prepare(cfg, dist, ckpt, path)
         # The flags as given, and what the run resolved from them.
         resolved = {**cfg.flags, **cfg.model.architecture(), **run_facts(dist),

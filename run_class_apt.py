@@ -194,7 +194,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     # --help and a refused flag cost no torch import (docs/CONVENTIONS.md, "Entry points").
     import finetuning
     finetuning.setup_logging()
-    return finetuning.run(make_config(args), flops=args.flops)
+    found = finetuning.eval_class_count(args)  # --eval of a custom set: the checkpoint's count
+    return finetuning.run(make_config(args), flops=args.flops, eval_found=found)
 
 
 def cli(argv: Optional[List[str]] = None) -> int:

@@ -34,7 +34,7 @@ from models.method_state import check_backbone
 from models.released import (apply_released, check_class_count, read_trained_checkpoint,
                              released_info)
 from models.run_checkpoints import load_newest_readable, read_checkpoint
-from utils.config import ConfigError
+from utils.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -202,12 +202,14 @@ def load_weights(cfg: FinetuneConfig, model: torch.nn.Module, device: torch.devi
     return backbone_path, counts
 
 
-def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], FinetuneConfig]:
-    """``--eval``: find and read the checkpoint to evaluate; returns its path, its contents and
-    the settings with the checkpoint's architecture (the command line's, where it differs, are
-    overruled with a warning). A released classifier also gives its class count (a
-    ``--nb_classes`` that disagrees is refused) and, where it records it, its clip shape."""
-    run = cfg.run
+def find_eval_checkpoint(run: RunConfig) -> Tuple[str, Dict[str, Any]]:
+    """``--eval``: the checkpoint to evaluate (``--resume``, else with ``--auto_resume`` the
+    newest readable one of ``--output_dir``), read; returns its path and contents.
+
+    Raises:
+        FileNotFoundError: ``--resume`` names no file.
+        ConfigError: no checkpoint to evaluate (the untrained model never is).
+    """
     found = None
     if run.resume:
         if not os.path.exists(run.resume):
@@ -221,6 +223,23 @@ def read_eval_checkpoint(cfg: FinetuneConfig) -> Tuple[str, Dict[str, Any], Fine
             if run.output_dir and run.auto_resume else "no --resume given"
         raise ConfigError(f"--eval needs a trained checkpoint to evaluate ({where}); pass "
                           f"--resume PATH. The untrained model is never evaluated.")
+    return found
+
+
+def read_eval_checkpoint(cfg: FinetuneConfig,
+                         found: Optional[Tuple[str, Dict[str, Any]]] = None
+                         ) -> Tuple[str, Dict[str, Any], FinetuneConfig]:
+    """``--eval``: find and read the checkpoint to evaluate; returns its path, its contents and
+    the settings with the checkpoint's architecture (the command line's, where it differs, are
+    overruled with a warning). A released classifier also gives its class count (a
+    ``--nb_classes`` that disagrees is refused) and, where it records it, its clip shape.
+
+    Args:
+        cfg: the run's settings.
+        found: the checkpoint already read by :func:`find_eval_checkpoint` (path, contents).
+    """
+    if found is None:
+        found = find_eval_checkpoint(cfg.run)
     path, ckpt = found
     if released_info(ckpt) is not None:
         return path, ckpt, released_eval_config(cfg, ckpt, path)

@@ -163,3 +163,24 @@ def test_predict_command_line_answers_with_the_hf_names(tmp_path, data, capsys):
     assert code == 0
     table = capsys.readouterr().out
     assert all(name in table for name in NAMES)
+
+
+def test_eval_of_a_custom_set_takes_the_class_count_of_the_checkpoint(tmp_path, data, caplog,
+                                                                      monkeypatch):
+    """``--data_set custom`` without ``--nb_classes``: a released ``.pth`` gives its 3 classes
+    (the list's), read once; before, the flags were refused before the file was opened."""
+    import runs
+    path = tmp_path / "videomae_finetuned.pth"
+    torch.save({"model": videomae_classifier(num_classes=3).state_dict()}, path)
+    reads = []
+    real = runs.read_trained_checkpoint
+    monkeypatch.setattr(runs, "read_trained_checkpoint",
+                        lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    out = str(tmp_path / "eval")
+    run_main(tiny_argv(data, out, transfer_type="linear", eval=True, resume=str(path),
+                       nb_classes=None))
+    assert final_record(out)["test_videos"] == 9
+    assert f"--eval: 3 classes, the class count of {path}" in caplog.text
+    assert reads == [str(path)]
+    with open(os.path.join(out, "eval_args.json"), encoding="utf-8") as f:
+        assert '"nb_classes": 3' in f.read()
