@@ -9,8 +9,13 @@ in motion).
 
     python benchmarks/bench_learnability.py             # ~8 minutes on 2 CPU cores
     python benchmarks/bench_learnability.py --quick     # smoke run
+    python benchmarks/bench_learnability.py --relations_grid   # ~25 minutes
 
-Writes ``benchmarks/results/learnability.md`` (BENCHMARKS.md includes it).
+Writes ``benchmarks/results/learnability.md`` (BENCHMARKS.md includes it). ``--relations_grid``
+asks instead whether the token grid is what keeps the relations world from being learned: the
+same ViT from scratch on relations clips with finer patches, more temporal tokens, a learnable
+position embedding and a longer schedule (``benchmarks/results/learnability_relations_grid.md``,
+docs/WORLDS.md).
 """
 from __future__ import annotations
 
@@ -45,12 +50,13 @@ def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * (pred == y).float().mean().item()
 
 
-def curve(x, y, xt, yt, steps: int, every: int, lr: float = 1e-3, batch: int = 64
-          ) -> List[Dict[str, float]]:
-    """AdamW with a one-cycle schedule; held-out top-1 every ``every`` steps."""
+def curve(x, y, xt, yt, steps: int, every: int, lr: float = 1e-3, batch: int = 64,
+          **architecture) -> List[Dict[str, float]]:
+    """AdamW with a one-cycle schedule; held-out top-1 every ``every`` steps. ``architecture``
+    overrides keywords of ``vit_mini_patch8`` (``patch_size``, ``tubelet_size``, ...)."""
     torch.manual_seed(0)
     model = create_model("vit_mini_patch8", num_classes=8, all_frames=x.shape[2],
-                         img_size=x.shape[-1])
+                         img_size=x.shape[-1], **architecture)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(0)
@@ -70,12 +76,65 @@ def curve(x, y, xt, yt, steps: int, every: int, lr: float = 1e-3, batch: int = 6
     return rows
 
 
+# name -> (frames, input size, steps, architecture keywords); 32-pixel clips drawn at 64.
+GRID_VARIANTS = {
+    "8x8 patches, tubelet 2 (the demo's grid: 4x4x4 = 64 tokens)": (8, 32, 800, {}),
+    "4x4 patches, tubelet 2 (4x8x8 = 256 tokens)": (8, 32, 800, dict(patch_size=4)),
+    "8x8 patches, tubelet 1 (8x4x4 = 128 tokens)": (8, 32, 800, dict(tubelet_size=1)),
+    "the demo's grid, learnable position embedding": (8, 32, 800,
+                                                      dict(use_learnable_pos_emb=True)),
+    "the demo's grid, 4x the steps": (8, 32, 3200, {}),
+}
+
+
+def relations_grid(quick: bool) -> None:
+    """The relations world from scratch under several token grids (docs/WORLDS.md): 300
+    training and 60 held-out clips per class, AdamW 2e-3, one-cycle, batch 32."""
+    per_class, held_out = (10, 5) if quick else (300, 60)
+    lines = ["## Learnability of the relations world under other token grids (from scratch)", "",
+             *common.header_lines(common.machine_info()),
+             f"- `vit_mini_patch8` (4 blocks, width 128) from random initialisation with the "
+             f"architecture changes below, relations world, 8 classes (chance 12.5%), "
+             f"{8 * per_class} training and {8 * held_out} held-out clips of 8 frames (32x32, "
+             f"drawn at 64), AdamW 2e-3, one-cycle schedule, batch 32, no augmentation; "
+             f"train top-1 on the first 800 training clips. `python "
+             f"benchmarks/bench_learnability.py --relations_grid`", "",
+             "| variant | steps | train top-1 (%) | held-out top-1 (%) | seconds |",
+             "|---|---:|---:|---:|---:|"]
+    data: Dict[tuple, tuple] = {}
+    for name, (frames, size, steps, arch) in GRID_VARIANTS.items():
+        if (frames, size) not in data:
+            x, y = render_clip_batch(per_class, seed=1, num_frames=frames, input_size=size,
+                                     world="relations")
+            xt, yt = render_clip_batch(held_out, seed=2, num_frames=frames, input_size=size,
+                                       world="relations")
+            data[frames, size] = (to_input(x), torch.from_numpy(y), to_input(xt),
+                                  torch.from_numpy(yt))
+        x, y, xt, yt = data[frames, size]
+        steps = 8 if quick else steps
+        common.LOG.info("%s", name)
+        rows = curve(x[:480] if quick else x, y[:480] if quick else y, xt, yt, steps,
+                     every=steps // 4 or 1, lr=2e-3, batch=32, **arch)
+        for r in rows:
+            lines.append(f"| {name} | {r['step']} | {r['train']:.1f} | {r['held_out']:.1f} | "
+                         f"{r['seconds']:.0f} |")
+    out = os.path.join(common.RESULTS if not quick else "/tmp", "learnability_relations_grid.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    common.LOG.info("wrote %s", out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--relations_grid", action="store_true",
+                   help="the relations world under other token grids instead (~25 minutes)")
     a = p.parse_args()
     common.setup_threads(a.threads)
+    if a.relations_grid:
+        relations_grid(a.quick)
+        return
     per_class, steps, every = (20, 20, 10) if a.quick else (400, 600, 100)
     x, y = render_clip_batch(per_class, seed=1)
     xt, yt = render_clip_batch(50 if not a.quick else 5, seed=2)
