@@ -243,9 +243,18 @@ def read_eval_checkpoint(cfg: FinetuneConfig,
     path, ckpt = found
     if released_info(ckpt) is not None:
         return path, ckpt, released_eval_config(cfg, ckpt, path)
-    model_cfg, changes = cfg.model.with_architecture(ckpt.get("args") or {})
+    saved = ckpt.get("args") or {}
+    model_cfg, changes = cfg.model.with_architecture(saved)
     for change in changes:
         logger.warning("--eval: using the checkpoint's %s", change)
+    # The clip shape stays the command line's (testing at another size is a study one may
+    # want), but a shape left at the defaults is the common slip: say so.
+    other = [f"--{k} {getattr(cfg.data, k)} (trained with {saved[k]})"
+             for k in ("num_frames", "input_size", "sampling_rate")
+             if k in saved and saved[k] != getattr(cfg.data, k)]
+    if other:
+        logger.warning("--eval: %s was trained on other clips; testing with %s. Pass the "
+                       "run's flags to test as it was trained", path, ", ".join(other))
     return path, ckpt, dataclasses.replace(cfg, model=model_cfg)
 
 

@@ -60,6 +60,21 @@ def test_eval_takes_network_and_backbone_from_the_checkpoint(tmp_path, data, bac
     assert (again["Final top-1"], again["Final top-5"]) == (first["Final top-1"], first["Final top-5"])
 
 
+def test_eval_warns_when_the_clip_differs_from_the_trained_one(tmp_path, data, backbone, caplog):
+    """--eval tests with the command line's clip; one that differs from the run's is named."""
+    out = str(tmp_path / "run")
+    run_main(tiny_argv(data, out, "linear", finetune=backbone))
+    last = os.path.join(out, "checkpoint-last.pth")
+    caplog.clear()
+    run_main(tiny_argv(data, str(tmp_path / "same"), "linear", eval=True, resume=last))
+    assert "trained on other clips" not in caplog.text
+    caplog.clear()
+    run_main(tiny_argv(data, str(tmp_path / "other"), "linear", eval=True, resume=last,
+                       sampling_rate=1))
+    assert (f"--eval: {last} was trained on other clips; testing with --sampling_rate 1 "
+            f"(trained with 2)") in caplog.text
+
+
 def test_test_best_uses_the_best_validation_checkpoint(tmp_path, data, backbone):
     out = str(tmp_path / "run")
     run_main(tiny_argv(data, out, "linear", finetune=backbone, epochs=2, test_best=True))
