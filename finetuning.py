@@ -7,11 +7,11 @@ pipeline, the engines) is imported once the flags are read.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
-import argparse
 from typing import Any, Dict, Optional, Tuple
 
 import torch

@@ -34,7 +34,7 @@ from models.method_state import check_backbone
 from models.released import (apply_released, check_class_count, read_trained_checkpoint,
                              released_info)
 from models.run_checkpoints import load_newest_readable, read_checkpoint
-from utils.config import ConfigError, RunConfig
+from utils.config import CLIP_AT_LEAST_ONE, ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -250,8 +250,7 @@ def read_eval_checkpoint(cfg: FinetuneConfig,
     # The clip shape stays the command line's (testing at another size is a study one may
     # want), but a shape left at the defaults is the common slip: say so.
     other = [f"--{k} {getattr(cfg.data, k)} (trained with {saved[k]})"
-             for k in ("num_frames", "input_size", "sampling_rate")
-             if k in saved and saved[k] != getattr(cfg.data, k)]
+             for k in CLIP_AT_LEAST_ONE if k in saved and saved[k] != getattr(cfg.data, k)]
     if other:
         logger.warning("--eval: %s was trained on other clips; testing with %s. Pass the "
                        "run's flags to test as it was trained", path, ", ".join(other))
