@@ -31,7 +31,7 @@ demo: install
 	$(PY) tools/demo.py --output_dir demo_output $(DEMO_ARGS)
 
 compare: install
-	$(PY) tools/sweep.py --world motion,relations --output_dir compare_output $(COMPARE_ARGS)
+	$(PY) tools/sweep.py --world motion,pairs --output_dir compare_output $(COMPARE_ARGS)
 
 demo-backbone: install
 	$(PY) tools/demo.py --build_backbone --output_dir demo_output/backbone $(DEMO_ARGS)

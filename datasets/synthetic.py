@@ -331,11 +331,115 @@ def render_relation_clip(relation: str, num_frames: int, height: int, width: int
     return _add_noise(img, rng, noise_max)
 
 
+# Pairs world: classes are relations between the motions of two objects.
+PAIR_CLASSES: Tuple[str, ...] = (
+    "move_same_way", "move_opposite_ways", "move_at_right_angles",
+    "move_same_way_in_turn", "move_opposite_ways_in_turn", "move_at_right_angles_in_turn",
+    "scale_same_way", "scale_opposite_ways",
+)
+_AXES = ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))  # quarter turns apart, clockwise
+
+
+def _pair_motions(relation: str, tau: np.ndarray, small: float, rng: np.random.Generator
+                  ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``(shift (T, 2), scale (T,))`` of each of the two actors for clip times ``tau`` in
+    [-0.5, 0.5]. The first actor's direction (or growing/shrinking) is drawn uniformly; the class
+    fixes only how the second one's relates to it, so either actor alone looks the same in every
+    class of its family."""
+    n = len(tau)
+    u = tau + 0.5                                   # 0 -> 1 over the clip
+    k = int(rng.integers(0, 4))
+    if relation.startswith("scale_"):
+        signs = (1 if k % 2 else -1,) * 2
+        if relation == "scale_opposite_ways":
+            signs = (signs[0], -signs[0])
+        return [(np.zeros((n, 2)), rng.uniform(2.0, 2.6) ** (sign * tau)) for sign in signs]
+    base = relation[:-len("_in_turn")] if relation.endswith("_in_turn") else relation
+    turn = {"move_same_way": 0, "move_opposite_ways": 2,
+            "move_at_right_angles": int(rng.choice([1, 3]))}[base]
+    if relation.endswith("_in_turn"):
+        # One moves during the first half while the other waits, then the other: each covers its
+        # path at twice the speed of "together".
+        fractions = (np.clip(2 * u, 0, 1), np.clip(2 * u - 1, 0, 1))
+    else:
+        fractions = (u, u)
+    out = []
+    for frac, axis in zip(fractions, (k, (k + turn) % 4)):
+        travel = rng.uniform(0.3, 0.4) * small
+        out.append(((frac - 0.5)[:, None] * travel * np.array(_AXES[axis])[None, :], np.ones(n)))
+    return out
+
+
+def render_pair_clip(relation: str, num_frames: int, height: int, width: int,
+                     rng: np.random.Generator, noise_max: float = 4.0,
+                     distractors: int = 0) -> np.ndarray:
+    """Render one clip of a pairs class: two actors (random shapes, colours and sizes) whose
+    motions relate as the class says (same way, opposite ways or at right angles, together or in
+    turn; growing/shrinking the same way or opposite ways), on a dark background with a faint
+    gradient and pixel noise, plus static distractor shapes.
+
+    Each actor's own motion is drawn from the same distribution in every class of its family
+    (a move along one of four directions, or a growth or shrinking), so neither one frame nor one
+    actor tells the class: the class is the relation between the two motions (docs/WORLDS.md).
+
+    Args:
+        relation: one of :data:`PAIR_CLASSES`.
+        num_frames: frames in the clip.
+        height: frame height.
+        width: frame width.
+        rng: the clip's random generator.
+        noise_max: largest standard deviation of the per-frame pixel noise.
+        distractors: static shapes besides the two actors.
+
+    Returns:
+        uint8 ``(num_frames, height, width, 3)``.
+    """
+    if relation not in PAIR_CLASSES:
+        raise ValueError(f"unknown pairs class {relation!r}; known: {', '.join(PAIR_CLASSES)}")
+    small = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.broadcast_to(_background(rng, xx, yy, small), (num_frames, height, width, 3)).copy()
+    tau = np.arange(num_frames) / max(num_frames - 1, 1) - 0.5
+    radius_range = (0.08, 0.11) if relation.startswith("scale_") else (0.09, 0.12)
+    actors = []
+    for shift, scale in _pair_motions(relation, tau, small, rng):
+        kind, aspect = _shape_kind(rng)
+        actors.append(dict(kind=kind, aspect=aspect, r=rng.uniform(*radius_range) * small,
+                           angle=rng.uniform(0, 2 * math.pi), colour=rng.uniform(140, 255, size=3),
+                           shift=shift, scale=scale))
+    # Place each path inside the frame; redraw (up to 50 times) until the two never touch, so
+    # one does not hide the other.
+    for _ in range(50):
+        paths = []
+        for a in actors:
+            reach = a["r"] * a["scale"].max() * 1.05
+            lo = reach - a["shift"].min(axis=0)
+            hi = np.array([width, height]) - reach - a["shift"].max(axis=0)
+            paths.append(rng.uniform(lo, np.maximum(hi, lo)) + a["shift"])
+        gap = np.linalg.norm(paths[0] - paths[1], axis=1).min()
+        if gap > sum(a["r"] * a["scale"].max() for a in actors) + 1:
+            break
+    for _ in range(distractors):
+        r = rng.uniform(0.07, 0.11) * small
+        centre = rng.uniform([r, r], [width - r, height - r])
+        kind, aspect = _shape_kind(rng)
+        mask = _shape_mask(kind, xx, yy, centre[0], centre[1], r, rng.uniform(0, 2 * math.pi),
+                           aspect)
+        img[:, mask] = rng.uniform(140, 255, size=3)
+    for a, path in zip(actors, paths):
+        for t in range(num_frames):
+            img[t][_shape_mask(a["kind"], xx, yy, path[t, 0], path[t, 1], a["r"] * a["scale"][t],
+                               a["angle"], a["aspect"])] = a["colour"]
+    return _add_noise(img, rng, noise_max)
+
+
 # World name -> (class names in label order, renderer(class, num_frames, height, width, rng,
 # distractors=...)). "motion": one kind of motion per class; "relations": how two objects move
-# relative to each other, as in Something-Something-V2.
+# relative to each other, as in Something-Something-V2; "pairs": how the motions of two objects
+# relate (same way, opposite ways, at right angles, together or in turn).
 WORLDS = {"motion": (MOTION_CLASSES, render_clip),
-          "relations": (RELATION_CLASSES, render_relation_clip)}
+          "relations": (RELATION_CLASSES, render_relation_clip),
+          "pairs": (PAIR_CLASSES, render_pair_clip)}
 
 
 def world_classes(world: str) -> Tuple[str, ...]:

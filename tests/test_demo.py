@@ -39,15 +39,15 @@ def test_quick_demo_produces_the_full_table(tmp_path):
     stages = {p.name for p in (out / "motion" / "tensorboard").iterdir()}
     assert {"apt", "linear_probing", "linear_random", "vpt-deep", "end2end"} <= stages
 
-    # The relations world: its own data (relation classes), five rows, its four targets.
-    rel = json.loads((out / "relations" / "results.json").read_text())
-    assert rel["config"]["world"] == "relations"
+    # The pairs world: its own data (pairs classes), five rows, its four targets.
+    rel = json.loads((out / "pairs" / "results.json").read_text())
+    assert rel["config"]["world"] == "pairs"
     assert [r["method"] for r in rel["rows"]] == ["linear (random backbone)", "linear probing",
                                                   "VPT-deep", "APT (ours)", "end2end"]
     rel_notes = [n for n in rel["notes"] if "target met" in n or "TARGET MISSED" in n]
     assert len(rel_notes) == 4 and any("headroom" in n for n in rel_notes)
     assert any("recovers" in n for n in rel_notes)
-    classes = (out / "relations" / "data" / "classes.txt").read_text().split()
-    assert classes == ["0", "approach", "1", "retreat", "2", "orbit_clockwise"]
+    classes = (out / "pairs" / "data" / "classes.txt").read_text().split()
+    assert classes == ["0", "move_same_way", "1", "move_opposite_ways", "2", "move_at_right_angles"]
     summary = (out / "results.md").read_text()
-    assert "Synthetic motion classes" in summary and "Synthetic relation classes" in summary
+    assert "Synthetic motion classes" in summary and "Synthetic pairs of motions" in summary

@@ -9,7 +9,7 @@ from tools.worlds import PROTOCOL_GRIDS, protocol_spec, world_config
 from utils.sweep import SweepSpec, val_jobs
 
 
-@pytest.mark.parametrize("world", ["motion", "relations"])
+@pytest.mark.parametrize("world", ["motion", "pairs", "relations"])
 def test_world_protocol_is_fair_and_every_job_parses(world, tmp_path):
     cfg = world_config(world)
     spec = protocol_spec(cfg, str(tmp_path / "data"), "backbone.pth", str(tmp_path / "cache"))

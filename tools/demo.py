@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--world", default="motion,relations",
-                        help="comma-separated worlds to run (motion, relations); each writes "
+    parser.add_argument("--world", default="motion,pairs",
+                        help="comma-separated worlds to run (motion, pairs, relations); each writes "
                              "OUTPUT_DIR/<world>/")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, one epoch, pre-training included (tests)")

@@ -11,8 +11,8 @@ Usage::
 
     python tools/make_synthetic.py --out data/synthetic --num_classes 8 --videos_per_class 30 \
         --num_frames 32 --size 64 --seed 0
-    python tools/make_synthetic.py --world relations --distractors 1 --out data/relations \
-        --videos_per_class 240 --splits train:0.625,val:0.125,test:0.25
+    python tools/make_synthetic.py --world pairs --out data/pairs \
+        --videos_per_class 540 --splits train:450,val:30,test:60
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (use it as --data_path)")
     p.add_argument("--world", default="motion", choices=sorted(WORLDS),
-                   help="motion: kinds of motion; relations: how two objects move relative to "
-                        "each other (Something-Something-like)")
+                   help="motion: kinds of motion; pairs: how the motions of two objects relate "
+                        "(Something-Something-like, the demo's headroom world); relations: how "
+                        "two objects move relative to each other")
     p.add_argument("--num_classes", type=int, default=8,
                    help=", ".join(f"{w}: at most {len(c)}" for w, (c, _) in WORLDS.items()))
     p.add_argument("--videos_per_class", type=int, default=20)
@@ -47,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--distractors", type=int, default=0,
                    help="shapes per video besides the actors (motion: dimmer shapes doing random "
-                        "motions, a harder variant; relations: static shapes, the demo uses 1)")
+                        "motions, a harder variant; pairs and relations: static shapes)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

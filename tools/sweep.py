@@ -6,7 +6,7 @@ bootstrap intervals (docs/EVALUATION.md, 'Comparing methods fairly').
     python tools/sweep.py --protocol protocol.json --output_dir sweeps/motion --jobs 2 --threads 1
     python tools/sweep.py --protocol protocol.json --output_dir sweeps/motion \\
         --cluster slurm --partition gpu --gpus_per_node 1 --threads 8 --jobs 16 --timeout_min 240
-    python tools/sweep.py --world motion,relations --output_dir compare_output   # make compare
+    python tools/sweep.py --world motion,pairs --output_dir compare_output   # make compare
 
 ``--world`` runs the built-in protocol of the demo worlds (``tools/worlds.py``:
 ``protocol_spec``): it writes each world's labelled videos (once) and sweeps it into
@@ -52,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="the protocol (JSON: data, backbone, flags, methods and grids, "
                             "seeds; the keys of utils.sweep.SweepSpec)")
     which.add_argument("--world", metavar="NAME[,NAME]",
-                       help="the built-in protocol of demo worlds (motion, relations), each "
+                       help="the built-in protocol of demo worlds (motion, pairs, relations), each "
                             "into OUTPUT_DIR/<world>/ (`make compare`)")
     parser.add_argument("--output_dir", required=True, help="the sweep's folder (resumable)")
     parser.add_argument("--stage", default="all", choices=["all", "val"],
