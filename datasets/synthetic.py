@@ -1,4 +1,9 @@
-"""Synthetic action data sets of real video files, deterministic from a seed: two worlds.
+"""Synthetic action data sets of real video files, deterministic from a seed: three worlds.
+
+**pairs** (:func:`render_pair_clip`): each class is a relation between the motions of two
+objects (the same way, opposite ways or at right angles, together or in turn; growing/shrinking
+the same or opposite ways), each object's own motion drawn alike in every class; the demo's
+headroom world, docs/WORLDS.md.
 
 **relations** (:func:`render_relation_clip`): each class is a relation between two objects over
 time, as in Something-Something-V2 (approach, retreat, orbit either way, touch-and-return,

@@ -136,8 +136,9 @@ def test_one_frame_does_not_tell_the_class(world):
 def test_small_world_is_learnable_with_headroom_over_linear_probing(world):
     """Fine-tuning the backbone learns what a linear probe of its frozen features cannot read
     off, and the frozen features still carry more than a random backbone's. Measured on this
-    small version (1,200 clips, 300 steps): see the asserts' messages; at the demo's size the
-    numbers are in README."""
+    small version (1,200 training clips, 400 steps; 2-core CPU): fine-tuned 70.6%, linear probe
+    51.9%, random backbone's 13.8% (300 steps gave 62.8% fine-tuned: the margin needs the
+    steps). At the demo's size the numbers are in README."""
     (x, y), (xt, yt) = world
     frozen = backbone()
     linear = linear_probe(features(frozen, x), y, features(frozen, xt), yt)
@@ -147,7 +148,7 @@ def test_small_world_is_learnable_with_headroom_over_linear_probing(world):
     linear_random = linear_probe(features(random_model, x), y, features(random_model, xt), yt)
 
     model = backbone().train()
-    steps, lr = 300, 1e-3
+    steps, lr = 400, 1e-3
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(0)

@@ -1,8 +1,9 @@
-"""The relations world: what its classes are made of, that one frame does not tell them, and
-that a small version of it is learnable with headroom over linear probing.
+"""The relations world (the first headroom world, kept with ``--world relations``; the demo's is
+now the pairs world, ``tests/test_world_pairs.py``): what its classes are made of, that one
+frame does not tell them, and that a small version of it stays learnable.
 
-Clips are rendered in memory at the demo's sizes (``tools/worlds.py``) and fed to the demo's
-committed backbone, so the test measures the world the demo and ``make compare`` use.
+Clips are rendered in memory at the relations world's demo sizes (``tools/worlds.py``) and fed
+to the demo's committed backbone.
 """
 from __future__ import annotations
 

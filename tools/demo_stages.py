@@ -409,7 +409,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for d in ("", "tensorboard", "logs"):
         os.makedirs(os.path.join(out, d), exist_ok=True)
     started = time.time()
-    # The backbone is the motion world's in both worlds (its own pre-training recipe run on the
+    # The backbone is the motion world's in every world (its own pre-training recipe run on the
     # relations videos gave a worse one: docs/WORLDS.md).
     backbone_cfg = world_config("motion", args.quick)
     for name in ("workers", "pretrain_epochs"):

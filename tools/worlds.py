@@ -1,14 +1,19 @@
 """The demo worlds: sizes, backbone and method rows of ``make demo`` and ``make compare``.
 
-Two synthetic worlds (:mod:`datasets.synthetic`), each a :class:`DemoConfig`:
+Synthetic worlds (:mod:`datasets.synthetic`), each a :class:`DemoConfig`; ``make demo`` and
+``make compare`` run ``motion`` and ``pairs``:
 
 - ``motion``: eight kinds of motion of a few shapes (move in four directions, turn both ways,
   grow, shrink). Local motion tells the class, so a frozen backbone that learned motion already
   separates the classes linearly (linear probing is a few points under full fine-tuning).
-- ``relations``: eight relations between two objects over time, as in Something-Something-V2
-  (approach/retreat, orbit clockwise/anticlockwise, touch-and-return/leave-and-return,
-  converge/diverge), each the time reversal of its twin, with a static distractor. One frame
-  says nothing; the class lies in how the spacing of two objects changes over time.
+- ``pairs``: eight relations between the motions of two objects, as in Something-Something-V2
+  (the same way, opposite ways or at right angles, together or in turn; growing/shrinking the
+  same or opposite ways). Each object's own motion is drawn alike in every class, so neither one
+  frame nor one object tells the class: the headroom world (full fine-tuning far above linear
+  probing).
+- ``relations``: eight relations between two objects over time (approach/retreat, orbits,
+  touch-and-return/leave-and-return, converge/diverge), the first headroom world; kept for its
+  measurements (docs/WORLDS.md), selectable with ``--world relations``.
 
 A library module (no command line): ``tools/demo.py`` (``make demo``) and ``tools/sweep.py
 --world`` (``make compare``: :func:`protocol_spec`) take the worlds from here, and the tests
@@ -63,11 +68,11 @@ class Method:
 
 @dataclass
 class DemoConfig:
-    """Sizes of one world's demo run. ``full()`` (motion) and ``relations()`` are
-    ``make demo``'s two worlds; ``quick()`` is the test suite's.
+    """Sizes of one world's demo run. ``full()`` (motion) and ``pairs()`` are ``make demo``'s
+    two worlds, ``relations()`` the earlier headroom world; ``quick()`` is the test suite's.
 
     Args:
-        world: a world of :mod:`datasets.synthetic` (``motion`` or ``relations``).
+        world: a world of :mod:`datasets.synthetic` (:data:`DEMO_WORLDS`).
         distractors: shapes besides the class's actors in every video.
         rows: names of the :func:`methods` rows ``make demo`` runs in this world (empty: all).
     """
