@@ -350,7 +350,7 @@ def _pair_motions(relation: str, tau: np.ndarray, small: float, rng: np.random.G
     """``(shift (T, 2), scale (T,))`` of each of the two actors for clip times ``tau`` in
     [-0.5, 0.5]. The first actor's direction (or growing/shrinking) is drawn uniformly; the class
     fixes only how the second one's relates to it, so either actor alone looks the same in every
-    class of its family."""
+    class of its family (moving together, moving in turn, scaling)."""
     n = len(tau)
     u = tau + 0.5                                   # 0 -> 1 over the clip
     k = int(rng.integers(0, 4))
