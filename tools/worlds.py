@@ -9,8 +9,8 @@ Synthetic worlds (:mod:`datasets.synthetic`), each a :class:`DemoConfig`; ``make
 - ``pairs``: eight relations between the motions of two objects, as in Something-Something-V2
   (the same way, opposite ways or at right angles, together or in turn; growing/shrinking the
   same or opposite ways). Each object's own motion is drawn alike in every class, so neither one
-  frame nor one object tells the class: the headroom world (full fine-tuning far above linear
-  probing).
+  frame nor one object tells the class: the headroom world (adapting the backbone lands far
+  above linear probing).
 - ``relations``: eight relations between two objects over time (approach/retreat, orbits,
   touch-and-return/leave-and-return, converge/diverge), the first headroom world; kept for its
   measurements (docs/WORLDS.md), selectable with ``--world relations``.
