@@ -235,6 +235,21 @@ def _moving_shape(motion: str, tau: np.ndarray, xx: np.ndarray, yy: np.ndarray,
                         radius * scale[t], angle + spin[t], aspect) for t in range(num_frames)]
 
 
+def _draw_static_shapes(img: np.ndarray, count: int, xx: np.ndarray, yy: np.ndarray,
+                        rng: np.random.Generator) -> None:
+    """Draw ``count`` static shapes of the actors' look (bright, random kind and colour) anywhere
+    in every frame of ``img`` ``(T, H, W, 3)``: the distractors of the two-object worlds."""
+    height, width = xx.shape
+    small = min(height, width)
+    for _ in range(count):
+        r = rng.uniform(0.07, 0.11) * small
+        centre = rng.uniform([r, r], [width - r, height - r])
+        kind, aspect = _shape_kind(rng)
+        mask = _shape_mask(kind, xx, yy, centre[0], centre[1], r, rng.uniform(0, 2 * math.pi),
+                           aspect)
+        img[:, mask] = rng.uniform(140, 255, size=3)
+
+
 # Relations world: classes are relations between two objects over time.
 RELATION_CLASSES: Tuple[str, ...] = (
     "approach", "retreat", "orbit_clockwise", "orbit_anticlockwise",
@@ -319,13 +334,7 @@ def render_relation_clip(relation: str, num_frames: int, height: int, width: int
     hi = np.array([width, height]) - reach - np.maximum(a.max(axis=0), b.max(axis=0))
     origin = rng.uniform(lo, np.maximum(hi, lo))
     # Static distractors first (drawn under the actors), anywhere in the frame.
-    for _ in range(distractors):
-        r = rng.uniform(0.07, 0.11) * small
-        centre = rng.uniform([r, r], [width - r, height - r])
-        kind, aspect = _shape_kind(rng)
-        mask = _shape_mask(kind, xx, yy, centre[0], centre[1], r, rng.uniform(0, 2 * math.pi),
-                           aspect)
-        img[:, mask] = rng.uniform(140, 255, size=3)
+    _draw_static_shapes(img, distractors, xx, yy, rng)
     for path, r in zip(paths, radii):
         kind, aspect = _shape_kind(rng)
         angle = rng.uniform(0, 2 * math.pi)
@@ -424,13 +433,7 @@ def render_pair_clip(relation: str, num_frames: int, height: int, width: int,
         gap = np.linalg.norm(paths[0] - paths[1], axis=1).min()
         if gap > sum(a["r"] * a["scale"].max() for a in actors) + 1:
             break
-    for _ in range(distractors):
-        r = rng.uniform(0.07, 0.11) * small
-        centre = rng.uniform([r, r], [width - r, height - r])
-        kind, aspect = _shape_kind(rng)
-        mask = _shape_mask(kind, xx, yy, centre[0], centre[1], r, rng.uniform(0, 2 * math.pi),
-                           aspect)
-        img[:, mask] = rng.uniform(140, 255, size=3)
+    _draw_static_shapes(img, distractors, xx, yy, rng)
     for a, path in zip(actors, paths):
         for t in range(num_frames):
             img[t][_shape_mask(a["kind"], xx, yy, path[t, 0], path[t, 1], a["r"] * a["scale"][t],
