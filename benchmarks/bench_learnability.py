@@ -54,12 +54,15 @@ def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def curve(x, y, xt, yt, steps: int, every: int, lr: float = 1e-3, batch: int = 64,
-          **architecture) -> List[Dict[str, float]]:
-    """AdamW with a one-cycle schedule; held-out top-1 every ``every`` steps. ``architecture``
-    overrides keywords of ``vit_mini_patch8`` (``patch_size``, ``tubelet_size``, ...)."""
-    torch.manual_seed(0)
-    model = create_model("vit_mini_patch8", num_classes=8, all_frames=x.shape[2],
-                         img_size=x.shape[-1], **architecture)
+          model: Optional[torch.nn.Module] = None, **architecture) -> List[Dict[str, float]]:
+    """AdamW with a one-cycle schedule; held-out top-1 every ``every`` steps. Trains ``model``
+    whole, or a ``vit_mini_patch8`` from random initialisation whose keywords ``architecture``
+    overrides (``patch_size``, ``tubelet_size``, ...)."""
+    if model is None:
+        torch.manual_seed(0)
+        model = create_model("vit_mini_patch8", num_classes=8, all_frames=x.shape[2],
+                             img_size=x.shape[-1], **architecture)
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(0)
@@ -192,18 +195,8 @@ def world_headroom(quick: bool) -> None:
         pre = build(True)
         linear, one_frame = probe(pre), probe(pre, x.shape[2] // 2)
         linear_random = probe(build(False))
-        model = build(True).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.1)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(steps):
-            idx = torch.randint(0, len(x), (32,), generator=g)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        finetuned = top1(model, xt, yt)
+        finetuned = curve(x, y, xt, yt, steps, every=steps, lr=1e-3, batch=32,
+                          model=build(True))[-1]["held_out"]
         common.LOG.info("%s: linear %.1f, random %.1f, one frame %.1f, fine-tuned %.1f", world,
                         linear, linear_random, one_frame, finetuned)
         lines.append(f"| {world} | {100 / 8:.1f} | {linear:.1f} | "

@@ -43,7 +43,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--size", type=int, nargs="+", default=[64], help="SIZE or HEIGHT WIDTH")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", default="train:0.6,val:0.2,test:0.2",
-                   help="comma-separated name:fraction pairs")
+                   help="comma-separated name:share pairs; shares are fractions or counts, "
+                        "normalised over their sum (train:300,val:30,test:60)")
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--distractors", type=int, default=0,
